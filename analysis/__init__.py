@@ -1,0 +1,1 @@
+"""Robustness analysis, reports and exports from what MLflow recorded."""

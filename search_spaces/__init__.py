@@ -1,0 +1,1 @@
+"""Declarative search spaces, one YAML file per family."""

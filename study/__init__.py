@@ -1,0 +1,1 @@
+"""Studies: the CLI and every Ray Tune, Optuna and MLflow call."""

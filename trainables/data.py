@@ -1,0 +1,240 @@
+"""Datasets as whole tensors on the trial's device, and the batchers that slice them.
+
+A training loop never touches a Python object per sample: a split is one float tensor in
+[0, 1] of shape (N, pixels), and a batch is an index tensor into it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainables.errors import DataError
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+DATA_DIR_ENV = "LATENT_STUDIES_DATA_DIR"
+# Debian's dataset-fashion-mnist package puts the idx files here.
+SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+# Where torchvision's MNIST/FashionMNIST put their raw files under a root.
+TORCHVISION_SUBDIRS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Both splits of one dataset, flattened, as tensors on one device."""
+
+    name: str
+    x_train: torch.Tensor  # (N, pixels) float32 in [0, 1]
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    image_shape: tuple[int, int]
+    n_classes: int
+
+    @property
+    def n_pixels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
+
+    def to(self, device: str | torch.device) -> Dataset:
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Dataset(
+            self.name,
+            move(self.x_train),
+            move(self.y_train),
+            move(self.x_test),
+            move(self.y_test),
+            self.image_shape,
+            self.n_classes,
+        )
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
+    device: str | torch.device = "cpu",
+) -> Dataset:
+    """Load `name` whole onto `device`. MNIST-style sets come from idx files in `data_dir`
+    (or $LATENT_STUDIES_DATA_DIR); torchvision downloads only when `download` is true."""
+    if name not in DATASETS:
+        raise DataError(f"dataset: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if name == "digits":
+        return _load_digits().to(device)
+    directory = _find_idx_dir(name, data_dir, download)
+    arrays = {key: _read_idx(directory / file) for key, file in IDX_FILES.items()}
+    for split in ("train", "test"):
+        if len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
+            raise DataError(
+                f"data-dir: {directory} has {len(arrays[f'x_{split}'])} {split} images but "
+                f"{len(arrays[f'y_{split}'])} labels; replace the idx files with matching ones"
+            )
+    rows, cols = arrays["x_train"].shape[1:]
+    images = lambda a: torch.from_numpy(a.reshape(len(a), -1)).float().div_(255.0)  # noqa: E731
+    labels = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
+    dataset = Dataset(
+        name,
+        images(arrays["x_train"]),
+        labels(arrays["y_train"]),
+        images(arrays["x_test"]),
+        labels(arrays["y_test"]),
+        (rows, cols),
+        10,
+    )
+    return dataset.to(device)
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    y = bunch.target.astype(np.int64)
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=DIGITS_TEST_FRACTION, random_state=DIGITS_SPLIT_SEED, stratify=y
+    )
+    t = torch.from_numpy
+    return Dataset("digits", t(x_train), t(y_train), t(x_test), t(y_test), (8, 8), 10)
+
+
+def _find_idx_dir(name: str, data_dir, download: bool) -> Path:
+    given = data_dir or os.environ.get(DATA_DIR_ENV)
+    if download:
+        return _download(name, Path(given) if given else default_download_dir())
+    candidates: list[Path] = []
+    if given:
+        root = Path(given).expanduser()
+        candidates += [root, root / name, root / TORCHVISION_SUBDIRS[name]]
+    elif name in SYSTEM_DIRS:
+        candidates.append(SYSTEM_DIRS[name])
+    for directory in candidates:
+        if all((directory / f).exists() for f in IDX_FILES.values()):
+            return directory
+    where = f"in {given}" if given else "(no --data-dir given and $" + DATA_DIR_ENV + " is unset)"
+    raise DataError(
+        f"data-dir: {name} idx files not found {where}; expected "
+        f"{', '.join(IDX_FILES.values())}; fix: pass --data-dir DIR (or set ${DATA_DIR_ENV}) "
+        f"to a directory holding them, or pass --download to fetch them with torchvision"
+    )
+
+
+def default_download_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-studies" / "data"
+
+
+def _download(name: str, root: Path) -> Path:
+    """Fetch with torchvision (which checks md5 sums), then read its raw .gz files."""
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as error:  # network or checksum failures arrive as many types
+        raise DataError(
+            f"download: torchvision could not fetch {name} into {root} ({error}); "
+            f"fix: download the idx files by hand and pass --data-dir"
+        ) from None
+    return root / TORCHVISION_SUBDIRS[name]
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read one idx file (gzip or raw): a big-endian header, then uint8 values."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    fix = "fix: replace it with the original file (or pass --download)"
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"data-dir: cannot read {path} ({error}); {fix}") from None
+    if len(data) < 8:
+        raise DataError(f"data-dir: {path} is truncated ({len(data)} bytes); {fix}")
+    zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype != 0x08 or ndim not in (1, 3):
+        raise DataError(f"data-dir: {path} is not a uint8 idx file; {fix}")
+    header = 4 + 4 * ndim
+    shape = struct.unpack(">" + "I" * ndim, data[4:header])
+    expected = header + int(np.prod(shape))
+    if len(data) != expected:
+        raise DataError(
+            f"data-dir: {path} is truncated or padded ({len(data)} bytes, expected {expected}); {fix}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def shuffled_batches(
+    n: int, batch_size: int, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Index tensors of a random permutation of range(n); the last, short batch is dropped
+    unless it is the only one, so every step sees a full batch."""
+    order = torch.randperm(n, generator=generator).to(device)
+    stop = max(n - batch_size + 1, 1)
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
+class GroupBatcher:
+    """Batches of `groups_per_batch` groups x `group_size` samples of one label (ML-VAE).
+
+    A batch is laid out group-major, so `batch.view(groups, size)` recovers the groups.
+    Groups are cut from per-class index tensors shuffled once per epoch.
+    """
+
+    def __init__(self, labels: torch.Tensor, n_classes: int, group_size: int, groups_per_batch: int):
+        self.class_indices = [torch.nonzero(labels == c).squeeze(1) for c in range(n_classes)]
+        self.group_size = group_size
+        self.groups_per_batch = groups_per_batch
+        smallest = min(len(idx) for idx in self.class_indices)
+        if smallest < group_size:
+            raise DataError(
+                f"group_size: {group_size} exceeds the smallest class ({smallest} samples); "
+                f"choose group_size <= {smallest}"
+            )
+
+    def epoch(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        k = self.group_size
+        groups = []
+        for idx in self.class_indices:
+            perm = torch.randperm(len(idx), generator=generator).to(idx.device)
+            n_groups = len(idx) // k
+            groups.append(idx[perm[: n_groups * k]].view(n_groups, k))
+        all_groups = torch.cat(groups)
+        all_groups = all_groups[torch.randperm(len(all_groups), generator=generator).to(idx.device)]
+        g = min(self.groups_per_batch, len(all_groups))
+        for start in range(0, len(all_groups) - g + 1, g):
+            yield all_groups[start : start + g].reshape(-1)
+
+
+def fixed_groups(labels: torch.Tensor, group_size: int, seed: int = 0) -> torch.Tensor:
+    """A group id per sample: same-label samples cut into groups of `group_size` (the last
+    group of a class may be smaller). Deterministic in `seed`; used to group held-out data."""
+    generator = torch.Generator().manual_seed(seed)
+    group_ids = torch.empty(len(labels), dtype=torch.long)
+    labels_cpu = labels.cpu()
+    next_id = 0
+    for c in torch.unique(labels_cpu).tolist():
+        idx = torch.nonzero(labels_cpu == c).squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        ids = torch.arange(len(idx)) // group_size
+        group_ids[idx] = ids + next_id
+        next_id += int(ids.max()) + 1
+    return group_ids.to(labels.device)

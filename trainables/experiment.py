@@ -1,0 +1,142 @@
+"""One model of one family on one dataset: the unit that `study train` and a Ray trial run.
+
+It knows nothing of Ray or MLflow: it trains an epoch, evaluates, and saves or restores its
+whole state (weights, optimisers, epoch, RNG) so a trial can resume exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainables.data import Dataset
+from trainables.family import Family, FamilyConfig
+from trainables.metrics import EvalContext
+from trainables.registry import get_family
+
+STATE_FILE = "state.pt"
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class Experiment:
+    family: Family
+    config: FamilyConfig
+    dataset: Dataset
+    seed: int = 0
+    use_reference: bool = True
+    epoch: int = 0
+    diverged: bool = False
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, family: str | Family, config: dict[str, Any] | FamilyConfig, dataset: Dataset, seed: int = 0, **kwargs
+    ) -> Experiment:
+        family = get_family(family) if isinstance(family, str) else family
+        if not isinstance(config, FamilyConfig):
+            config = family.make_config(config)
+        return cls(family, config, dataset, seed, **kwargs)
+
+    def __post_init__(self) -> None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model = self.family.build(self.config, self.dataset).to(self.dataset.device)
+        self.optimizers = self.family.make_optimizers(self.model, self.config)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        # Reparameterisation noise comes from torch's global RNG; seed it once here and
+        # save/restore it with the state so a resumed run continues the same stream.
+        torch.manual_seed(self.seed + 1)
+        self.eval_context = EvalContext(self.dataset, seed=0, use_reference=self.use_reference)
+
+    def train_epoch(self) -> dict[str, float]:
+        """Train one epoch; a non-finite loss marks the run diverged instead of raising."""
+        start = time.perf_counter()
+        losses = self.family.train_epoch(self.model, self.optimizers, self.dataset, self.config, self.generator)
+        self.train_seconds += time.perf_counter() - start
+        self.epoch += 1
+        if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
+            self.diverged = True
+        return {f"train_{k}": v for k, v in losses.items()}
+
+    def evaluate(self) -> dict[str, float]:
+        start = time.perf_counter()
+        if self.diverged:
+            metrics = {name: float("nan") for name in self.family.metric_names}
+        else:
+            metrics = self.family.evaluate(self.model, self.dataset, self.config, self.eval_context)
+            if not all(math.isfinite(v) for v in metrics.values()):
+                self.diverged = True
+        metrics["diverged"] = float(self.diverged)
+        self.eval_seconds += time.perf_counter() - start
+        self.last_metrics = metrics
+        return metrics
+
+    def image_grids(self) -> dict[str, torch.Tensor]:
+        if self.diverged:
+            return {}
+        return {
+            name: make(self.model, self.dataset, self.config, self.eval_context).cpu()
+            for name, make in self.family.image_grids.items()
+        }
+
+    def _weights_finite(self) -> bool:
+        return all(torch.isfinite(p).all() for p in self.model.parameters())
+
+    # --- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "family": self.family.name,
+            "config": self.config.to_dict(),
+            "dataset": self.dataset.name,
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "diverged": self.diverged,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "last_metrics": self.last_metrics,
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy_rng": np.random.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        np.random.set_state(state["numpy_rng"])
+        self.epoch = state["epoch"]
+        self.diverged = state["diverged"]
+        self.train_seconds = state["train_seconds"]
+        self.eval_seconds = state["eval_seconds"]
+        self.last_metrics = state["last_metrics"]
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.state_dict(), path)
+        return path
+
+    def restore(self, directory: str | Path) -> None:
+        state = torch.load(Path(directory) / STATE_FILE, map_location=self.dataset.device, weights_only=False)
+        self.load_state_dict(state)

@@ -1,0 +1,232 @@
+"""Adversarial autoencoder (Makhzani et al., 2015): a discriminator on the code pushes the
+encoder's aggregate posterior q(z) toward a prior.
+
+Each batch runs three phases: reconstruction (encoder + decoder), discriminator (prior
+samples vs codes), generator (the encoder learns to fool the discriminator). Whether it
+trains at all depends on the balance between the two players, so the balance knobs are
+hyperparameters: discriminator lr ratio, discriminator steps per generator step,
+adversarial weight and discriminator width.
+
+Priors: a standard Gaussian of any dimension, or a mixture of 10 Gaussians on a circle in
+2-D. With `label_conditioned`, the discriminator also sees the one-hot label and prior
+samples for label k come from mode k (Makhzani et al. Fig. 4), so codes of class k should
+land near mode k. With `conditional_decoder`, the decoder also sees the label (the
+supervised AAE), so z should hold style only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.data import Dataset, shuffled_batches
+from trainables.errors import ConfigError
+from trainables.family import Family, FamilyConfig, gradient_step, mlp, one_hot, run_batches
+from trainables.losses import bernoulli_recon, gaussian_kernel_mmd
+from trainables.metrics import (
+    DEGENERATE_SWAP_ACC,
+    EvalContext,
+    content_accuracy,
+    derangement_targets,
+    leakage_metrics,
+    recon_mse,
+    swap_accuracy,
+)
+
+MIXTURE_MODES = 10
+MIXTURE_RADIUS = 4.0
+MIXTURE_STD = 0.5
+
+
+@dataclass
+class AAEConfig(FamilyConfig):
+    z_dim: int = 2
+    hidden: tuple[int, ...] = (256, 64)
+    prior: Literal["gaussian", "mixture"] = "gaussian"
+    encoder: Literal["deterministic", "gaussian"] = "deterministic"
+    label_conditioned: bool = False
+    conditional_decoder: bool = False
+    disc_lr_ratio: float = 1.0
+    disc_steps: int = 1
+    adv_weight: float = 1.0
+    disc_width: int = 128
+
+    bounds: ClassVar = {
+        "z_dim": (1, 4096),
+        "hidden": (1, 65536),
+        "disc_lr_ratio": (1e-4, 1e4),
+        "disc_steps": (1, 100),
+        "adv_weight": (0.0, None),
+        "disc_width": (1, 65536),
+    }
+
+    def check(self) -> None:
+        if self.prior == "mixture" and self.z_dim != 2:
+            raise ConfigError(f"z_dim: the mixture prior lives in 2-D, got z_dim={self.z_dim}; set z_dim=2 or prior=gaussian")
+
+
+def mixture_means(device=None) -> torch.Tensor:
+    angles = torch.arange(MIXTURE_MODES, dtype=torch.float32) * (2 * math.pi / MIXTURE_MODES)
+    return (MIXTURE_RADIUS * torch.stack([angles.cos(), angles.sin()], dim=1)).to(device)
+
+
+def sample_prior(config: AAEConfig, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Prior samples, one per label. Under the mixture, label k picks mode k when the
+    discriminator is label-conditioned and a uniform random mode otherwise."""
+    n, device = len(labels), labels.device
+    noise = torch.randn(n, config.z_dim, generator=generator).to(device)
+    if config.prior == "gaussian":
+        return noise
+    if config.label_conditioned:
+        modes = labels % MIXTURE_MODES
+    else:
+        modes = torch.randint(0, MIXTURE_MODES, (n,), generator=generator).to(device)
+    return mixture_means(device)[modes] + MIXTURE_STD * noise
+
+
+class AAE(nn.Module):
+    def __init__(self, config: AAEConfig, n_pixels: int, n_classes: int):
+        super().__init__()
+        self.config = config
+        self.n_classes = n_classes
+        out = 2 * config.z_dim if config.encoder == "gaussian" else config.z_dim
+        self.encoder = mlp([n_pixels, *config.hidden, out])
+        decoder_in = config.z_dim + (n_classes if config.conditional_decoder else 0)
+        self.decoder = mlp([decoder_in, *reversed(config.hidden), n_pixels])
+        disc_in = config.z_dim + (n_classes if config.label_conditioned else 0)
+        self.discriminator = mlp([disc_in, config.disc_width, config.disc_width, 1])
+
+    def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        out = self.encoder(x)
+        if self.config.encoder == "deterministic":
+            return out
+        mu, logvar = out.chunk(2, dim=1)
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.conditional_decoder:
+            z = torch.cat([z, one_hot(labels, self.n_classes)], dim=1)
+        return self.decoder(z)  # logits
+
+    def discriminate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.config.label_conditioned:
+            z = torch.cat([z, one_hot(labels, self.n_classes)], dim=1)
+        return self.discriminator(z).squeeze(1)  # logit of "from the prior"
+
+
+def build(config: AAEConfig, dataset: Dataset) -> AAE:
+    return AAE(config, dataset.n_pixels, dataset.n_classes)
+
+
+def make_optimizers(model: AAE, config: AAEConfig) -> dict[str, torch.optim.Optimizer]:
+    autoencoder = [*model.encoder.parameters(), *model.decoder.parameters()]
+    return {
+        "autoencoder": torch.optim.Adam(autoencoder, lr=config.lr),
+        "discriminator": torch.optim.Adam(
+            model.discriminator.parameters(), lr=config.lr * config.disc_lr_ratio, betas=(0.5, 0.999)
+        ),
+        "generator": torch.optim.Adam(model.encoder.parameters(), lr=config.lr, betas=(0.5, 0.999)),
+    }
+
+
+def train_epoch(model: AAE, optimizers, dataset: Dataset, config: AAEConfig, generator) -> dict:
+    model.train()
+
+    def step(index: torch.Tensor) -> dict[str, torch.Tensor]:
+        x, y = dataset.x_train[index], dataset.y_train[index]
+        # 1. reconstruction
+        recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
+        gradient_step(optimizers["autoencoder"], recon)
+        # 2. discriminator: prior samples are "real", codes are "fake"
+        for _ in range(config.disc_steps):
+            with torch.no_grad():
+                fake = model.encode(x, sample=True)
+            real = sample_prior(config, y, generator)
+            logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
+            targets = torch.cat([torch.ones(len(y)), torch.zeros(len(y))]).to(logits.device)
+            disc_loss = F.binary_cross_entropy_with_logits(logits, targets)
+            gradient_step(optimizers["discriminator"], disc_loss)
+        # 3. generator: the encoder tries to make its codes pass for prior samples
+        fooled = model.discriminate(model.encode(x, sample=True), y)
+        gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
+        return {"loss": recon + config.adv_weight * gen_loss, "recon": recon, "disc": disc_loss, "gen": gen_loss}
+
+    batches = shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
+    return run_batches(batches, step)
+
+
+@torch.no_grad()
+def evaluate(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) -> dict:
+    model.eval()
+    z_train, z_test = model.encode(ctx.x_train), model.encode(ctx.x_test)
+    y_test = ctx.y_test
+    generator = torch.Generator().manual_seed(ctx.seed + 2)
+    prior = sample_prior(config, y_test, generator)
+    real_logits, fake_logits = model.discriminate(prior, y_test), model.discriminate(z_test, y_test)
+    metrics = {
+        "recon_mse": recon_mse(ctx.x_test, torch.sigmoid(model.decode(z_test, y_test))),
+        "prior_mmd": float(gaussian_kernel_mmd(z_test, prior)),
+        # 0.5 means the discriminator is fooled on held-out codes.
+        "disc_acc": float(((real_logits > 0).float().mean() + (fake_logits <= 0).float().mean()) / 2),
+    }
+    if config.conditional_decoder:
+        metrics.update(leakage_metrics(z_train, ctx.y_train, z_test, y_test, ctx.seed))
+        target = derangement_targets(y_test, dataset.n_classes, generator)
+        metrics["swap_acc"] = swap_accuracy(torch.sigmoid(model.decode(z_test, target)), target, ctx)
+        metrics["degenerate"] = float(metrics["swap_acc"] <= DEGENERATE_SWAP_ACC)
+    else:
+        metrics["content_acc"] = content_accuracy(z_train, ctx.y_train, z_test, y_test)
+        # Collapse: codes far tighter than the prior carry nothing to decode.
+        metrics["degenerate"] = float(z_test.std(dim=0).mean() < 0.05 * prior.std(dim=0).mean())
+    if config.prior == "mixture" and config.label_conditioned:
+        nearest = torch.cdist(z_test, mixture_means(z_test.device)).argmin(dim=1)
+        metrics["mode_acc"] = float((nearest == y_test % MIXTURE_MODES).float().mean())
+    return metrics
+
+
+@torch.no_grad()
+def recon_grid(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) -> torch.Tensor:
+    model.eval()
+    x, y = ctx.x_test[:10], ctx.y_test[:10]
+    x_hat = torch.sigmoid(model.decode(model.encode(x), y))
+    return torch.stack([x, x_hat]).view(2, len(x), *dataset.image_shape)
+
+
+@torch.no_grad()
+def prior_samples_grid(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) -> torch.Tensor:
+    """Decoded prior samples: row k uses label k (mode k when label-conditioned)."""
+    model.eval()
+    n = dataset.n_classes
+    labels = torch.arange(n, device=ctx.x_test.device).repeat_interleave(n)
+    z = sample_prior(config, labels, torch.Generator().manual_seed(ctx.seed))
+    return torch.sigmoid(model.decode(z, labels)).view(n, n, *dataset.image_shape)
+
+
+FAMILY = Family(
+    name="aae",
+    summary="Adversarial autoencoder: discriminator matches q(z) to a Gaussian or 10-mode prior",
+    config_cls=AAEConfig,
+    build=build,
+    make_optimizers=make_optimizers,
+    train_epoch=train_epoch,
+    evaluate=evaluate,
+    default_objectives=("recon_mse:min", "prior_mmd:min"),
+    metric_names=(
+        "recon_mse",
+        "prior_mmd",
+        "disc_acc",
+        "content_acc",
+        "leakage_acc",
+        "leakage",
+        "swap_acc",
+        "mode_acc",
+        "degenerate",
+    ),
+    image_grids={"reconstructions": recon_grid, "samples": prior_samples_grid},
+)

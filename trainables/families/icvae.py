@@ -1,0 +1,140 @@
+"""Invariant conditional VAE (Moyer et al., NeurIPS 2018): the decoder sees the label c,
+so the code z need not carry it, and a penalty on I(z; c) makes sure it does not.
+
+loss = (1 + lambda) recon + beta KL[q(z|x) || N(0, I)] + lambda KL[q(z|x) || q(z)],
+with the last term bounded by the mean pairwise Gaussian KL over the batch
+(`losses.marginal_kl_bound`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from trainables.data import Dataset, shuffled_batches
+from trainables.family import Family, FamilyConfig, gradient_step, mlp, one_hot, run_batches
+from trainables.losses import bernoulli_recon, kl_to_standard_normal, marginal_kl_bound
+from trainables.metrics import (
+    DEGENERATE_SWAP_ACC,
+    EvalContext,
+    derangement_targets,
+    leakage_metrics,
+    recon_mse,
+    swap_accuracy,
+)
+
+
+@dataclass
+class ICVAEConfig(FamilyConfig):
+    z_dim: int = 16
+    hidden: tuple[int, ...] = (512, 512)
+    beta: float = 1.0
+    lam: float = 1.0  # "lambda" in the paper; `lambda` is a Python keyword
+
+    bounds: ClassVar = {
+        "z_dim": (1, 4096),
+        "hidden": (1, 65536),
+        "beta": (0.0, None),
+        "lam": (0.0, None),
+    }
+
+
+class ICVAE(nn.Module):
+    def __init__(self, config: ICVAEConfig, n_pixels: int, n_classes: int):
+        super().__init__()
+        self.config = config
+        self.n_classes = n_classes
+        self.encoder = mlp([n_pixels, *config.hidden, 2 * config.z_dim])
+        self.decoder = mlp([config.z_dim + n_classes, *reversed(config.hidden), n_pixels])
+
+    def encode(self, x: torch.Tensor):
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([z, one_hot(labels, self.n_classes)], dim=1))  # logits
+
+    def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        recon = bernoulli_recon(self.decode(z, labels), x).mean()
+        kl_prior = kl_to_standard_normal(mu, logvar).mean()
+        kl_marginal = marginal_kl_bound(mu, logvar).mean()
+        loss = (1.0 + cfg.lam) * recon + cfg.beta * kl_prior + cfg.lam * kl_marginal
+        return {"loss": loss, "recon": recon, "kl_prior": kl_prior, "kl_marginal": kl_marginal}
+
+
+def build(config: ICVAEConfig, dataset: Dataset) -> ICVAE:
+    return ICVAE(config, dataset.n_pixels, dataset.n_classes)
+
+
+def make_optimizers(model: ICVAE, config: ICVAEConfig) -> dict[str, torch.optim.Optimizer]:
+    return {"model": torch.optim.Adam(model.parameters(), lr=config.lr)}
+
+
+def train_epoch(model: ICVAE, optimizers, dataset: Dataset, config: ICVAEConfig, generator) -> dict:
+    model.train()
+    optimizer = optimizers["model"]
+
+    def step(index: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = model.loss(dataset.x_train[index], dataset.y_train[index])
+        gradient_step(optimizer, terms["loss"])
+        return terms
+
+    batches = shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
+    return run_batches(batches, step)
+
+
+@torch.no_grad()
+def evaluate(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext) -> dict:
+    model.eval()
+    z_train, _ = model.encode(ctx.x_train)
+    z_test, _ = model.encode(ctx.x_test)
+    metrics = {
+        "recon_mse": recon_mse(ctx.x_test, torch.sigmoid(model.decode(z_test, ctx.y_test))),
+        **leakage_metrics(z_train, ctx.y_train, z_test, ctx.y_test, ctx.seed),
+    }
+    generator = torch.Generator().manual_seed(ctx.seed + 1)
+    target = derangement_targets(ctx.y_test, dataset.n_classes, generator)
+    swapped = torch.sigmoid(model.decode(z_test, target))
+    metrics["swap_acc"] = swap_accuracy(swapped, target, ctx)
+    metrics["degenerate"] = float(metrics["swap_acc"] <= DEGENERATE_SWAP_ACC)
+    return metrics
+
+
+@torch.no_grad()
+def swap_grid(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext) -> torch.Tensor:
+    """Rows: test images' codes; columns: the label fed to the decoder (0..9)."""
+    model.eval()
+    z, _ = model.encode(ctx.x_test[:10])
+    n = dataset.n_classes
+    labels = torch.arange(n, device=z.device).repeat(len(z))
+    decoded = torch.sigmoid(model.decode(z.repeat_interleave(n, 0), labels))
+    return decoded.view(len(z), n, *dataset.image_shape)
+
+
+@torch.no_grad()
+def recon_grid(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext) -> torch.Tensor:
+    model.eval()
+    x, y = ctx.x_test[:10], ctx.y_test[:10]
+    z, _ = model.encode(x)
+    x_hat = torch.sigmoid(model.decode(z, y))
+    return torch.stack([x, x_hat]).view(2, len(x), *dataset.image_shape)
+
+
+FAMILY = Family(
+    name="icvae",
+    summary="Invariant conditional VAE: decoder p(x|z,c), pairwise-KL penalty on I(z;c)",
+    config_cls=ICVAEConfig,
+    build=build,
+    make_optimizers=make_optimizers,
+    train_epoch=train_epoch,
+    evaluate=evaluate,
+    default_objectives=("recon_mse:min", "leakage:min"),
+    metric_names=("recon_mse", "leakage_acc", "leakage", "swap_acc", "degenerate"),
+    image_grids={"reconstructions": recon_grid, "swaps": swap_grid},
+)

@@ -1,0 +1,152 @@
+"""The metrics every family reports, computed on held-out data in a few CPU seconds.
+
+Probes are scikit-learn estimators trained on train-split codes and scored on test-split
+codes. Codes are computed on fixed, capped subsets so evaluation cost does not grow with
+the dataset.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from trainables.data import Dataset
+from trainables.reference import ReferenceClassifier, load_reference
+
+MAX_TRAIN_CODES = 5000
+MAX_TEST_CODES = 2000
+# swap_acc at or below this (chance is 0.1) means the decoder ignores the swapped code.
+DEGENERATE_SWAP_ACC = 0.25
+
+
+@dataclass
+class EvalContext:
+    """What evaluation needs beyond the model: fixed subsets and the reference classifier."""
+
+    dataset: Dataset
+    seed: int = 0
+    max_train_codes: int = MAX_TRAIN_CODES
+    max_test_codes: int = MAX_TEST_CODES
+    use_reference: bool = True
+    _reference: ReferenceClassifier | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        generator = torch.Generator().manual_seed(self.seed)
+        pick = lambda n, cap: torch.randperm(n, generator=generator)[:cap].sort().values  # noqa: E731
+        device = self.dataset.device
+        self.train_index = pick(len(self.dataset.x_train), self.max_train_codes).to(device)
+        self.test_index = pick(len(self.dataset.x_test), self.max_test_codes).to(device)
+
+    @property
+    def x_train(self) -> torch.Tensor:
+        return self.dataset.x_train[self.train_index]
+
+    @property
+    def y_train(self) -> torch.Tensor:
+        return self.dataset.y_train[self.train_index]
+
+    @property
+    def x_test(self) -> torch.Tensor:
+        return self.dataset.x_test[self.test_index]
+
+    @property
+    def y_test(self) -> torch.Tensor:
+        return self.dataset.y_test[self.test_index]
+
+    @property
+    def reference(self) -> ReferenceClassifier | None:
+        if self._reference is None and self.use_reference:
+            self._reference = load_reference(self.dataset)
+        return self._reference
+
+
+def recon_mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    return float(((x - x_hat) ** 2).mean())
+
+
+def chance_rate(labels: torch.Tensor) -> float:
+    """Accuracy of always guessing the most frequent label."""
+    return float(torch.bincount(labels).max()) / len(labels)
+
+
+def probe_accuracies(
+    train_codes: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_codes: torch.Tensor,
+    test_labels: torch.Tensor,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Test accuracy of a logistic regression and a small MLP predicting the label."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_tr, x_te = _numpy(train_codes), _numpy(test_codes)
+    y_tr, y_te = _numpy(train_labels), _numpy(test_labels)
+    if not (np.isfinite(x_tr).all() and np.isfinite(x_te).all()):
+        return {"logreg": float("nan"), "mlp": float("nan")}
+    probes = {
+        "logreg": LogisticRegression(max_iter=300),
+        "mlp": MLPClassifier(hidden_layer_sizes=(64,), max_iter=150, random_state=seed),
+    }
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings: a capped probe is the point
+        for name, probe in probes.items():
+            model = make_pipeline(StandardScaler(), probe).fit(x_tr, y_tr)
+            scores[name] = float(model.score(x_te, y_te))
+    return scores
+
+
+def content_accuracy(train_codes, train_labels, test_codes, test_labels, seed: int = 0) -> float:
+    """How well the label can be read from a code: the linear probe's accuracy."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x_tr, x_te = _numpy(train_codes), _numpy(test_codes)
+    if not (np.isfinite(x_tr).all() and np.isfinite(x_te).all()):
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+        model.fit(x_tr, _numpy(train_labels))
+    return float(model.score(x_te, _numpy(test_labels)))
+
+
+def leakage_metrics(train_codes, train_labels, test_codes, test_labels, seed: int = 0) -> dict[str, float]:
+    """`leakage_acc`: the best probe's accuracy predicting the label from a code that should
+    not carry it; `leakage`: the same rescaled so 0 is chance and 1 is perfect."""
+    scores = probe_accuracies(train_codes, train_labels, test_codes, test_labels, seed)
+    best = max(scores.values())
+    chance = chance_rate(test_labels)
+    return {
+        "leakage_acc": best,
+        "leakage": float(np.clip((best - chance) / (1.0 - chance), 0.0, 1.0)),
+    }
+
+
+def swap_accuracy(decoded: torch.Tensor, target_labels: torch.Tensor, ctx: EvalContext) -> float:
+    """Share of decoded swaps the reference classifier reads as the class whose code (or
+    label) was swapped in."""
+    if ctx.reference is None or not torch.isfinite(decoded).all():
+        return float("nan")
+    return float((ctx.reference.predict(decoded) == target_labels).float().mean())
+
+
+def derangement_targets(labels: torch.Tensor, n_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """For each label, a different label drawn uniformly (the class to swap in)."""
+    shift = torch.randint(1, n_classes, labels.shape, generator=generator).to(labels.device)
+    return (labels + shift) % n_classes
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().float().cpu().numpy()
+
+
+def is_finite(metrics: dict[str, float]) -> bool:
+    return all(np.isfinite(v) for v in metrics.values())
