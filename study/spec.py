@@ -23,7 +23,9 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     try:
         text = path.read_text()
     except OSError as error:
-        raise ConfigError(f"{what}: cannot read {path} ({error.strerror}); check the path") from None
+        raise ConfigError(
+            f"{what}: cannot read {path} ({error.strerror}); check the path"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -33,7 +35,9 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{what}: {path} must hold a mapping of keys to values, not {type(data).__name__}")
+        raise ConfigError(
+            f"{what}: {path} must hold a mapping of keys to values, not {type(data).__name__}"
+        )
     return data
 
 
@@ -48,7 +52,9 @@ def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
         try:
             values[key] = yaml.safe_load(raw) if raw.strip() else raw
         except yaml.YAMLError:
-            raise ConfigError(f"--set: cannot read the value of {key!r} ({raw!r}); quote or fix it") from None
+            raise ConfigError(
+                f"--set: cannot read the value of {key!r} ({raw!r}); quote or fix it"
+            ) from None
     return values
 
 
@@ -123,7 +129,9 @@ class TrainSpec:
                 )
             data["family"] = family
         if "family" not in data:
-            raise ConfigError("family: no family given; name one (e.g. `study train mlvae`) or use --config FILE")
+            raise ConfigError(
+                "family: no family given; name one (e.g. `study train mlvae`) or use --config FILE"
+            )
         data.update({k: v for k, v in settings.items() if v is not None})
         data["params"] = {**(data.get("params") or {}), **overrides}
         return cls(**data)

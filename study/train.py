@@ -42,7 +42,12 @@ def train_once(
 
     from tqdm import tqdm
 
-    bar = tqdm(range(spec.epochs), desc=f"{spec.family} on {spec.dataset}", unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(spec.epochs),
+        desc=f"{spec.family} on {spec.dataset}",
+        unit="epoch",
+        disable=not progress,
+    )
     for _ in bar:
         losses = experiment.train_epoch()
         bar.set_postfix(loss=f"{losses.get('train_loss', float('nan')):.4g}")
@@ -57,7 +62,9 @@ def train_once(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         experiment.save(staging)
-        (staging / "config.yaml").write_text(yaml.safe_dump({**spec.to_dict(), "metrics": metrics}, sort_keys=False))
+        (staging / "config.yaml").write_text(
+            yaml.safe_dump({**spec.to_dict(), "metrics": metrics}, sort_keys=False)
+        )
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         save_grids(experiment.image_grids(), staging / "images")
         if out_dir.exists():

@@ -1,0 +1,90 @@
+"""What a person sees during a sweep: one line per finished trial and a table at the end,
+instead of Ray's log flood (`-v` brings that back)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ray.tune import Callback
+
+from study.trainable import RUN_KEY
+
+
+def short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def fmt_metric(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "nan" if not math.isfinite(value) else f"{value:.4f}"
+    return "-"
+
+
+class TrialPrinter(Callback):
+    def __init__(self, total: int, objectives: list[tuple[str, str]], searched: list[str]):
+        self.total = total
+        self.objectives = objectives
+        self.searched = searched
+        self.done = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._line(trial, "done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "FAILED")
+
+    def _line(self, trial, status: str) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        if result.get("diverged"):
+            status = "diverged"
+        epochs = result.get("epoch", 0)
+        max_epochs = trial.config.get(RUN_KEY, {}).get("epochs", "?")
+        if status == "done" and isinstance(max_epochs, int) and epochs < max_epochs:
+            status = f"stopped@{epochs}"
+        scores = "  ".join(f"{m}={fmt_metric(result.get(m))}" for m, _ in self.objectives)
+        params = " ".join(f"{k}={short(trial.config.get(k))}" for k in self.searched)
+        seconds = result.get("time_total_s", 0.0)
+        print(
+            f"[{self.done}/{self.total}] {trial.trial_id} {status:<11} {scores}  {params}  ({seconds:.1f}s)",
+            flush=True,
+        )
+
+
+def summary_table(
+    rows: list[dict[str, Any]],
+    objectives: list[tuple[str, str]],
+    searched: list[str],
+    top: int = 10,
+) -> str:
+    """Best trials first, by the first objective."""
+    if not rows:
+        return "no trials finished"
+    metric, mode = objectives[0]
+
+    def key(row):
+        value = row.get(metric)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return math.inf
+        return -value if mode == "max" else value
+
+    rows = sorted(rows, key=key)[:top]
+    header = ["trial", "status", "epochs", *[m for m, _ in objectives], *searched]
+    table = [
+        [
+            row["trial_id"],
+            row["status"],
+            str(row.get("epoch", 0)),
+            *[fmt_metric(row.get(m)) for m, _ in objectives],
+            *[short(row.get(k)) for k in searched],
+        ]
+        for row in rows
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, table)])

@@ -1,0 +1,380 @@
+"""MLflow records: one parent run per study, one nested child run per trial.
+
+The driver does every MLflow write (trials on other nodes never touch the store), so the
+embedded SQLite store works on a cluster. Writes go through a FIFO queue: when the
+tracking server is down, they wait and are replayed in order when it is back; whatever
+is still unwritten at the end is reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from ray.tune import Callback
+
+from study.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "latent-studies"
+TAG_STUDY = "latent_studies.study"
+TAG_KIND = "latent_studies.kind"  # "study" (parent) or "trial" (child)
+TAG_TRIAL = "latent_studies.trial_id"
+TAG_PARENT = "mlflow.parentRunId"
+PARAM_VALUE_LIMIT = 6000
+RAY_BOOKKEEPING = {
+    "training_iteration",
+    "iterations_since_restore",
+    "time_this_iter_s",
+    "time_total_s",
+    "time_since_restore",
+    "timestamp",
+    "pid",
+    "done",
+}
+
+
+def redact(text: str) -> str:
+    """Hide credentials in URIs (scheme://user:password@host -> scheme://***@host)."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Pin a relative SQLite path to the working directory now, so Ray's workers and
+        # later commands agree on the file.
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, with one line, when the store cannot be reached or created."""
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+        except requests.RequestException as error:
+            reason = type(error).__name__
+            raise UserError(
+                f"tracking-uri: cannot reach the MLflow server at {redact(uri)} ({reason}); "
+                f"start it (mlflow server --host 127.0.0.1) or pass another --tracking-uri"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        parent = Path(uri.removeprefix("sqlite:///")).parent
+        if not parent.is_dir():
+            raise UserError(
+                f"tracking-uri: directory {parent} does not exist; create it or pass another --tracking-uri"
+            )
+    elif uri.startswith("file:") or "://" not in uri:
+        raise UserError(
+            f"tracking-uri: {redact(uri)} is a file store, which MLflow 3 refuses; "
+            f"use sqlite:///mlflow.db or an http:// server"
+        )
+
+
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("latent-studies")
+    except PackageNotFoundError:
+        package = "unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{package}+{sha}" if sha else package
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def params_of(values: dict[str, Any]) -> list[Param]:
+    return [Param(k, redact(str(v))[:PARAM_VALUE_LIMIT]) for k, v in flatten(values).items()]
+
+
+class TrackingQueue:
+    """MLflow writes in order; a failed write stays queued and is retried later."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._client: MlflowClient | None = None
+        self.pending: deque[tuple[str, Callable[[], None]]] = deque()
+        self.failures = 0
+        self._warned = False
+        self._next_retry = 0.0
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray pickles callbacks with the Tuner; the client and unsent writes stay behind.
+        return {"uri": self.uri}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["uri"])
+
+    def submit(self, what: str, operation: Callable[[], None]) -> None:
+        self.pending.append((what, operation))
+        self.flush()
+
+    def flush(self, force: bool = False) -> bool:
+        """Run queued writes in order; stop at the first failure. True when all are done."""
+        if not force and self.pending and time.monotonic() < self._next_retry:
+            return False
+        while self.pending:
+            what, operation = self.pending[0]
+            try:
+                operation()
+            except Exception as error:  # noqa: BLE001 - any store error means "try later"
+                self.failures += 1
+                self._next_retry = time.monotonic() + 5.0
+                if not self._warned:
+                    self._warned = True
+                    print(
+                        f"warning: MLflow at {redact(self.uri)} failed ({type(error).__name__}: "
+                        f"{redact(str(error))[:200]}); queueing writes and retrying",
+                        flush=True,
+                    )
+                return False
+            self.pending.popleft()
+        if self._warned:
+            self._warned = False
+            print(f"MLflow at {redact(self.uri)} is back; queued writes were replayed", flush=True)
+        return True
+
+    def drain(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.flush(force=True):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(2.0)
+        return True
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - another study created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_study_run(client: MlflowClient, experiment: str, study: str):
+    runs = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = 'study'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_KIND}` = 'trial'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+class MlflowTrialLogger(Callback):
+    """Ray Tune callback that mirrors every trial into a nested MLflow run."""
+
+    def __init__(
+        self,
+        queue: TrackingQueue,
+        experiment: str,
+        parent_run_id: str,
+        study: str,
+        metric_names: set[str],
+        image_dir: str = "images",
+    ):
+        self.queue = queue
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.metric_names = metric_names
+        self.image_dir = image_dir
+        self.run_ids: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
+        self.finished: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled into the Tuner's state for `study resume`: a resumed driver finds its
+        # trials' runs again by tag, so per-session bookkeeping is not kept.
+        state = self.__dict__.copy()
+        state.update(run_ids={}, last_step={}, finished=set())
+        return state
+
+    # -- helpers ------------------------------------------------------------------------
+    def _run_id(self, trial_id: str) -> str:
+        if trial_id not in self.run_ids:
+            raise RuntimeError(f"run for trial {trial_id} not created yet")
+        return self.run_ids[trial_id]
+
+    def _ensure_run(self, trial) -> None:
+        trial_id = trial.trial_id
+        if trial_id in self.run_ids:
+            return
+
+        def create() -> None:
+            if trial_id in self.run_ids:
+                return
+            client = self.queue.client
+            existing = client.search_runs(
+                [self.experiment],
+                filter_string=f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'",
+                max_results=1,
+            )
+            if existing:  # a resumed or retried trial continues its run
+                run_id = existing[0].info.run_id
+                steps = client.get_metric_history(run_id, "epoch")
+                self.last_step[trial_id] = max((int(m.step) for m in steps), default=0)
+                if existing[0].info.status != "RUNNING":
+                    client.update_run(run_id, status="RUNNING")
+            else:
+                run = client.create_run(
+                    self.experiment,
+                    run_name=f"{self.study}-{trial_id}",
+                    tags={
+                        TAG_PARENT: self.parent_run_id,
+                        TAG_STUDY: self.study,
+                        TAG_KIND: "trial",
+                        TAG_TRIAL: trial_id,
+                    },
+                )
+                run_id = run.info.run_id
+                client.log_batch(run_id, params=params_of(trial.config))
+            self.run_ids[trial_id] = run_id
+
+        self.queue.submit(f"create run for {trial_id}", create)
+
+    def _metrics(self, result: dict[str, Any], step: int) -> list[Metric]:
+        stamp = int(time.time() * 1000)
+        metrics = []
+        for key, value in result.items():
+            if (
+                key in RAY_BOOKKEEPING
+                or not isinstance(value, int | float)
+                or isinstance(value, bool)
+            ):
+                continue
+            if (
+                key in self.metric_names
+                or key.startswith("train_")
+                or key in ("epoch", "eval_seconds")
+            ):
+                metrics.append(Metric(key, float(value), stamp, step))
+        return metrics
+
+    # -- Ray Tune hooks -----------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._ensure_run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._ensure_run(trial)
+        trial_id = trial.trial_id
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self.last_step.get(trial_id, 0):
+            return  # a retried trial repeating epochs already logged
+        self.last_step[trial_id] = step
+        metrics = self._metrics(result, step)
+        self.queue.submit(
+            f"metrics of {trial_id} epoch {step}",
+            lambda: self.queue.client.log_batch(self._run_id(trial_id), metrics=metrics),
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._finish(trial, RunStatus.to_string(RunStatus.FINISHED))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
+
+    def on_step_end(self, iteration, trials, **info):
+        self.queue.flush()
+
+    def on_experiment_end(self, trials, **info):
+        # Trials Ray restored as already finished get no hooks: settle their runs here.
+        for trial in trials:
+            if trial.trial_id not in self.finished and trial.status in ("TERMINATED", "ERROR"):
+                status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
+                self._finish(trial, status)
+
+    def _finish(self, trial, status: str) -> None:
+        self._ensure_run(trial)
+        trial_id = trial.trial_id
+        self.finished.add(trial_id)
+        result = trial.last_result or {}
+        checkpoint = trial.checkpoint
+        image_dir = self.image_dir
+
+        def finish() -> None:
+            client = self.queue.client
+            run_id = self._run_id(trial_id)
+            tags = [RunTag("latent_studies.trial_status", trial.status)]
+            if result.get("diverged"):
+                tags.append(RunTag("latent_studies.diverged", "true"))
+            if "time_total_s" in result:
+                tags.append(RunTag("latent_studies.time_total_s", f"{result['time_total_s']:.2f}"))
+            client.log_batch(run_id, tags=tags)
+            if checkpoint is not None:
+                with tempfile.TemporaryDirectory() as local:
+                    checkpoint.to_directory(local)
+                    images = Path(local) / image_dir
+                    if images.is_dir() and any(images.iterdir()):
+                        client.log_artifacts(run_id, str(images), artifact_path="images")
+            client.set_terminated(run_id, status=status)
+
+        self.queue.submit(f"finish run of {trial_id}", finish)
+
+
+def finite_or_none(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

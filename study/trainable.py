@@ -1,0 +1,74 @@
+"""The Ray Tune trainable: one trial = one `trainables.Experiment`, trained epoch by epoch.
+
+Each epoch it reports the metrics and a checkpoint (weights, optimisers, epoch, RNG state
+and the latest image grids), so ASHA can stop it, Ray can retry it after a crash and a
+study can resume. It uses exactly the CPUs and GPU Ray gave it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from functools import lru_cache
+from typing import Any
+
+import torch
+from ray import tune
+
+from trainables import Experiment, load_dataset
+from trainables.images import save_grids
+
+RUN_KEY = "study"  # trial config key holding the run settings; the rest are family params
+IMAGES_DIR = "images"
+
+
+@lru_cache(maxsize=2)
+def _cached_dataset(name: str, data_dir: str | None, device: str):
+    # Reused actors keep the dataset between trials: loading MNIST costs about a second.
+    return load_dataset(name, data_dir, download=False, device=device)
+
+
+def _allocated_device_and_threads() -> tuple[str, int]:
+    resources = tune.get_context().get_trial_resources().required_resources
+    cpus = max(1, int(math.floor(resources.get("CPU", 1))))
+    gpus = resources.get("GPU", 0)
+    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    return device, cpus
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable. `config[RUN_KEY]` holds family, dataset, epochs, seed,
+    data_dir, eval_every; every other key is a family parameter."""
+    run = config[RUN_KEY]
+    params = {k: v for k, v in config.items() if k != RUN_KEY}
+    device, threads = _allocated_device_and_threads()
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+    dataset = _cached_dataset(run["dataset"], run.get("data_dir"), device)
+    experiment = Experiment.create(run["family"], params, dataset, seed=run["seed"])
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            experiment.restore(directory)
+
+    eval_every = max(1, int(run.get("eval_every", 1)))
+    epochs = int(run["epochs"])
+    while experiment.epoch < epochs and not experiment.diverged:
+        losses = experiment.train_epoch()
+        last = experiment.epoch >= epochs or experiment.diverged
+        due = last or experiment.epoch % eval_every == 0
+        metrics = experiment.evaluate() if due else dict(experiment.last_metrics)
+        result = {
+            **losses,
+            **metrics,
+            "epoch": experiment.epoch,
+            "train_seconds": experiment.train_seconds,
+            "eval_seconds": experiment.eval_seconds,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            experiment.save(directory)
+            if due:
+                save_grids(experiment.image_grids(), os.path.join(directory, IMAGES_DIR))
+            tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
