@@ -212,18 +212,22 @@ def trial_name(trial) -> str:
     return trial.trial_id
 
 
+def sampler_name(spec: StudySpec) -> str:
+    """TPE for one objective; NSGA-II when there are several."""
+    return "TPESampler" if len(spec.objectives) == 1 else "NSGAIISampler"
+
+
 def _searcher(spec: StudySpec, space: SearchSpace):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     objectives = spec.parsed_objectives
+    sampler = getattr(optuna.samplers, sampler_name(spec))(seed=spec.seed)
     if len(objectives) == 1:
         metric, mode = objectives[0]
-        sampler = optuna.samplers.TPESampler(seed=spec.seed)
     else:
         metric, mode = [m for m, _ in objectives], [d for _, d in objectives]
-        sampler = optuna.samplers.NSGAIISampler(seed=spec.seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space.search_space(), metric=metric, mode=mode, sampler=sampler)
     if spec.concurrency:
@@ -320,6 +324,7 @@ def run_study(spec: StudySpec, verbose: bool = False) -> dict[str, Any]:
             "latent_studies.code_version": tracking.code_version(),
             "latent_studies.objectives": ",".join(spec.objectives),
             "latent_studies.space": str(space.distributions),
+            "latent_studies.sampler": sampler_name(spec),
         },
     )
     parent_id = parent.info.run_id
