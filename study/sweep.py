@@ -301,9 +301,23 @@ def preflight(spec: StudySpec, check_data: bool = True) -> SearchSpace:
 
 def run_study(spec: StudySpec, verbose: bool = False) -> dict[str, Any]:
     """Validate, start or join Ray, create the MLflow parent run, and run the sweep."""
-    from ray import tune
-
     space = preflight(spec)
+    tags = {
+        "latent_studies.space": str(space.distributions),
+        "latent_studies.sampler": sampler_name(spec),
+    }
+    queue, parent_id = start_study(spec, tags, verbose)
+    tuner = make_tuner(
+        spec, space, parent_id, _searcher(spec, space), _scheduler(spec), spec.trials, verbose
+    )
+    return _fit(tuner, spec, space, queue, parent_id)
+
+
+def start_study(
+    spec: StudySpec, tags: dict[str, str], verbose: bool
+) -> tuple[tracking.TrackingQueue, str]:
+    """After preflight: claim the study name, join Ray, create the MLflow parent run and
+    save the spec. Returns the tracking queue and the parent run id."""
     if study_exists(spec):
         raise UserError(
             f"name: study {spec.name!r} already exists in {tracking.redact(spec.storage)}; "
@@ -323,8 +337,7 @@ def run_study(spec: StudySpec, verbose: bool = False) -> dict[str, Any]:
             "latent_studies.dataset": spec.dataset,
             "latent_studies.code_version": tracking.code_version(),
             "latent_studies.objectives": ",".join(spec.objectives),
-            "latent_studies.space": str(space.distributions),
-            "latent_studies.sampler": sampler_name(spec),
+            **tags,
         },
     )
     parent_id = parent.info.run_id
@@ -335,16 +348,28 @@ def run_study(spec: StudySpec, verbose: bool = False) -> dict[str, Any]:
         # Nothing half-made: no orphan parent run when the study cannot even start.
         queue.client.delete_run(parent_id)
         raise
+    return queue, parent_id
 
+
+def make_tuner(
+    spec: StudySpec,
+    space: SearchSpace,
+    parent_id: str,
+    search_alg,
+    scheduler,
+    num_samples: int,
+    verbose: bool = False,
+):
+    from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 
-    tuner = tune.Tuner(
+    return tune.Tuner(
         _trainable(spec),
         param_space=_param_space(spec),
         tune_config=TuneConfig(
-            search_alg=_searcher(spec, space),
-            scheduler=_scheduler(spec),
-            num_samples=spec.trials,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=num_samples,
             reuse_actors=True,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_dirname,
@@ -358,7 +383,6 @@ def run_study(spec: StudySpec, verbose: bool = False) -> dict[str, Any]:
             verbose=2 if verbose else 0,
         ),
     )
-    return _fit(tuner, spec, space, queue, parent_id)
 
 
 def resume_study(
