@@ -14,7 +14,7 @@ from study import tracking
 from study.errors import UserError
 
 PARAM_PREFIX = "param."
-RUN_PREFIX = tracking_run_prefix = "study."
+RUN_PREFIX = "study."
 
 
 @dataclass
@@ -22,6 +22,7 @@ class StudyRuns:
     name: str
     parent: Any  # mlflow Run
     trials: pd.DataFrame  # one row per trial run: run_id, status, param.*, metrics
+    tracking_uri: str = ""
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -75,7 +76,7 @@ def load_study(
         row.update(run.data.metrics)
         rows.append(row)
     trials = pd.DataFrame(rows)
-    return StudyRuns(name, parent, trials)
+    return StudyRuns(name, parent, trials, uri)
 
 
 def finite(value: Any) -> bool:

@@ -36,6 +36,12 @@ class SearchSpace:
         some parameters are searched only under conditions."""
         return DefineByRun(self.distributions, self.conditions) if self.conditions else dict(self.distributions)
 
+    def to_json(self) -> str:
+        """The distributions as JSON (Optuna's own encoding), for the study's MLflow run."""
+        import json
+
+        return json.dumps({name: od.distribution_to_json(d) for name, d in self.distributions.items()})
+
     def describe(self) -> list[str]:
         lines = []
         for name, dist in self.distributions.items():

@@ -352,6 +352,57 @@ def export(name, top, out, tracking_uri, experiment):
 
 
 @cli.command()
+@click.argument("name")
+@click.option(
+    "--top", type=int, default=3, show_default=True, help="How many of the best configs to re-run."
+)
+@click.option("--seeds", type=int, default=3, show_default=True, help="New seeds per config.")
+@click.option(
+    "--neighbours", is_flag=True, help="Also re-run one-step neighbours of the best config."
+)
+@click.option(
+    "--name",
+    "robust_name",
+    default=None,
+    help="Name of the robustness study (default <name>-robust).",
+)
+@sweep_options
+def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri, address, verbose):
+    """Re-run the best configs of study NAME with new seeds (and neighbours)."""
+    from study.robustness import run_robustness
+    from study.sweep import DEFAULT_STORAGE
+
+    outcome = run_robustness(
+        name,
+        top,
+        seeds,
+        neighbours,
+        storage or DEFAULT_STORAGE,
+        tracking_uri,
+        address,
+        robust_name,
+        verbose,
+    )
+    print_where(outcome)
+    click.echo(f"report:  study report {name}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--out", default=None, help="Directory (default reports/<name>).")
+@click.option("--tracking-uri", default=None)
+@click.option("--experiment", default="latent-studies", show_default=True)
+def report(name, out, tracking_uri, experiment):
+    """Write an HTML report (importance, slices with seed bands, Pareto front, degeneracy, images)."""
+    from analysis.report import build_report
+    from study.spec import check_study_name
+
+    check_study_name(name)
+    path = build_report(name, tracking_uri, experiment, out or f"reports/{name}")
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.option("--tracking-uri", default=None)
 @click.option(
     "--host",

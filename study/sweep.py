@@ -261,6 +261,11 @@ def _trainable(spec: StudySpec):
     )
 
 
+def run_settings(spec: StudySpec) -> dict[str, Any]:
+    """What a trial needs besides the family parameters (config[RUN_KEY])."""
+    return _param_space(spec)[RUN_KEY]
+
+
 def _param_space(spec: StudySpec) -> dict[str, Any]:
     run = {
         "family": spec.family,
@@ -303,7 +308,7 @@ def run_study(spec: StudySpec, verbose: bool = False) -> dict[str, Any]:
     """Validate, start or join Ray, create the MLflow parent run, and run the sweep."""
     space = preflight(spec)
     tags = {
-        "latent_studies.space": str(space.distributions),
+        "latent_studies.space": space.to_json(),
         "latent_studies.sampler": sampler_name(spec),
     }
     queue, parent_id = start_study(spec, tags, verbose)
@@ -359,13 +364,14 @@ def make_tuner(
     scheduler,
     num_samples: int,
     verbose: bool = False,
+    param_space: dict[str, Any] | None = None,
 ):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 
     return tune.Tuner(
         _trainable(spec),
-        param_space=_param_space(spec),
+        param_space=param_space or _param_space(spec),
         tune_config=TuneConfig(
             search_alg=search_alg,
             scheduler=scheduler,

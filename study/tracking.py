@@ -33,6 +33,7 @@ DEFAULT_EXPERIMENT = "latent-studies"
 TAG_STUDY = "latent_studies.study"
 TAG_KIND = "latent_studies.kind"  # "study" (parent) or "trial" (child)
 TAG_TRIAL = "latent_studies.trial_id"
+TAG_NODE = "latent_studies.node_id"  # Ray node the trial last reported from
 TAG_PARENT = "mlflow.parentRunId"
 PARAM_VALUE_LIMIT = 6000
 RAY_BOOKKEEPING = {
@@ -241,13 +242,14 @@ class MlflowTrialLogger(Callback):
         self.image_dir = image_dir
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
+        self.node_ids: dict[str, str] = {}
         self.finished: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the Tuner's state for `study resume`: a resumed driver finds its
         # trials' runs again by tag, so per-session bookkeeping is not kept.
         state = self.__dict__.copy()
-        state.update(run_ids={}, last_step={}, finished=set())
+        state.update(run_ids={}, last_step={}, node_ids={}, finished=set())
         return state
 
     # -- helpers ------------------------------------------------------------------------
@@ -323,9 +325,16 @@ class MlflowTrialLogger(Callback):
             return  # a retried trial repeating epochs already logged
         self.last_step[trial_id] = step
         metrics = self._metrics(result, step)
+        tags = []
+        node_id = result.get("node_id")
+        if isinstance(node_id, str) and node_id != self.node_ids.get(trial_id):
+            self.node_ids[trial_id] = node_id  # a retried trial may move to another node
+            tags.append(RunTag(TAG_NODE, node_id))
         self.queue.submit(
             f"metrics of {trial_id} epoch {step}",
-            lambda: self.queue.client.log_batch(self._run_id(trial_id), metrics=metrics),
+            lambda: self.queue.client.log_batch(
+                self._run_id(trial_id), metrics=metrics, tags=tags
+            ),
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -13,6 +13,7 @@ import tempfile
 from functools import lru_cache
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -55,20 +56,29 @@ def train_trial(config: dict[str, Any]) -> None:
 
     eval_every = max(1, int(run.get("eval_every", 1)))
     epochs = int(run["epochs"])
+    # A string, so the MLflow logger records it as a tag (metrics are numbers only).
+    node_id = ray.get_runtime_context().get_node_id()
+    rng_devices = [torch.cuda.current_device()] if device == "cuda" else []
     while experiment.epoch < epochs and not experiment.diverged:
         losses = experiment.train_epoch()
         last = experiment.epoch >= epochs or experiment.diverged
         due = last or experiment.epoch % eval_every == 0
-        metrics = experiment.evaluate() if due else dict(experiment.last_metrics)
+        # Evaluation must not move the training RNG stream (the first evaluation loads the
+        # reference classifier, which draws from torch's global RNG); otherwise a trial's
+        # results would depend on --eval-every and differ from `study train` with its seed.
+        with torch.random.fork_rng(devices=rng_devices):
+            metrics = experiment.evaluate() if due else dict(experiment.last_metrics)
+            grids = experiment.image_grids() if due else {}
         result = {
             **losses,
             **metrics,
             "epoch": experiment.epoch,
             "train_seconds": experiment.train_seconds,
             "eval_seconds": experiment.eval_seconds,
+            "node_id": node_id,
         }
         with tempfile.TemporaryDirectory() as directory:
             experiment.save(directory)
             if due:
-                save_grids(experiment.image_grids(), os.path.join(directory, IMAGES_DIR))
+                save_grids(grids, os.path.join(directory, IMAGES_DIR))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))

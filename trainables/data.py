@@ -160,7 +160,7 @@ def _download(name: str, root: Path) -> Path:
 def _read_idx(path: Path) -> np.ndarray:
     """Read one idx file (gzip or raw): a big-endian header, then uint8 values."""
     opener = gzip.open if path.suffix == ".gz" else open
-    fix = "fix: replace it with the original file (or pass --download)"
+    fix = "fix: replace it with the original file, pass --data-dir DIR pointing at intact files, or pass --download"
     try:
         with opener(path, "rb") as handle:
             data = handle.read()

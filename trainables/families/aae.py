@@ -134,28 +134,36 @@ def make_optimizers(model: AAE, config: AAEConfig) -> dict[str, torch.optim.Opti
     }
 
 
+def train_step(
+    model: AAE, optimizers, x: torch.Tensor, y: torch.Tensor, config: AAEConfig, generator
+) -> dict[str, torch.Tensor]:
+    """The three phases on one batch; returns the loss terms (still on the device)."""
+    # 1. reconstruction
+    recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
+    gradient_step(optimizers["autoencoder"], recon)
+    # 2. discriminator: prior samples are "real", codes are "fake"
+    n, device = len(y), y.device
+    # Built on the device: no host-to-device copy per step.
+    targets = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
+    for _ in range(config.disc_steps):
+        with torch.no_grad():
+            fake = model.encode(x, sample=True)
+        real = sample_prior(config, y, generator)
+        logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
+        disc_loss = F.binary_cross_entropy_with_logits(logits, targets)
+        gradient_step(optimizers["discriminator"], disc_loss)
+    # 3. generator: the encoder tries to make its codes pass for prior samples
+    fooled = model.discriminate(model.encode(x, sample=True), y)
+    gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+    gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
+    return {"loss": recon + config.adv_weight * gen_loss, "recon": recon, "disc": disc_loss, "gen": gen_loss}
+
+
 def train_epoch(model: AAE, optimizers, dataset: Dataset, config: AAEConfig, generator) -> dict:
     model.train()
 
     def step(index: torch.Tensor) -> dict[str, torch.Tensor]:
-        x, y = dataset.x_train[index], dataset.y_train[index]
-        # 1. reconstruction
-        recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
-        gradient_step(optimizers["autoencoder"], recon)
-        # 2. discriminator: prior samples are "real", codes are "fake"
-        for _ in range(config.disc_steps):
-            with torch.no_grad():
-                fake = model.encode(x, sample=True)
-            real = sample_prior(config, y, generator)
-            logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
-            targets = torch.cat([torch.ones(len(y)), torch.zeros(len(y))]).to(logits.device)
-            disc_loss = F.binary_cross_entropy_with_logits(logits, targets)
-            gradient_step(optimizers["discriminator"], disc_loss)
-        # 3. generator: the encoder tries to make its codes pass for prior samples
-        fooled = model.discriminate(model.encode(x, sample=True), y)
-        gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-        gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
-        return {"loss": recon + config.adv_weight * gen_loss, "recon": recon, "disc": disc_loss, "gen": gen_loss}
+        return train_step(model, optimizers, dataset.x_train[index], dataset.y_train[index], config, generator)
 
     batches = shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
     return run_batches(batches, step)

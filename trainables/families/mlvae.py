@@ -195,7 +195,7 @@ FAMILY = Family(
     make_optimizers=make_optimizers,
     train_epoch=train_epoch,
     evaluate=evaluate,
-    default_objectives=("content_acc_grouped:max", "swap_acc:max"),
+    default_objectives=("swap_acc:max", "content_acc_grouped:max"),
     metric_names=(
         "recon_mse",
         "content_acc_grouped",

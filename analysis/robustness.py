@@ -1,0 +1,44 @@
+"""Seed robustness of re-run configs: mean, spread, confidence interval, robust score."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.runs import StudyRuns
+
+
+def robust_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
+    """Per variant: n, mean, std, 95% t-interval, and the robust score (mean - std for a
+    metric to maximise, mean + std to minimise). Best robust score first."""
+    from scipy import stats
+
+    trials = robust.trials
+    trials = trials[
+        (trials["status"] == "FINISHED")
+        & trials[metric].map(lambda v: isinstance(v, float) and math.isfinite(v))
+    ]
+    rows = []
+    for variant, group in trials.groupby("study.variant"):
+        values = group[metric].astype(float)
+        n, mean = len(values), values.mean()
+        std = values.std(ddof=1) if n > 1 else 0.0
+        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+        score = mean - std if mode == "max" else mean + std
+        rows.append(
+            {
+                "variant": variant,
+                "n": n,
+                "mean": mean,
+                "std": std,
+                "ci95_low": mean - half,
+                "ci95_high": mean + half,
+                "robust_score": score,
+                "example_run": group.iloc[0]["run_id"],
+            }
+        )
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("robust_score", ascending=(mode == "min")).reset_index(drop=True)
