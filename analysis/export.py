@@ -43,9 +43,34 @@ def export_config(study: StudyRuns, row) -> dict[str, Any]:
     }
 
 
-def export_study(study: StudyRuns, out_dir: str | Path, top: int = 1) -> list[Path]:
-    """Write best.yaml and rank-01.yaml ... rank-KK.yaml atomically: the directory is
-    built aside and renamed into place, so a failure leaves the old export intact."""
+def robust_best_config(robust: StudyRuns) -> dict[str, Any] | None:
+    """The config with the best robust score (mean - std over seeds), as one of its runs."""
+    from analysis.robustness import robust_summary
+
+    metric, mode = robust.objectives[0]
+    summary = robust_summary(robust, metric, mode)
+    if summary.empty:
+        return None
+    best = summary.iloc[0]
+    row = robust.trials[robust.trials["run_id"] == best["example_run"]].iloc[0]
+    config = export_config(robust, row)
+    config["robust"] = {
+        "metric": metric,
+        "variant": best["variant"],
+        "seeds": int(best["n"]),
+        "mean": float(best["mean"]),
+        "std": float(best["std"]),
+        "robust_score": float(best["robust_score"]),
+    }
+    return config
+
+
+def export_study(
+    study: StudyRuns, out_dir: str | Path, top: int = 1, robust: StudyRuns | None = None
+) -> list[Path]:
+    """Write best.yaml and rank-01.yaml ... rank-KK.yaml (and robust-best.yaml when a
+    robustness study exists) atomically: the directory is built aside and renamed into
+    place, so a failure leaves the old export intact."""
     if top < 1:
         raise UserError(f"top: expected a whole number >= 1, got {top}")
     best = ranked(study)
@@ -65,6 +90,12 @@ def export_study(study: StudyRuns, out_dir: str | Path, top: int = 1) -> list[Pa
                 names.append("best.yaml")
             (staging / f"rank-{rank:02d}.yaml").write_text(text)
             names.append(f"rank-{rank:02d}.yaml")
+        robust_config = robust_best_config(robust) if robust is not None else None
+        if robust_config:
+            (staging / "robust-best.yaml").write_text(
+                yaml.safe_dump(robust_config, sort_keys=False)
+            )
+            names.append("robust-best.yaml")
         old = None
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")

@@ -345,7 +345,11 @@ def export(name, top, out, tracking_uri, experiment):
     if top < 1:
         raise UserError(f"top: expected a whole number >= 1, got {top}")
     study = load_study(name, tracking_uri, experiment)
-    paths = export_study(study, out or f"exports/{name}", top)
+    try:
+        robust = load_study(f"{name}-robust", tracking_uri, experiment)
+    except UserError:
+        robust = None  # no robustness run: no robust-best.yaml
+    paths = export_study(study, out or f"exports/{name}", top, robust)
     for path in paths:
         click.echo(f"wrote {path}")
     click.echo(f"retrain: study train --config {paths[0]}")

@@ -90,7 +90,7 @@ class TrainSpec:
     params: dict[str, Any] = field(default_factory=dict)
 
     # Keys an export file may carry besides the spec; they are informational.
-    INFO_KEYS = ("metrics", "source", "objectives")
+    INFO_KEYS = ("metrics", "source", "objectives", "robust")
 
     def __post_init__(self) -> None:
         family = get_family(self.family)

@@ -332,9 +332,7 @@ class MlflowTrialLogger(Callback):
             tags.append(RunTag(TAG_NODE, node_id))
         self.queue.submit(
             f"metrics of {trial_id} epoch {step}",
-            lambda: self.queue.client.log_batch(
-                self._run_id(trial_id), metrics=metrics, tags=tags
-            ),
+            lambda: self.queue.client.log_batch(self._run_id(trial_id), metrics=metrics, tags=tags),
         )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
