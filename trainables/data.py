@@ -138,7 +138,9 @@ def _find_idx_dir(name: str, data_dir, download: bool) -> Path:
 
 
 def default_download_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-studies" / "data"
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-studies" / "data"
+    )
 
 
 def _download(name: str, root: Path) -> Path:
@@ -199,7 +201,9 @@ class GroupBatcher:
     Groups are cut from per-class index tensors shuffled once per epoch.
     """
 
-    def __init__(self, labels: torch.Tensor, n_classes: int, group_size: int, groups_per_batch: int):
+    def __init__(
+        self, labels: torch.Tensor, n_classes: int, group_size: int, groups_per_batch: int
+    ):
         self.class_indices = [torch.nonzero(labels == c).squeeze(1) for c in range(n_classes)]
         self.group_size = group_size
         self.groups_per_batch = groups_per_batch

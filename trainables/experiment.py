@@ -44,7 +44,12 @@ class Experiment:
 
     @classmethod
     def create(
-        cls, family: str | Family, config: dict[str, Any] | FamilyConfig, dataset: Dataset, seed: int = 0, **kwargs
+        cls,
+        family: str | Family,
+        config: dict[str, Any] | FamilyConfig,
+        dataset: Dataset,
+        seed: int = 0,
+        **kwargs,
     ) -> Experiment:
         family = get_family(family) if isinstance(family, str) else family
         if not isinstance(config, FamilyConfig):
@@ -65,7 +70,9 @@ class Experiment:
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch; a non-finite loss marks the run diverged instead of raising."""
         start = time.perf_counter()
-        losses = self.family.train_epoch(self.model, self.optimizers, self.dataset, self.config, self.generator)
+        losses = self.family.train_epoch(
+            self.model, self.optimizers, self.dataset, self.config, self.generator
+        )
         self.train_seconds += time.perf_counter() - start
         self.epoch += 1
         if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
@@ -138,5 +145,7 @@ class Experiment:
         return path
 
     def restore(self, directory: str | Path) -> None:
-        state = torch.load(Path(directory) / STATE_FILE, map_location=self.dataset.device, weights_only=False)
+        state = torch.load(
+            Path(directory) / STATE_FILE, map_location=self.dataset.device, weights_only=False
+        )
         self.load_state_dict(state)

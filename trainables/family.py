@@ -50,7 +50,9 @@ class FamilyConfig:
             values = value if isinstance(value, tuple) else (value,)
             for v in values:
                 if (low is not None and v < low) or (high is not None and v > high):
-                    raise ConfigError(f"{name}: {value!r} is out of range; use a value in {_range_text(low, high)}")
+                    raise ConfigError(
+                        f"{name}: {value!r} is out of range; use a value in {_range_text(low, high)}"
+                    )
         self.check()
 
     @classmethod
@@ -78,7 +80,9 @@ class FamilyConfig:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
 
 def _range_text(low, high) -> str:
@@ -94,7 +98,9 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
-            raise ConfigError(f"{name}: {value!r} is not a valid choice; choose one of {', '.join(map(str, choices))}")
+            raise ConfigError(
+                f"{name}: {value!r} is not a valid choice; choose one of {', '.join(map(str, choices))}"
+            )
         return value
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -102,9 +108,13 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(annotation)
         if not isinstance(value, list | tuple) or not value:
-            raise ConfigError(f"{name}: expected a non-empty list of {item_type.__name__}, got {value!r}; write e.g. [256, 64]")
+            raise ConfigError(
+                f"{name}: expected a non-empty list of {item_type.__name__}, got {value!r}; write e.g. [256, 64]"
+            )
         return tuple(_coerce(name, v, item_type) for v in value)
-    wrong = ConfigError(f"{name}: expected {annotation.__name__}, got {value!r} ({type(value).__name__}); fix the value")
+    wrong = ConfigError(
+        f"{name}: expected {annotation.__name__}, got {value!r} ({type(value).__name__}); fix the value"
+    )
     if annotation is bool:
         if not isinstance(value, bool):
             raise wrong
@@ -189,3 +199,14 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, n_classes).float()
+
+
+@torch.no_grad()
+def reconstruction_grid(
+    model: nn.Module, dataset: Dataset, config: FamilyConfig, ctx
+) -> torch.Tensor:
+    """Ten test images (top row) over their reconstructions from mean codes (bottom row).
+    Every family's model provides `reconstruct(x, labels)`."""
+    model.eval()
+    x, y = ctx.x_test[:10], ctx.y_test[:10]
+    return torch.stack([x, model.reconstruct(x, y)]).view(2, len(x), *dataset.image_shape)

@@ -54,7 +54,9 @@ def marginal_kl_bound(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return pairwise_gaussian_kl(mu, logvar).mean(dim=1)
 
 
-def gaussian_kernel_mmd(x: torch.Tensor, y: torch.Tensor, scales=(0.2, 0.5, 1.0, 2.0, 5.0)) -> torch.Tensor:
+def gaussian_kernel_mmd(
+    x: torch.Tensor, y: torch.Tensor, scales=(0.2, 0.5, 1.0, 2.0, 5.0)
+) -> torch.Tensor:
     """Biased estimate of MMD^2 between samples x and y under a sum of RBF kernels
     exp(-|a-b|^2 / (2 s^2)) over bandwidths s, scaled by the code dimension."""
     dim = x.shape[1]

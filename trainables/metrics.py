@@ -118,7 +118,9 @@ def content_accuracy(train_codes, train_labels, test_codes, test_labels, seed: i
     return float(model.score(x_te, _numpy(test_labels)))
 
 
-def leakage_metrics(train_codes, train_labels, test_codes, test_labels, seed: int = 0) -> dict[str, float]:
+def leakage_metrics(
+    train_codes, train_labels, test_codes, test_labels, seed: int = 0
+) -> dict[str, float]:
     """`leakage_acc`: the best probe's accuracy predicting the label from a code that should
     not carry it; `leakage`: the same rescaled so 0 is chance and 1 is perfect."""
     scores = probe_accuracies(train_codes, train_labels, test_codes, test_labels, seed)
@@ -138,7 +140,9 @@ def swap_accuracy(decoded: torch.Tensor, target_labels: torch.Tensor, ctx: EvalC
     return float((ctx.reference.predict(decoded) == target_labels).float().mean())
 
 
-def derangement_targets(labels: torch.Tensor, n_classes: int, generator: torch.Generator) -> torch.Tensor:
+def derangement_targets(
+    labels: torch.Tensor, n_classes: int, generator: torch.Generator
+) -> torch.Tensor:
     """For each label, a different label drawn uniformly (the class to swap in)."""
     shift = torch.randint(1, n_classes, labels.shape, generator=generator).to(labels.device)
     return (labels + shift) % n_classes

@@ -29,7 +29,9 @@ def cache_dir() -> Path:
 
 def _fingerprint(dataset: Dataset) -> str:
     digest = hashlib.sha256()
-    digest.update(f"{dataset.name}:{RECIPE_VERSION}:{HIDDEN}:{tuple(dataset.x_train.shape)}".encode())
+    digest.update(
+        f"{dataset.name}:{RECIPE_VERSION}:{HIDDEN}:{tuple(dataset.x_train.shape)}".encode()
+    )
     # A strided sample of the pixels and all labels tells datasets of the same name apart.
     digest.update(dataset.x_train[::97].cpu().numpy().tobytes())
     digest.update(dataset.y_train.cpu().numpy().tobytes())
@@ -82,7 +84,9 @@ def _train(dataset: Dataset) -> tuple[nn.Module, float]:
     epochs = max(1, EPOCHS_FOR_SAMPLES // n)
     for _ in range(epochs):
         for index in shuffled_batches(n, 128, generator, dataset.device):
-            loss = nn.functional.cross_entropy(model(dataset.x_train[index]), dataset.y_train[index])
+            loss = nn.functional.cross_entropy(
+                model(dataset.x_train[index]), dataset.y_train[index]
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

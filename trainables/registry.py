@@ -14,7 +14,9 @@ from trainables.family import Family
 @cache
 def families() -> dict[str, Family]:
     found: dict[str, Family] = {}
-    for module_info in sorted(pkgutil.iter_modules(families_package.__path__), key=lambda m: m.name):
+    for module_info in sorted(
+        pkgutil.iter_modules(families_package.__path__), key=lambda m: m.name
+    ):
         if module_info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{families_package.__name__}.{module_info.name}")

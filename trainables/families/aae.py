@@ -26,7 +26,15 @@ from torch import nn
 
 from trainables.data import Dataset, shuffled_batches
 from trainables.errors import ConfigError
-from trainables.family import Family, FamilyConfig, gradient_step, mlp, one_hot, run_batches
+from trainables.family import (
+    Family,
+    FamilyConfig,
+    gradient_step,
+    mlp,
+    one_hot,
+    reconstruction_grid,
+    run_batches,
+)
 from trainables.losses import bernoulli_recon, gaussian_kernel_mmd
 from trainables.metrics import (
     DEGENERATE_SWAP_ACC,
@@ -67,7 +75,9 @@ class AAEConfig(FamilyConfig):
 
     def check(self) -> None:
         if self.prior == "mixture" and self.z_dim != 2:
-            raise ConfigError(f"z_dim: the mixture prior lives in 2-D, got z_dim={self.z_dim}; set z_dim=2 or prior=gaussian")
+            raise ConfigError(
+                f"z_dim: the mixture prior lives in 2-D, got z_dim={self.z_dim}; set z_dim=2 or prior=gaussian"
+            )
 
 
 def mixture_means(device=None) -> torch.Tensor:
@@ -75,7 +85,9 @@ def mixture_means(device=None) -> torch.Tensor:
     return (MIXTURE_RADIUS * torch.stack([angles.cos(), angles.sin()], dim=1)).to(device)
 
 
-def sample_prior(config: AAEConfig, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_prior(
+    config: AAEConfig, labels: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Prior samples, one per label. Under the mixture, label k picks mode k when the
     discriminator is label-conditioned and a uniform random mode otherwise."""
     n, device = len(labels), labels.device
@@ -113,6 +125,9 @@ class AAE(nn.Module):
             z = torch.cat([z, one_hot(labels, self.n_classes)], dim=1)
         return self.decoder(z)  # logits
 
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decode(self.encode(x), labels))
+
     def discriminate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.label_conditioned:
             z = torch.cat([z, one_hot(labels, self.n_classes)], dim=1)
@@ -128,7 +143,9 @@ def make_optimizers(model: AAE, config: AAEConfig) -> dict[str, torch.optim.Opti
     return {
         "autoencoder": torch.optim.Adam(autoencoder, lr=config.lr),
         "discriminator": torch.optim.Adam(
-            model.discriminator.parameters(), lr=config.lr * config.disc_lr_ratio, betas=(0.5, 0.999)
+            model.discriminator.parameters(),
+            lr=config.lr * config.disc_lr_ratio,
+            betas=(0.5, 0.999),
         ),
         "generator": torch.optim.Adam(model.encoder.parameters(), lr=config.lr, betas=(0.5, 0.999)),
     }
@@ -156,14 +173,21 @@ def train_step(
     fooled = model.discriminate(model.encode(x, sample=True), y)
     gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
     gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
-    return {"loss": recon + config.adv_weight * gen_loss, "recon": recon, "disc": disc_loss, "gen": gen_loss}
+    return {
+        "loss": recon + config.adv_weight * gen_loss,
+        "recon": recon,
+        "disc": disc_loss,
+        "gen": gen_loss,
+    }
 
 
 def train_epoch(model: AAE, optimizers, dataset: Dataset, config: AAEConfig, generator) -> dict:
     model.train()
 
     def step(index: torch.Tensor) -> dict[str, torch.Tensor]:
-        return train_step(model, optimizers, dataset.x_train[index], dataset.y_train[index], config, generator)
+        return train_step(
+            model, optimizers, dataset.x_train[index], dataset.y_train[index], config, generator
+        )
 
     batches = shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
     return run_batches(batches, step)
@@ -178,15 +202,19 @@ def evaluate(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) 
     prior = sample_prior(config, y_test, generator)
     real_logits, fake_logits = model.discriminate(prior, y_test), model.discriminate(z_test, y_test)
     metrics = {
-        "recon_mse": recon_mse(ctx.x_test, torch.sigmoid(model.decode(z_test, y_test))),
+        "recon_mse": recon_mse(ctx.x_test, model.reconstruct(ctx.x_test, y_test)),
         "prior_mmd": float(gaussian_kernel_mmd(z_test, prior)),
         # 0.5 means the discriminator is fooled on held-out codes.
-        "disc_acc": float(((real_logits > 0).float().mean() + (fake_logits <= 0).float().mean()) / 2),
+        "disc_acc": float(
+            ((real_logits > 0).float().mean() + (fake_logits <= 0).float().mean()) / 2
+        ),
     }
     if config.conditional_decoder:
         metrics.update(leakage_metrics(z_train, ctx.y_train, z_test, y_test, ctx.seed))
         target = derangement_targets(y_test, dataset.n_classes, generator)
-        metrics["swap_acc"] = swap_accuracy(torch.sigmoid(model.decode(z_test, target)), target, ctx)
+        metrics["swap_acc"] = swap_accuracy(
+            torch.sigmoid(model.decode(z_test, target)), target, ctx
+        )
         metrics["degenerate"] = float(metrics["swap_acc"] <= DEGENERATE_SWAP_ACC)
     else:
         metrics["content_acc"] = content_accuracy(z_train, ctx.y_train, z_test, y_test)
@@ -199,15 +227,9 @@ def evaluate(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) 
 
 
 @torch.no_grad()
-def recon_grid(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) -> torch.Tensor:
-    model.eval()
-    x, y = ctx.x_test[:10], ctx.y_test[:10]
-    x_hat = torch.sigmoid(model.decode(model.encode(x), y))
-    return torch.stack([x, x_hat]).view(2, len(x), *dataset.image_shape)
-
-
-@torch.no_grad()
-def prior_samples_grid(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) -> torch.Tensor:
+def prior_samples_grid(
+    model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext
+) -> torch.Tensor:
     """Decoded prior samples: row k uses label k (mode k when label-conditioned)."""
     model.eval()
     n = dataset.n_classes
@@ -236,5 +258,5 @@ FAMILY = Family(
         "mode_acc",
         "degenerate",
     ),
-    image_grids={"reconstructions": recon_grid, "samples": prior_samples_grid},
+    image_grids={"reconstructions": reconstruction_grid, "samples": prior_samples_grid},
 )

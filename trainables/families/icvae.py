@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from trainables.data import Dataset, shuffled_batches
-from trainables.family import Family, FamilyConfig, gradient_step, mlp, one_hot, run_batches
+from trainables.family import (
+    Family,
+    FamilyConfig,
+    gradient_step,
+    mlp,
+    one_hot,
+    reconstruction_grid,
+    run_batches,
+)
 from trainables.losses import bernoulli_recon, kl_to_standard_normal, marginal_kl_bound
 from trainables.metrics import (
     DEGENERATE_SWAP_ACC,
@@ -57,6 +65,9 @@ class ICVAE(nn.Module):
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([z, one_hot(labels, self.n_classes)], dim=1))  # logits
 
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decode(self.encode(x)[0], labels))
+
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         mu, logvar = self.encode(x)
@@ -95,7 +106,7 @@ def evaluate(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalConte
     z_train, _ = model.encode(ctx.x_train)
     z_test, _ = model.encode(ctx.x_test)
     metrics = {
-        "recon_mse": recon_mse(ctx.x_test, torch.sigmoid(model.decode(z_test, ctx.y_test))),
+        "recon_mse": recon_mse(ctx.x_test, model.reconstruct(ctx.x_test, ctx.y_test)),
         **leakage_metrics(z_train, ctx.y_train, z_test, ctx.y_test, ctx.seed),
     }
     generator = torch.Generator().manual_seed(ctx.seed + 1)
@@ -107,7 +118,9 @@ def evaluate(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalConte
 
 
 @torch.no_grad()
-def swap_grid(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext) -> torch.Tensor:
+def swap_grid(
+    model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext
+) -> torch.Tensor:
     """Rows: test images' codes; columns: the label fed to the decoder (0..9)."""
     model.eval()
     z, _ = model.encode(ctx.x_test[:10])
@@ -115,15 +128,6 @@ def swap_grid(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalCont
     labels = torch.arange(n, device=z.device).repeat(len(z))
     decoded = torch.sigmoid(model.decode(z.repeat_interleave(n, 0), labels))
     return decoded.view(len(z), n, *dataset.image_shape)
-
-
-@torch.no_grad()
-def recon_grid(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext) -> torch.Tensor:
-    model.eval()
-    x, y = ctx.x_test[:10], ctx.y_test[:10]
-    z, _ = model.encode(x)
-    x_hat = torch.sigmoid(model.decode(z, y))
-    return torch.stack([x, x_hat]).view(2, len(x), *dataset.image_shape)
 
 
 FAMILY = Family(
@@ -136,5 +140,5 @@ FAMILY = Family(
     evaluate=evaluate,
     default_objectives=("recon_mse:min", "leakage:min"),
     metric_names=("recon_mse", "leakage_acc", "leakage", "swap_acc", "degenerate"),
-    image_grids={"reconstructions": recon_grid, "swaps": swap_grid},
+    image_grids={"reconstructions": reconstruction_grid, "swaps": swap_grid},
 )

@@ -19,7 +19,14 @@ from torch import nn
 
 from trainables.data import Dataset, GroupBatcher, fixed_groups
 from trainables.errors import ConfigError
-from trainables.family import Family, FamilyConfig, gradient_step, mlp, run_batches
+from trainables.family import (
+    Family,
+    FamilyConfig,
+    gradient_step,
+    mlp,
+    reconstruction_grid,
+    run_batches,
+)
 from trainables.losses import bernoulli_recon, kl_to_standard_normal, product_of_gaussians
 from trainables.metrics import (
     DEGENERATE_SWAP_ACC,
@@ -67,7 +74,9 @@ class MLVAE(nn.Module):
         width = config.hidden[-1]
         self.style_head = nn.Linear(width, 2 * config.style_dim)
         self.class_head = nn.Linear(width, 2 * config.class_dim)
-        self.decoder = mlp([config.style_dim + config.class_dim, *reversed(config.hidden), n_pixels])
+        self.decoder = mlp(
+            [config.style_dim + config.class_dim, *reversed(config.hidden), n_pixels]
+        )
 
     def encode(self, x: torch.Tensor):
         h = self.trunk(x)
@@ -78,13 +87,20 @@ class MLVAE(nn.Module):
     def decode(self, style: torch.Tensor, class_code: torch.Tensor) -> torch.Tensor:
         return self.decoder(torch.cat([style, class_code], dim=1))  # logits
 
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """From single-sample mean codes (no group accumulation)."""
+        style_mu, _, class_mu, _ = self.encode(x)
+        return torch.sigmoid(self.decode(style_mu, class_mu))
+
     def group_codes(self, x: torch.Tensor, group_ids: torch.Tensor, n_groups: int):
         """Style Gaussians per sample and accumulated class Gaussians per group."""
         style_mu, style_logvar, class_mu, class_logvar = self.encode(x)
         group_mu, group_logvar = product_of_gaussians(class_mu, class_logvar, group_ids, n_groups)
         return style_mu, style_logvar, group_mu, group_logvar
 
-    def loss(self, x: torch.Tensor, group_ids: torch.Tensor, n_groups: int) -> dict[str, torch.Tensor]:
+    def loss(
+        self, x: torch.Tensor, group_ids: torch.Tensor, n_groups: int
+    ) -> dict[str, torch.Tensor]:
         cfg = self.config
         style_mu, style_logvar, group_mu, group_logvar = self.group_codes(x, group_ids, n_groups)
         style = style_mu + torch.randn_like(style_mu) * torch.exp(0.5 * style_logvar)
@@ -96,7 +112,12 @@ class MLVAE(nn.Module):
         kl_class = kl_to_standard_normal(group_mu, group_logvar).sum()
         n = len(x)
         loss = (recon + cfg.kl_style_weight * kl_style + cfg.kl_class_weight * kl_class) / n
-        return {"loss": loss, "recon": recon / n, "kl_style": kl_style / n, "kl_class": kl_class / n}
+        return {
+            "loss": loss,
+            "recon": recon / n,
+            "kl_style": kl_style / n,
+            "kl_class": kl_class / n,
+        }
 
 
 def build(config: MLVAEConfig, dataset: Dataset) -> MLVAE:
@@ -153,7 +174,9 @@ def evaluate(model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalConte
     return metrics
 
 
-def _swap(model: MLVAE, style: torch.Tensor, class_code: torch.Tensor, labels: torch.Tensor, seed: int):
+def _swap(
+    model: MLVAE, style: torch.Tensor, class_code: torch.Tensor, labels: torch.Tensor, seed: int
+):
     """Decode each sample's style with the class code of a sample of another label."""
     generator = torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(labels), generator=generator).to(labels.device)
@@ -164,7 +187,9 @@ def _swap(model: MLVAE, style: torch.Tensor, class_code: torch.Tensor, labels: t
 
 
 @torch.no_grad()
-def swap_grid(model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalContext) -> torch.Tensor:
+def swap_grid(
+    model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalContext
+) -> torch.Tensor:
     """Rows: style sources; columns: class sources (one per class); cell: the decoded mix."""
     model.eval()
     x, y = ctx.x_test, ctx.y_test
@@ -176,15 +201,6 @@ def swap_grid(model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalCont
         model.decode(style.repeat_interleave(n, 0), group_code[firsts].repeat(n, 1))
     )
     return decoded.view(n, n, *dataset.image_shape)
-
-
-@torch.no_grad()
-def recon_grid(model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalContext) -> torch.Tensor:
-    model.eval()
-    x = ctx.x_test[:10]
-    style, _, class_mu, _ = model.encode(x)
-    x_hat = torch.sigmoid(model.decode(style, class_mu))
-    return torch.stack([x, x_hat]).view(2, len(x), *dataset.image_shape)
 
 
 FAMILY = Family(
@@ -205,5 +221,5 @@ FAMILY = Family(
         "swap_acc",
         "degenerate",
     ),
-    image_grids={"reconstructions": recon_grid, "swaps": swap_grid},
+    image_grids={"reconstructions": reconstruction_grid, "swaps": swap_grid},
 )
