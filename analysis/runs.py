@@ -8,7 +8,6 @@ from typing import Any
 
 import pandas as pd
 import yaml
-from mlflow import MlflowClient
 
 from study import tracking
 from study.errors import UserError
@@ -54,8 +53,10 @@ def load_study(
 ) -> StudyRuns:
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking_uri(uri)
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
+    # A missing SQLite file holds no study; opening it (even making the client) would
+    # create it, so don't.
+    client = tracking.open_client(uri) if tracking.store_exists(uri) else None
+    found = client.get_experiment_by_name(experiment) if client else None
     parent = tracking.find_study_run(client, found.experiment_id, name) if found else None
     if parent is None:
         raise UserError(

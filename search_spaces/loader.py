@@ -34,13 +34,19 @@ class SearchSpace:
     def search_space(self):
         """What OptunaSearch takes: the distributions, or a define-by-run function when
         some parameters are searched only under conditions."""
-        return DefineByRun(self.distributions, self.conditions) if self.conditions else dict(self.distributions)
+        return (
+            DefineByRun(self.distributions, self.conditions)
+            if self.conditions
+            else dict(self.distributions)
+        )
 
     def to_json(self) -> str:
         """The distributions as JSON (Optuna's own encoding), for the study's MLflow run."""
         import json
 
-        return json.dumps({name: od.distribution_to_json(d) for name, d in self.distributions.items()})
+        return json.dumps(
+            {name: od.distribution_to_json(d) for name, d in self.distributions.items()}
+        )
 
     def describe(self) -> list[str]:
         lines = []
@@ -89,7 +95,9 @@ def default_space_path(family: str) -> Path:
     return SPACES_DIR / f"{family}.yaml"
 
 
-def load_space(family: str, path: str | Path | None = None, fixed: dict[str, Any] | None = None) -> SearchSpace:
+def load_space(
+    family: str, path: str | Path | None = None, fixed: dict[str, Any] | None = None
+) -> SearchSpace:
     """Load and validate the space for `family` (its shipped file unless `path` is given).
     Parameters in `fixed` are removed from the space: the study holds them constant."""
     get_family(family)
@@ -98,13 +106,24 @@ def load_space(family: str, path: str | Path | None = None, fixed: dict[str, Any
     try:
         data = yaml.safe_load(path.read_text())
     except OSError as error:
-        raise ConfigError(f"space: cannot read {path} ({error.strerror}); check the --space path") from None
+        raise ConfigError(
+            f"space: cannot read {path} ({error.strerror}); check the --space path"
+        ) from None
+    except yaml.constructor.ConstructorError as error:
+        # safe_load refuses tags like !!python/object/apply, which would run code.
+        raise ConfigError(
+            f"space: {path} has a YAML tag that is not plain data ({error.problem}); remove the tag"
+        ) from None
     except yaml.YAMLError:
         raise ConfigError(f"space: {path} is not valid YAML; fix its syntax") from None
     if not isinstance(data, dict) or not isinstance(data.get("parameters"), dict):
-        raise ConfigError(f"space: {path} needs a 'parameters:' mapping of name -> {{type, low, high}}")
+        raise ConfigError(
+            f"space: {path} needs a 'parameters:' mapping of name -> {{type, low, high}}"
+        )
     if data.get("family", family) != family:
-        raise ConfigError(f"space: {path} is for family {data['family']!r}, not {family!r}; pass the right --space")
+        raise ConfigError(
+            f"space: {path} is for family {data['family']!r}, not {family!r}; pass the right --space"
+        )
     fixed = fixed or {}
     distributions, conditions = {}, {}
     for name, spec in data["parameters"].items():
@@ -112,7 +131,9 @@ def load_space(family: str, path: str | Path | None = None, fixed: dict[str, Any
             continue
         if isinstance(spec, dict) and "when" in spec:
             spec = dict(spec)
-            conditions[name] = _condition(name, spec.pop("when"), spec.pop("otherwise", None), distributions, what)
+            conditions[name] = _condition(
+                name, spec.pop("when"), spec.pop("otherwise", None), distributions, what
+            )
         distributions[name] = _distribution(name, spec, what)
     _check_against_config(family, distributions, fixed, what)
     for name, (_when, otherwise) in conditions.items():
@@ -125,7 +146,9 @@ def _condition(name: str, when: Any, otherwise: Any, earlier: dict, what: str) -
         raise ConfigError(f"{name}: 'when' must map earlier parameters to values in {what}")
     for key in when:
         if key not in earlier:
-            raise ConfigError(f"{name}: 'when' names {key!r}, which must be a parameter listed above it in {what}")
+            raise ConfigError(
+                f"{name}: 'when' names {key!r}, which must be a parameter listed above it in {what}"
+            )
     if otherwise is None:
         raise ConfigError(f"{name}: a parameter with 'when' needs 'otherwise: VALUE' in {what}")
     return dict(when), otherwise
@@ -133,12 +156,18 @@ def _condition(name: str, when: Any, otherwise: Any, earlier: dict, what: str) -
 
 def _distribution(name: str, spec: Any, what: str) -> od.BaseDistribution:
     if not isinstance(spec, dict) or spec.get("type") not in KINDS:
-        raise ConfigError(f"{name}: in {what}, give type: one of {', '.join(KINDS)} (with low/high or choices)")
+        raise ConfigError(
+            f"{name}: in {what}, give type: one of {', '.join(KINDS)} (with low/high or choices)"
+        )
     kind = spec["type"]
-    allowed = {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
+    allowed = (
+        {"type", "choices"} if kind == "categorical" else {"type", "low", "high", "log", "step"}
+    )
     extra = sorted(set(spec) - allowed)
     if extra:
-        raise ConfigError(f"{name}: unknown key {extra[0]!r} in {what}; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"{name}: unknown key {extra[0]!r} in {what}; allowed: {', '.join(sorted(allowed))}"
+        )
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
@@ -148,7 +177,9 @@ def _distribution(name: str, spec: Any, what: str) -> od.BaseDistribution:
     number = int if kind == "int" else (int, float)
     for key, value in (("low", low), ("high", high)):
         if isinstance(value, bool) or not isinstance(value, number):
-            raise ConfigError(f"{name}: {key} must be a{'n int' if kind == 'int' else ' number'} in {what}, got {value!r}")
+            raise ConfigError(
+                f"{name}: {key} must be a{'n int' if kind == 'int' else ' number'} in {what}, got {value!r}"
+            )
     if low > high:
         raise ConfigError(f"{name}: low {low} > high {high} in {what}; swap them")
     if log and low <= 0:
@@ -167,9 +198,13 @@ def _check_against_config(family: str, distributions, fixed, what: str) -> None:
     valid = config_cls.field_names()
     for name in [*distributions, *fixed]:
         if name not in valid:
-            raise ConfigError(f"{name}: unknown parameter for {family} ({what}); valid parameters: {', '.join(valid)}")
+            raise ConfigError(
+                f"{name}: unknown parameter for {family} ({what}); valid parameters: {', '.join(valid)}"
+            )
     config_cls(**fixed)
     for name, dist in distributions.items():
-        probes = dist.choices if isinstance(dist, od.CategoricalDistribution) else (dist.low, dist.high)
+        probes = (
+            dist.choices if isinstance(dist, od.CategoricalDistribution) else (dist.low, dist.high)
+        )
         for value in probes:
             config_cls(**{**fixed, name: value})

@@ -226,10 +226,6 @@ def run(
     """Sweep FAMILY's hyperparameters with Optuna on Ray Tune, recording every trial in MLflow."""
     from study.sweep import DEFAULT_STORAGE, StudySpec, run_study
 
-    if download:
-        from trainables import load_dataset
-
-        load_dataset(dataset, data_dir, download=True)
     spec = StudySpec(
         family=family,
         name=name or "",
@@ -253,9 +249,10 @@ def run(
         eval_every=eval_every,
         max_failures=max_failures,
     )
-    click.echo(
-        f"study {spec.name}: {spec.trials} trials of {spec.family} on {spec.dataset}, objectives {', '.join(spec.objectives)}"
-    )
+    if download:  # after the spec is valid: a typo must not cost a download
+        from trainables import load_dataset
+
+        load_dataset(dataset, data_dir, download=True)
     outcome = run_study(spec, verbose=verbose)
     print_where(outcome)
 
@@ -282,7 +279,6 @@ def resume(name, storage, address, verbose):
     """Continue the interrupted study NAME to its requested trial count."""
     from study.sweep import resume_study
 
-    click.echo(f"resuming study {name}")
     print_where(resume_study(name, storage, address, verbose))
 
 
@@ -437,9 +433,9 @@ def ui(tracking_uri, host, port):
 def spaces(family):
     """Show the search space of FAMILY (or of every family)."""
     from search_spaces.loader import load_space
-    from trainables import families, get_family
+    from trainables import all_families, get_family
 
-    names = [get_family(family).name] if family else list(families())
+    names = [get_family(family).name] if family else list(all_families())
     for name in names:
         space = load_space(name)
         click.echo(f"{name}  ({space.source})")
@@ -456,11 +452,11 @@ def demo(trials, epochs, verbose):
     import time
 
     from study.sweep import StudySpec, run_study
-    from trainables import families
+    from trainables import all_families
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     names = []
-    for family in families():
+    for family in all_families():
         spec = StudySpec(family=family, name=f"demo-{family}-{stamp}", trials=trials, epochs=epochs)
         click.echo(
             f"\n== {family}: {trials} trials x {epochs} epochs on digits ({', '.join(spec.objectives)})"

@@ -31,6 +31,12 @@ def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
+        if isinstance(error, yaml.constructor.ConstructorError):
+            # safe_load refuses tags like !!python/object/apply, which would run code.
+            raise ConfigError(
+                f"{what}: {path}{where} has a YAML tag that is not plain data "
+                f"({error.problem}); remove the tag"
+            ) from None
         raise ConfigError(f"{what}: {path} is not valid YAML{where}; fix the syntax") from None
     if data is None:
         data = {}

@@ -9,12 +9,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces.loader import SearchSpace, load_space
 from study import tracking
@@ -168,6 +170,31 @@ def list_studies(storage: str = DEFAULT_STORAGE) -> list[StudySpec]:
 
 
 # --- Ray ---------------------------------------------------------------------------------
+def probe_address(address: str) -> None:
+    """Fail in seconds when a host:port (or ray://host:port) address is not listening.
+
+    ray.init does not fail on an unreachable GCS: it logs and retries for minutes. A TCP
+    connect says the same thing at once. 'auto' is left to Ray, which resolves it itself.
+    """
+    if address in ("auto", "local"):
+        return
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    host = host.rpartition("@")[2].strip("[]")  # drop credentials; unbracket IPv6
+    fix = "start the cluster (ray start --head) or fix --address"
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in target:
+        raise UserError(
+            f"address: {tracking.redact(address)!r} is not 'auto', host:port or ray://host:port; {fix}"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UserError(
+            f"address: cannot connect to Ray at {tracking.redact(address)} ({reason}); {fix}"
+        ) from None
+
+
 def connect_ray(address: str | None, verbose: bool, num_cpus: int | None = None) -> None:
     import ray
 
@@ -180,6 +207,7 @@ def connect_ray(address: str | None, verbose: bool, num_cpus: int | None = None)
         "configure_logging": True,
     }
     if address:
+        probe_address(address)
         kwargs["address"] = address
     elif num_cpus:
         kwargs["num_cpus"] = num_cpus
@@ -217,10 +245,25 @@ def sampler_name(spec: StudySpec) -> str:
     return "TPESampler" if len(spec.objectives) == 1 else "NSGAIISampler"
 
 
+class FiniteOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial whose objective is not finite (a diverged
+    one) as PRUNED.
+
+    Ray tells it as COMPLETE with NaN, which Optuna refuses; Ray only logs that, and the
+    Optuna trial stays RUNNING for good, so the sampler never learns the region is bad.
+    TPE counts PRUNED trials, ranked below every completed one.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if result and any(tracking.finite_or_none(result.get(m)) is None for m in metrics):
+            result = None  # no value: Ray tells PRUNED (FAIL when the trial errored)
+        super().on_trial_complete(trial_id, result, error)
+
+
 def _searcher(spec: StudySpec, space: SearchSpace):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     objectives = spec.parsed_objectives
     sampler = getattr(optuna.samplers, sampler_name(spec))(seed=spec.seed)
@@ -229,7 +272,7 @@ def _searcher(spec: StudySpec, space: SearchSpace):
     else:
         metric, mode = [m for m, _ in objectives], [d for _, d in objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(space.search_space(), metric=metric, mode=mode, sampler=sampler)
+    searcher = FiniteOptunaSearch(space.search_space(), metric=metric, mode=mode, sampler=sampler)
     if spec.concurrency:
         return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
     return searcher
@@ -307,6 +350,12 @@ def preflight(spec: StudySpec, check_data: bool = True) -> SearchSpace:
 def run_study(spec: StudySpec, verbose: bool = False) -> dict[str, Any]:
     """Validate, start or join Ray, create the MLflow parent run, and run the sweep."""
     space = preflight(spec)
+    # Announced only once the spec and space are valid: a bad input prints just its error.
+    print(
+        f"study {spec.name}: {spec.trials} trials of {spec.family} on {spec.dataset}, "
+        f"objectives {', '.join(spec.objectives)}",
+        flush=True,
+    )
     tags = {
         "latent_studies.space": space.to_json(),
         "latent_studies.sampler": sampler_name(spec),
@@ -402,13 +451,23 @@ def resume_study(
     if address is not None:
         spec.address = address
     space = preflight(spec)
+    # Look the parent run up without creating anything (no store file, no experiment):
+    # a study whose run is missing must fail before a write, like every other check.
     queue = tracking.TrackingQueue(spec.tracking_uri)
-    experiment = tracking.experiment_id(queue.client, spec.experiment)
-    parent = tracking.find_study_run(queue.client, experiment, spec.name)
+    found = (
+        queue.client.get_experiment_by_name(spec.experiment)
+        if tracking.store_exists(spec.tracking_uri)
+        else None
+    )
+    parent = (
+        tracking.find_study_run(queue.client, found.experiment_id, spec.name) if found else None
+    )
     if parent is None:
         raise UserError(
-            f"name: study {name!r} has no MLflow run in {tracking.redact(spec.tracking_uri)}; pass the --tracking-uri it used"
+            f"name: study {name!r} has no MLflow run in {tracking.redact(spec.tracking_uri)} "
+            f"(experiment {spec.experiment!r}); restore that store or start a new study"
         )
+    print(f"resuming study {spec.name}: {spec.trials} trials of {spec.family}", flush=True)
     quiet_ray_logs(verbose)
     connect_ray(spec.address, verbose)
     parent_id = parent.info.run_id

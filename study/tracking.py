@@ -8,6 +8,8 @@ is still unwritten at the end is reported, never silently dropped.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -36,6 +38,7 @@ TAG_TRIAL = "latent_studies.trial_id"
 TAG_NODE = "latent_studies.node_id"  # Ray node the trial last reported from
 TAG_PARENT = "mlflow.parentRunId"
 PARAM_VALUE_LIMIT = 6000
+DRAIN_SECONDS = 60  # how long the end of a sweep waits for an unreachable tracking server
 RAY_BOOKKEEPING = {
     "training_iteration",
     "iterations_since_restore",
@@ -88,6 +91,14 @@ def check_tracking_uri(uri: str) -> None:
         )
 
 
+def store_exists(uri: str) -> bool:
+    """False for an SQLite store whose file is missing: opening it would create it, so
+    read-only commands check this first and write nothing."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    return True
+
+
 def code_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -123,6 +134,55 @@ def params_of(values: dict[str, Any]) -> list[Param]:
     return [Param(k, redact(str(v))[:PARAM_VALUE_LIMIT]) for k, v in flatten(values).items()]
 
 
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff (about 4
+# minutes) and waits up to 120 s for an answer; meanwhile the driver's loop, which makes
+# every write, would stall. TrackingQueue keeps a failed write and retries it itself, so
+# one quick retry is enough. It also prints "View run ... at <tracking URI>" for every
+# run it ends, credentials included. Settings the user made in the environment win.
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def configure_http_client() -> None:
+    for key, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MlflowClient for `uri`. Opening a new SQLite store creates its tables; two
+    processes doing that at once (two studies started together in one directory) break
+    each other's schema migration, leaving a store no one can open. So SQLite stores are
+    opened under an exclusive lock on their directory (no lock file is left behind)."""
+    configure_http_client()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(uri)
+    directory = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        return MlflowClient(uri)
+    finally:
+        os.close(directory)  # releases the lock
+
+
+def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's config with every family default filled in, so its MLflow params are the
+    whole config that ran (and an export does not depend on defaults staying the same)."""
+    from study.trainable import RUN_KEY
+    from trainables import UserError as InvalidConfig
+    from trainables import get_family
+
+    run = config.get(RUN_KEY, {})
+    params = {k: v for k, v in config.items() if k != RUN_KEY}
+    # An invalid config: the trial itself will fail and say why; log what it was given.
+    with contextlib.suppress(KeyError, InvalidConfig):
+        params = get_family(run["family"]).make_config(params).to_dict()
+    return {**params, RUN_KEY: run}
+
+
 class TrackingQueue:
     """MLflow writes in order; a failed write stays queued and is retried later."""
 
@@ -137,7 +197,7 @@ class TrackingQueue:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(self.uri)
+            self._client = open_client(self.uri)
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
@@ -274,6 +334,8 @@ class MlflowTrialLogger(Callback):
             )
             if existing:  # a resumed or retried trial continues its run
                 run_id = existing[0].info.run_id
+                if not existing[0].data.params:  # created, but the server went before params
+                    client.log_batch(run_id, params=params_of(resolved_config(trial.config)))
                 steps = client.get_metric_history(run_id, "epoch")
                 self.last_step[trial_id] = max((int(m.step) for m in steps), default=0)
                 if existing[0].info.status != "RUNNING":
@@ -290,7 +352,7 @@ class MlflowTrialLogger(Callback):
                     },
                 )
                 run_id = run.info.run_id
-                client.log_batch(run_id, params=params_of(trial.config))
+                client.log_batch(run_id, params=params_of(resolved_config(trial.config)))
             self.run_ids[trial_id] = run_id
 
         self.queue.submit(f"create run for {trial_id}", create)
@@ -350,6 +412,28 @@ class MlflowTrialLogger(Callback):
             if trial.trial_id not in self.finished and trial.status in ("TERMINATED", "ERROR"):
                 status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
                 self._finish(trial, status)
+        # A driver killed between starting a trial and saving its experiment state loses
+        # that trial: the resumed study proposes another in its place. The lost trial's run
+        # would be an extra, half-done copy left RUNNING, so delete it (MLflow keeps it in
+        # its deleted runs).
+        known = {trial.trial_id for trial in trials}
+        self.queue.submit("delete runs of lost trials", lambda: self._delete_lost_runs(known))
+        # This queue is the logger's own (Ray pickles its callbacks): nothing else drains
+        # it, so writes still waiting for the server are made now, or reported.
+        if not self.queue.drain(timeout=DRAIN_SECONDS):
+            print(
+                f"warning: {len(self.queue.pending)} MLflow writes of trials could not be made "
+                f"to {redact(self.queue.uri)} (first: {self.queue.pending[0][0]}); "
+                f"the trials' results are intact in Ray's result files",
+                flush=True,
+            )
+
+    def _delete_lost_runs(self, known: set[str]) -> None:
+        client = self.queue.client
+        for run in trial_runs(client, self.experiment, self.parent_run_id):
+            if run.data.tags.get(TAG_TRIAL) not in known:
+                client.set_terminated(run.info.run_id, "KILLED")
+                client.delete_run(run.info.run_id)
 
     def _finish(self, trial, status: str) -> None:
         self._ensure_run(trial)
@@ -358,11 +442,13 @@ class MlflowTrialLogger(Callback):
         result = trial.last_result or {}
         checkpoint = trial.checkpoint
         image_dir = self.image_dir
+        # Ray calls the completion hooks before it changes trial.status (still RUNNING here).
+        trial_status = {"FINISHED": "TERMINATED", "FAILED": "ERROR"}.get(status, trial.status)
 
         def finish() -> None:
             client = self.queue.client
             run_id = self._run_id(trial_id)
-            tags = [RunTag("latent_studies.trial_status", trial.status)]
+            tags = [RunTag("latent_studies.trial_status", trial_status)]
             if result.get("diverged"):
                 tags.append(RunTag("latent_studies.diverged", "true"))
             if "time_total_s" in result:

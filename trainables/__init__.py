@@ -4,7 +4,7 @@ from trainables.data import DATASETS, Dataset, load_dataset
 from trainables.errors import ConfigError, DataError, UserError
 from trainables.experiment import Experiment, pick_device
 from trainables.family import Family, FamilyConfig
-from trainables.registry import families, get_family
+from trainables.registry import all_families, get_family
 
 __all__ = [
     "DATASETS",
@@ -15,7 +15,7 @@ __all__ = [
     "Family",
     "FamilyConfig",
     "UserError",
-    "families",
+    "all_families",
     "get_family",
     "load_dataset",
     "pick_device",

@@ -165,7 +165,9 @@ def _read_idx(path: Path) -> np.ndarray:
     fix = "fix: replace it with the original file, pass --data-dir DIR pointing at intact files, or pass --download"
     try:
         with opener(path, "rb") as handle:
-            data = handle.read()
+            data = bytearray(
+                handle.read()
+            )  # writable, so torch can share it without a copy warning
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"data-dir: cannot read {path} ({error}); {fix}") from None
     if len(data) < 8:

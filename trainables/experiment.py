@@ -66,6 +66,7 @@ class Experiment:
         # save/restore it with the state so a resumed run continues the same stream.
         torch.manual_seed(self.seed + 1)
         self.eval_context = EvalContext(self.dataset, seed=0, use_reference=self.use_reference)
+        self._quick_context: EvalContext | None = None
 
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch; a non-finite loss marks the run diverged instead of raising."""
@@ -79,12 +80,27 @@ class Experiment:
             self.diverged = True
         return {f"train_{k}": v for k, v in losses.items()}
 
-    def evaluate(self) -> dict[str, float]:
+    def _rng_isolated(self):
+        """Evaluation must not move the training RNG stream, or a run's results would
+        depend on how often it is evaluated (`--eval-every`, `study train` vs a trial)."""
+        devices = [self.dataset.device.index or 0] if self.dataset.device.type == "cuda" else []
+        return torch.random.fork_rng(devices=devices)
+
+    def evaluate(self, quick: bool = False) -> dict[str, float]:
+        """The family's metrics on held-out data. `quick` (for intermediate epochs) uses
+        smaller subsets and the linear probe only; see metrics.EvalContext.quick."""
+        with self._rng_isolated():
+            return self._evaluate(quick)
+
+    def _evaluate(self, quick: bool) -> dict[str, float]:
         start = time.perf_counter()
         if self.diverged:
             metrics = {name: float("nan") for name in self.family.metric_names}
         else:
-            metrics = self.family.evaluate(self.model, self.dataset, self.config, self.eval_context)
+            if quick and self._quick_context is None:
+                self._quick_context = self.eval_context.quick()
+            context = self._quick_context if quick else self.eval_context
+            metrics = self.family.evaluate(self.model, self.dataset, self.config, context)
             if not all(math.isfinite(v) for v in metrics.values()):
                 self.diverged = True
         metrics["diverged"] = float(self.diverged)
@@ -95,10 +111,11 @@ class Experiment:
     def image_grids(self) -> dict[str, torch.Tensor]:
         if self.diverged:
             return {}
-        return {
-            name: make(self.model, self.dataset, self.config, self.eval_context).cpu()
-            for name, make in self.family.image_grids.items()
-        }
+        with self._rng_isolated():
+            return {
+                name: make(self.model, self.dataset, self.config, self.eval_context).cpu()
+                for name, make in self.family.image_grids.items()
+            }
 
     def _weights_finite(self) -> bool:
         return all(torch.isfinite(p).all() for p in self.model.parameters())
@@ -145,7 +162,7 @@ class Experiment:
         return path
 
     def restore(self, directory: str | Path) -> None:
-        state = torch.load(
-            Path(directory) / STATE_FILE, map_location=self.dataset.device, weights_only=False
-        )
+        # Load onto the CPU: RNG states must stay CPU byte tensors, and load_state_dict moves
+        # weights and optimiser state onto the model's device itself.
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
         self.load_state_dict(state)

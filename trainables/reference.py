@@ -56,7 +56,8 @@ class ReferenceClassifier:
 def load_reference(dataset: Dataset) -> ReferenceClassifier:
     """The cached classifier for `dataset`, training and caching it on first use."""
     path = cache_dir() / f"{dataset.name}-{_fingerprint(dataset)}.pt"
-    model = build_classifier(dataset.n_pixels, dataset.n_classes)
+    with torch.random.fork_rng(devices=[]):  # building it must not move the caller's RNG
+        model = build_classifier(dataset.n_pixels, dataset.n_classes)
     if path.exists():
         try:
             saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -12,7 +12,7 @@ from trainables.family import Family
 
 
 @cache
-def families() -> dict[str, Family]:
+def all_families() -> dict[str, Family]:
     found: dict[str, Family] = {}
     for module_info in sorted(
         pkgutil.iter_modules(families_package.__path__), key=lambda m: m.name
@@ -27,7 +27,7 @@ def families() -> dict[str, Family]:
 
 
 def get_family(name: str) -> Family:
-    known = families()
+    known = all_families()
     if name not in known:
         raise ConfigError(f"family: unknown family {name!r}; choose one of {', '.join(known)}")
     return known[name]

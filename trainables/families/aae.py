@@ -210,7 +210,7 @@ def evaluate(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) 
         ),
     }
     if config.conditional_decoder:
-        metrics.update(leakage_metrics(z_train, ctx.y_train, z_test, y_test, ctx.seed))
+        metrics.update(leakage_metrics(z_train, ctx.y_train, z_test, y_test, ctx.seed, ctx.probes))
         target = derangement_targets(y_test, dataset.n_classes, generator)
         metrics["swap_acc"] = swap_accuracy(
             torch.sigmoid(model.decode(z_test, target)), target, ctx

@@ -107,7 +107,7 @@ def evaluate(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalConte
     z_test, _ = model.encode(ctx.x_test)
     metrics = {
         "recon_mse": recon_mse(ctx.x_test, model.reconstruct(ctx.x_test, ctx.y_test)),
-        **leakage_metrics(z_train, ctx.y_train, z_test, ctx.y_test, ctx.seed),
+        **leakage_metrics(z_train, ctx.y_train, z_test, ctx.y_test, ctx.seed, ctx.probes),
     }
     generator = torch.Generator().manual_seed(ctx.seed + 1)
     target = derangement_targets(ctx.y_test, dataset.n_classes, generator)

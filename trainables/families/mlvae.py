@@ -166,7 +166,7 @@ def evaluate(model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalConte
         "recon_mse": recon_mse(ctx.x_test, x_hat),
         "content_acc_grouped": content_accuracy(tr_grouped, ctx.y_train, te_grouped, ctx.y_test),
         "content_acc_single": content_accuracy(tr_single, ctx.y_train, te_single, ctx.y_test),
-        **leakage_metrics(tr_style, ctx.y_train, te_style, ctx.y_test, ctx.seed),
+        **leakage_metrics(tr_style, ctx.y_train, te_style, ctx.y_test, ctx.seed, ctx.probes),
     }
     swapped, target = _swap(model, te_style, te_grouped, ctx.y_test, ctx.seed)
     metrics["swap_acc"] = swap_accuracy(swapped, target, ctx)

@@ -1,0 +1,469 @@
+"""`make bench`: the project's speed figures, as ratios measured in one run on this machine.
+
+    python -m tests.bench.run            # full run (about 10-15 minutes on 2 cores)
+    python -m tests.bench.run --quick    # small sizes, a dry run of every section
+    python -m tests.bench.run --only ab  # some sections (a b c d e)
+
+Sections (targets from the issue; a MISS is reported, not raised):
+  a. training throughput per family, ours vs a torchvision-style DataLoader loop (>= 3x)
+  b. ours vs the hardware limit: the step's Linear matmuls as bare torch.mm (<= 1.5x)
+  c. sweep efficiency: trials' train+eval seconds / (wall x concurrency) (>= 0.9)
+  d. evaluation cost: evaluate() time vs training time in a 10-epoch MNIST trial (<= 10%)
+  e. peak memory of a process running one trial (reported, no target)
+a, b and d also run on CUDA when a GPU is present. Figures go to stdout and --json.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see common.py
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from tests.bench import sweep, throughput, trial  # noqa: E402
+from tests.bench.common import (  # noqa: E402
+    NO_CUDA,
+    cuda_available,
+    fmt,
+    load_average,
+    load_bench_dataset,
+    machine_info,
+    table,
+    verdict,
+)
+
+SECTIONS = "abcde"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: checks every section in a minute or two"
+    )
+    parser.add_argument(
+        "--json",
+        default="bench-results.json",
+        help="where to write the figures (default %(default)s)",
+    )
+    parser.add_argument(
+        "--only", default=SECTIONS, help="sections to run, e.g. 'ab' or 'cde' (default all)"
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="MNIST idx directory (default: ../shared/data/mnist)"
+    )
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="use random MNIST-shaped data even if MNIST is present",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads for a, b, d (default: torch's)"
+    )
+    parser.add_argument(
+        "--keep-sweep-dir", action="store_true", help="keep section c's temporary directory"
+    )
+    args = parser.parse_args(argv)
+    unknown = set(args.only) - set(SECTIONS)
+    if unknown or not args.only:
+        parser.error(f"--only: sections are letters of {SECTIONS!r}, got {args.only!r}")
+    return args
+
+
+class Report:
+    """Collects the figures, prints each section as it finishes and writes the JSON file."""
+
+    def __init__(self, path: Path, mode: str):
+        self.path = path
+        self.data: dict[str, Any] = {
+            "mode": mode,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "sections": {},
+        }
+        self.checks: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+
+    def check(
+        self, section: str, name: str, value, target: float, higher_is_better: bool, unit: str = ""
+    ) -> str:
+        result = verdict(value, target, higher_is_better)
+        op = ">=" if higher_is_better else "<="
+        self.checks.append(
+            {
+                "section": section,
+                "figure": name,
+                "value": value,
+                "target": f"{op} {target}{unit}",
+                "result": result,
+            }
+        )
+        return result
+
+    def section(self, key: str, value: Any) -> None:
+        self.data["sections"][key] = value
+        self.write()
+
+    def write(self) -> None:
+        self.data["checks"] = self.checks
+        self.data["errors"] = self.errors
+        self.path.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def header(report: Report, args, devices: list[str], source: str) -> None:
+    info = machine_info()
+    report.data["machine"] = info
+    report.data["data"] = source
+    report.data["cuda_devices_measured"] = "cuda" in devices
+    load = " ".join(f"{x:.2f}" for x in info["load_average_1_5_15"])
+    say(f"Latent Studies benchmarks ({report.data['mode']} run), {report.data['started']}")
+    say(
+        f"machine: {info['cpu_model']}, {info['cores']} cores ({info['cores_usable']} usable), "
+        f"{info['memory_gib']} GiB; torch {info['torch']}, {info['torch_threads']} threads, "
+        f"OMP_WAIT_POLICY={info['omp_wait_policy']}; load average {load} at start"
+    )
+    if info["cuda"]:
+        cuda = info["cuda"]
+        say(
+            f"CUDA: {cuda['device']} ({cuda['memory_gib']} GiB, CUDA {cuda['cuda_version']}): a, b and d also run on it"
+        )
+    else:
+        say(f"CUDA: {NO_CUDA}")
+        report.data["cuda_note"] = NO_CUDA
+    say(f"data: {source}")
+    if report.data["mode"] == "quick":
+        say(
+            "QUICK run: small sizes to check the machinery; the figures are not the targets' measurements."
+        )
+    say()
+
+
+# --- a and b ---------------------------------------------------------------------------
+def section_ab(report: Report, args, devices: list[str], dataset) -> None:
+    sizes = throughput.QUICK if args.quick else throughput.FULL
+    say(
+        f"a/b. training throughput: {sizes.steps} steps of batch 256 per timed epoch, best of {sizes.repeats}"
+    )
+    results: dict[str, Any] = {}
+    for device in devices:
+        results[device] = throughput.run(dataset, torch.device(device), sizes, log=say)
+    report.section("a_throughput_and_b_hardware_limit", {"sizes": vars(sizes), "results": results})
+    rows_a, rows_b = [], []
+    for device, by_family in results.items():
+        for family, r in by_family.items():
+            ra = report.check(
+                "a",
+                f"{family} {device} speedup vs DataLoader",
+                r["speedup"],
+                throughput.TARGET_SPEEDUP,
+                True,
+                "x",
+            )
+            rows_a.append(
+                [
+                    family,
+                    device,
+                    r["ours_samples_per_s"],
+                    r["dataloader_samples_per_s"],
+                    r["loader_only_ms"],
+                    r["speedup"],
+                    r["speedup_ceiling"],
+                    f">= {throughput.TARGET_SPEEDUP}x",
+                    ra,
+                ]
+            )
+            rb = report.check(
+                "b",
+                f"{family} {device} step / bare matmuls",
+                r["hw_ratio"],
+                throughput.TARGET_HW_RATIO,
+                False,
+                "x",
+            )
+            rows_b.append(
+                [
+                    family,
+                    device,
+                    r["matmuls_per_step"],
+                    r["matmul_gflop_per_step"],
+                    r["ours_step_ms"],
+                    r["bare_mm_step_ms"],
+                    r["bare_mm_gflops"],
+                    r["hw_ratio"],
+                    f"<= {throughput.TARGET_HW_RATIO}x",
+                    rb,
+                ]
+            )
+    say()
+    say(
+        table(
+            "a. training throughput, samples/s (ours: Experiment.train_epoch on device tensors; "
+            "DataLoader: PIL + ToTensor per sample, collate, shuffle, batch 256, 0 workers)",
+            [
+                "family",
+                "device",
+                "ours",
+                "DataLoader",
+                "loader-only ms/batch",
+                "speedup",
+                "ceiling*",
+                "target",
+                "result",
+            ],
+            rows_a,
+        )
+    )
+    say(
+        "  * ceiling: the speedup a free input pipeline would give = DataLoader step / (its step - loader-only time)"
+    )
+    say()
+    say(
+        table(
+            "b. ours vs the hardware limit (the step's Linear matmuls, forward + grad_input + grad_weight as run, as bare torch.mm)",
+            [
+                "family",
+                "device",
+                "matmuls/step",
+                "GFLOP/step",
+                "ours ms/step",
+                "bare mm ms",
+                "mm GFLOP/s",
+                "ratio",
+                "target",
+                "result",
+            ],
+            rows_b,
+        )
+    )
+    missing = [
+        f"{f} {d}"
+        for d, by in results.items()
+        for f, r in by.items()
+        if not r["backward_matmuls_captured"]
+    ]
+    if missing:
+        say(
+            f"  WARNING: backward matmuls not captured for {', '.join(missing)}: the bare-mm time is too low"
+        )
+    say()
+
+
+# --- c ---------------------------------------------------------------------------------
+def section_c(report: Report, args) -> None:
+    sizes = sweep.QUICK if args.quick else sweep.FULL
+    say(
+        f"c. sweep efficiency: {sizes.trials} trials of ~{sizes.trial_seconds:g} s, concurrency {sizes.concurrency}, 1 CPU each"
+    )
+    r = sweep.run(sizes, log=say, keep=args.keep_sweep_dir)
+    report.section("c_sweep", {"sizes": vars(sizes), "result": r})
+    rc = report.check("c", "sweep share training", r["share"], sweep.TARGET_SHARE, True)
+    say()
+    say(
+        table(
+            f"c. sweep: study run {r['family']} --dataset {r['dataset']} --trials {r['trials']} --concurrency "
+            f"{r['concurrency']} --cpus-per-trial 1 --scheduler none --epochs {r['epochs']}",
+            [
+                "wall s",
+                "x concurrency",
+                "train+eval s",
+                "share",
+                "overhead s/trial",
+                "target",
+                "result",
+            ],
+            [
+                [
+                    r["wall_seconds"],
+                    r["wall_seconds"] * r["concurrency"],
+                    r["train_seconds"] + r["eval_seconds"],
+                    r["share"],
+                    r["overhead_per_trial_s"],
+                    f">= {sweep.TARGET_SHARE}",
+                    rc,
+                ]
+            ],
+        )
+    )
+    if r.get("fit_seconds") is not None:
+        say(
+            f"  where the overhead sits: {fmt(r['outside_fit_seconds'])} s outside tuner.fit (start-up, Ray, MLflow, exit); "
+            f"inside fit {fmt(r['overhead_in_fit_per_trial_s'])} s per trial, of which "
+            f"{fmt(r['overhead_in_trainable_per_trial_s'])} s inside the trainable "
+            f"(first report: setup +{fmt(r['first_report_overhead_s'])} s; each later epoch's checkpoint, "
+            f"grids and report +{fmt(r['per_epoch_overhead_s'])} s); share of fit alone {fmt(r['share_of_fit'])}"
+        )
+    t = r["timeline"]
+    say(
+        f"  timeline from the command's start: CLI ready {fmt(t['cli_ready_s'])} s, first trial started "
+        f"{fmt(t['first_trial_start_s'])} s, last result {fmt(t['last_result_s'])} s, exit "
+        f"{fmt(t['after_last_result_s'])} s after it (Ray timestamps: 1 s resolution)"
+    )
+    say()
+
+
+# --- d and e ---------------------------------------------------------------------------
+def section_de(report: Report, args, devices: list[str], dataset, run_d: bool, run_e: bool) -> None:
+    sizes = trial.QUICK if args.quick else trial.FULL
+    samples = (
+        f"{sizes.train_samples} training samples" if sizes.train_samples else "all training samples"
+    )
+    say(
+        f"d/e. one trial per family in a subprocess: {sizes.epochs} epoch(s) on MNIST ({samples}), evaluate() every epoch"
+    )
+    threads = args.threads or torch.get_num_threads()
+    results = trial.run(devices, sizes, args.data_dir, args.synthetic, threads, dataset, log=say)
+    report.section(
+        "d_evaluation_and_e_memory", {"sizes": vars(sizes), "threads": threads, **results}
+    )
+    say()
+    if run_d:
+        rows = []
+        for device, by_family in results["trials"].items():
+            for family, r in by_family.items():
+                parts = r["eval_components_seconds"]
+                probes, swap = parts.get("probes", 0.0), parts.get("swap_classifier", 0.0)
+                rd = report.check(
+                    "d",
+                    f"{family} {device} evaluate / train",
+                    r["eval_share_of_train"],
+                    trial.TARGET_EVAL_SHARE,
+                    False,
+                )
+                rows.append(
+                    [
+                        family,
+                        device,
+                        r["epochs"],
+                        r["train_total_s"],
+                        r["eval_total_s"],
+                        probes,
+                        swap,
+                        r["eval_total_s"] - probes - swap,
+                        r["eval_share_of_train"],
+                        f"<= {trial.TARGET_EVAL_SHARE}",
+                        rd,
+                    ]
+                )
+        say(
+            table(
+                "d. evaluation cost: evaluate() seconds vs training seconds (reference sizes, batch 256)",
+                [
+                    "family",
+                    "device",
+                    "epochs",
+                    "train s",
+                    "eval s",
+                    "probes s",
+                    "swap clf s",
+                    "other s",
+                    "eval/train",
+                    "target",
+                    "result",
+                ],
+                rows,
+            )
+        )
+        for device, ref in results["reference"].items():
+            acc = f", test accuracy {ref['test_accuracy']:.4f}" if "test_accuracy" in ref else ""
+            say(
+                f"  reference classifier, one-time cost on {device}: {fmt(ref['seconds'])} s ({ref['how']}{acc})"
+            )
+        say()
+    if run_e:
+        rows = []
+        for device, by_family in results["trials"].items():
+            for family, r in by_family.items():
+                rows.append(
+                    [
+                        family,
+                        device,
+                        r["vm_hwm_mib"],
+                        r["rss_after_imports_mib"],
+                        r.get("cuda_max_allocated_mib"),
+                        r.get("cuda_max_reserved_mib"),
+                    ]
+                )
+        say(
+            table(
+                "e. peak memory of a process running one trial (MiB; no target)",
+                [
+                    "family",
+                    "device",
+                    "peak RSS (VmHWM)",
+                    "RSS after imports",
+                    "CUDA max alloc",
+                    "CUDA max reserved",
+                ],
+                rows,
+            )
+        )
+        say()
+
+
+def summary(report: Report) -> None:
+    rows = [
+        [c["section"], c["figure"], c["value"], c["target"], c["result"]] for c in report.checks
+    ]
+    say(table("summary", ["section", "figure", "value", "target", "result"], rows))
+    passed = sum(c["result"] == "PASS" for c in report.checks)
+    say(f"{passed}/{len(report.checks)} targets met")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = Report(Path(args.json), "quick" if args.quick else "full")
+    devices = ["cpu", "cuda"] if cuda_available() else ["cpu"]
+    dataset, source = load_bench_dataset(args.data_dir, args.synthetic)
+    header(report, args, devices, source)
+    steps = []
+    if set(args.only) & set("ab"):
+        steps.append(("ab", lambda: section_ab(report, args, devices, dataset)))
+    if "c" in args.only:
+        steps.append(("c", lambda: section_c(report, args)))
+    if set(args.only) & set("de"):
+        steps.append(
+            (
+                "de",
+                lambda: section_de(
+                    report, args, devices, dataset, "d" in args.only, "e" in args.only
+                ),
+            )
+        )
+    for name, step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001 - one broken section must not hide the others
+            message = traceback.format_exc()
+            report.errors.append(f"section {name}: {message}")
+            say(f"section {name} FAILED:\n{message}")
+    report.data["load_average_end"] = load_average()
+    report.data["seconds"] = time.perf_counter() - started
+    report.write()
+    summary(report)
+    load = " ".join(f"{x:.2f}" for x in report.data["load_average_end"])
+    say(
+        f"done in {report.data['seconds']:.0f} s; load average {load} at the end; figures written to {report.path}"
+    )
+    return 1 if report.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Sections a and b: training throughput against a torchvision-style DataLoader loop, and
+against the hardware limit (the step's matmuls as bare `torch.mm` calls).
+
+Ours is `Experiment.train_epoch` on a training split that holds exactly `steps` batches,
+timed as whole epochs (so its per-epoch work counts too). The plain loop trains the same
+model with the same loss and step, fed by a `DataLoader` the way the reference
+implementations feed theirs: a map-style dataset that builds a PIL image from a uint8
+array and applies `ToTensor` per sample, default collate, shuffle, batch 256, no workers.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset as TorchDataset
+
+from tests.bench.common import REFERENCE_CONFIGS, subset, timed, uint8_images
+from trainables import Dataset, Experiment, get_family
+from trainables.family import gradient_step
+
+TARGET_SPEEDUP = 3.0  # ours / DataLoader loop, samples per second
+TARGET_HW_RATIO = 1.5  # our step time / bare-mm time of the same matmuls
+
+aten = torch.ops.aten
+
+
+# --- the reference-style input pipeline ------------------------------------------------
+class ImageArrayDataset(TorchDataset):
+    """What torchvision.datasets.MNIST does per sample: a PIL image from a uint8 array,
+    `ToTensor()` (float in [0, 1], shape 1 x H x W) and an int label."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        from torchvision.transforms import ToTensor
+
+        self.images, self.labels, self.transform = images, labels, ToTensor()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+class GroupBatchSampler(Sampler[list[int]]):
+    """ML-VAE's grouping done in Python, as the reference does: each epoch, shuffle each
+    class's indices, cut them into groups of `group_size`, shuffle the groups and batch
+    `groups_per_batch` of them (group-major, like our GroupBatcher)."""
+
+    def __init__(self, labels: np.ndarray, group_size: int, groups_per_batch: int, seed: int = 0):
+        self.by_class: dict[int, list[int]] = defaultdict(list)
+        for index, label in enumerate(labels.tolist()):
+            self.by_class[label].append(index)
+        self.group_size, self.groups_per_batch = group_size, groups_per_batch
+        self.rng = random.Random(seed)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k, g = self.group_size, self.groups_per_batch
+        groups = []
+        for indices in self.by_class.values():
+            indices = list(indices)
+            self.rng.shuffle(indices)
+            groups += [indices[i : i + k] for i in range(0, len(indices) - k + 1, k)]
+        self.rng.shuffle(groups)
+        for start in range(0, len(groups) - g + 1, g):
+            yield [i for group in groups[start : start + g] for i in group]
+
+    def __len__(self) -> int:
+        groups = sum(len(v) // self.group_size for v in self.by_class.values())
+        return groups // self.groups_per_batch
+
+
+def make_loader(family: str, config, images: np.ndarray, labels: np.ndarray) -> DataLoader:
+    dataset = ImageArrayDataset(images, labels)
+    if family == "mlvae":
+        groups = max(1, config.batch_size // config.group_size)
+        return DataLoader(
+            dataset, batch_sampler=GroupBatchSampler(labels, config.group_size, groups)
+        )
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0)
+
+
+def plain_step(family: str, model, optimizers, config, generator) -> Callable[..., dict]:
+    """The family's own training step on a batch (x, y) already on the device."""
+    if family == "aae":
+        from trainables.families.aae import train_step
+
+        return lambda x, y: train_step(model, optimizers, x, y, config, generator)
+    optimizer = optimizers["model"]
+    if family == "icvae":
+
+        def icvae_step(x, y):
+            terms = model.loss(x, y)
+            gradient_step(optimizer, terms["loss"])
+            return terms
+
+        return icvae_step
+    if family == "mlvae":
+        k = config.group_size
+
+        def mlvae_step(x, y):
+            n_groups = len(x) // k
+            group_ids = torch.arange(n_groups, device=x.device).repeat_interleave(k)
+            terms = model.loss(x, group_ids, n_groups)
+            gradient_step(optimizer, terms["loss"])
+            return terms
+
+        return mlvae_step
+    raise ValueError(f"no plain-loop step for family {family!r}")
+
+
+class PlainLoop:
+    """The reference way to train: iterate a DataLoader, move each batch, step."""
+
+    def __init__(
+        self, family: str, config, dataset: Dataset, images, labels, device, seed: int = 0
+    ):
+        fam = get_family(family)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.model = fam.build(config, dataset).to(device)
+        self.optimizers = fam.make_optimizers(self.model, config)
+        self.step = plain_step(
+            family, self.model, self.optimizers, config, torch.Generator().manual_seed(seed)
+        )
+        self.loader = make_loader(family, config, images, labels)
+        self.device = device
+
+    def load_only(self) -> int:
+        """One epoch of the input pipeline alone (no training): what data handling costs."""
+        n = 0
+        for x, y in self.loader:
+            x, y = x.view(len(x), -1).to(self.device), y.to(self.device)
+            n += 1
+        return n
+
+    def epoch(self) -> tuple[dict[str, float], int]:
+        self.model.train()
+        totals: dict[str, torch.Tensor] = {}
+        n = 0
+        for x, y in self.loader:
+            x, y = x.view(len(x), -1).to(self.device), y.to(self.device)
+            for key, value in self.step(x, y).items():
+                value = value.detach()
+                totals[key] = totals[key] + value if key in totals else value
+            n += 1
+        return {k: float(v) / max(n, 1) for k, v in totals.items()}, n
+
+
+# --- ours ------------------------------------------------------------------------------
+class StepCounter:
+    """Counts optimizer steps (one per batch on the family's first optimizer)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.n = 0
+        optimizer.register_step_post_hook(self._hook)
+
+    def _hook(self, *_args) -> None:
+        self.n += 1
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Records the (M, K, N) of every matrix product run below autograd, backward included."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes: list[tuple[int, int, int]] = []
+        self.plain_mm = 0  # aten.mm calls: backward products (a forward Linear is addmm)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        packet = func.overloadpacket
+        if packet is aten.mm:
+            a, b = args[0], args[1]
+            self.shapes.append((a.shape[0], a.shape[1], b.shape[1]))
+            self.plain_mm += 1
+        elif packet is aten.addmm:
+            a, b = args[1], args[2]
+            self.shapes.append((a.shape[0], a.shape[1], b.shape[1]))
+        elif packet in (aten.bmm, aten.baddbmm):
+            a, b = args[-2], args[-1]
+            self.shapes += [(a.shape[1], a.shape[2], b.shape[2])] * a.shape[0]
+        return func(*args, **(kwargs or {}))
+
+
+def linear_matmul_shapes(model: torch.nn.Module, batch: int) -> set[tuple[int, int, int]]:
+    """Shapes a Linear layer's matmuls can have: forward x W^T, grad_input, grad_weight."""
+    shapes = set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            n_in, n_out = module.in_features, module.out_features
+            shapes |= {(batch, n_in, n_out), (batch, n_out, n_in), (n_out, batch, n_in)}
+    return shapes
+
+
+class BareMatmuls:
+    """The given matmul shapes as bare torch.mm calls into preallocated outputs."""
+
+    def __init__(self, shapes: list[tuple[int, int, int]], device):
+        self.operands = [
+            (
+                torch.randn(m, k, device=device),
+                torch.randn(k, n, device=device),
+                torch.empty(m, n, device=device),
+            )
+            for m, k, n in shapes
+        ]
+        self.passes(3)  # warm-up
+
+    def passes(self, count: int) -> None:
+        for _ in range(count):
+            for a, b, out in self.operands:
+                torch.mm(a, b, out=out)
+
+
+def flops(shapes: list[tuple[int, int, int]]) -> float:
+    return float(sum(2 * m * k * n for m, k, n in shapes))
+
+
+@dataclass
+class Sizes:
+    steps: int  # batches per timed epoch
+    warm_steps: int
+    repeats: int  # timed epochs of each, interleaved; the best counts
+
+
+FULL = Sizes(steps=60, warm_steps=10, repeats=4)
+QUICK = Sizes(steps=8, warm_steps=3, repeats=3)
+
+
+def bench_family(
+    family: str, dataset: Dataset, device: torch.device, sizes: Sizes
+) -> dict[str, Any]:
+    config = get_family(family).make_config(REFERENCE_CONFIGS[family])
+    batch = config.batch_size
+    data = subset(dataset, sizes.steps * batch)
+    warm = subset(dataset, sizes.warm_steps * batch)
+    images, labels = uint8_images(data)
+
+    experiment = Experiment.create(family, config, data, seed=0, use_reference=False)
+    counter = StepCounter(next(iter(experiment.optimizers.values())))
+    plain = PlainLoop(family, config, data, images, labels, device)
+
+    def ours_epoch(on: Dataset) -> None:
+        experiment.dataset = on
+        experiment.train_epoch()
+        experiment.dataset = data
+
+    # Warm-up (first-call costs, allocator, thread pools), then record one warm epoch's
+    # matmuls (the recorder slows it; it is not timed).
+    ours_epoch(warm)
+    plain_iter = iter(plain.loader)
+    for _ in range(min(sizes.warm_steps, len(plain.loader))):
+        x, y = next(plain_iter)
+        plain.step(x.view(len(x), -1).to(device), y.to(device))
+    del plain_iter
+    counter.n = 0
+    with MatmulRecorder() as recorder:
+        ours_epoch(warm)
+    warm_steps = counter.n
+
+    # Hardware limit: the Linear layers' matmuls of one step, as bare mm calls.
+    per_step = recorder.shapes[: len(recorder.shapes) // max(warm_steps, 1)]
+    if not per_step or recorder.shapes != per_step * warm_steps:
+        raise RuntimeError(f"{family}: the {warm_steps} recorded steps ran different matmuls")
+    linear_shapes = linear_matmul_shapes(experiment.model, batch)
+    linear = [s for s in per_step if s in linear_shapes]
+    other = [s for s in per_step if s not in linear_shapes]
+    # Backward runs on autograd's own thread on a GPU; the mode must have followed it there.
+    backward_seen = recorder.plain_mm > 0
+    bare = BareMatmuls(linear, device)
+
+    # Timed rounds, interleaved so a busy machine slows all three alike; the best counts.
+    ours_times, plain_times, mm_times, load_times, ours_steps, plain_steps = [], [], [], [], 0, 0
+    for _ in range(sizes.repeats):
+        counter.n = 0
+        seconds, _ = timed(lambda: ours_epoch(data), device)
+        ours_times.append(seconds)
+        ours_steps = counter.n
+        seconds, (_, plain_steps) = timed(plain.epoch, device)
+        plain_times.append(seconds)
+        seconds, _ = timed(partial(bare.passes, ours_steps), device)
+        mm_times.append(seconds)
+        seconds, _ = timed(plain.load_only, device)
+        load_times.append(seconds)
+    ours_step = min(ours_times) / ours_steps
+    plain_step_time = min(plain_times) / plain_steps
+    mm_step = min(mm_times) / ours_steps
+    load_step = min(load_times) / plain_steps
+    return {
+        "device": str(device),
+        "batch_size": batch,
+        "steps_timed": ours_steps,
+        "ours_step_ms": ours_step * 1e3,
+        "ours_samples_per_s": batch / ours_step,
+        "dataloader_step_ms": plain_step_time * 1e3,
+        "dataloader_steps_timed": plain_steps,
+        "dataloader_samples_per_s": batch / plain_step_time,
+        "speedup": plain_step_time / ours_step,
+        # The DataLoader alone, per batch; with it the plain loop's compute is about
+        # dataloader_step - loader_only, so the speedup any input pipeline could give is
+        # about dataloader_step / (dataloader_step - loader_only).
+        "loader_only_ms": load_step * 1e3,
+        "speedup_ceiling": plain_step_time / max(plain_step_time - load_step, 1e-9),
+        "ours_epoch_seconds_all": ours_times,
+        "dataloader_epoch_seconds_all": plain_times,
+        "bare_mm_epoch_seconds_all": mm_times,
+        "ours_epoch_spread": _spread(ours_times),
+        "matmuls_per_step": len(linear),
+        "matmul_gflop_per_step": flops(linear) / 1e9,
+        "other_matmuls_per_step": len(other),
+        "other_matmul_gflop_per_step": flops(other) / 1e9,
+        "backward_matmuls_captured": backward_seen,
+        "bare_mm_step_ms": mm_step * 1e3,
+        "bare_mm_gflops": flops(linear) / mm_step / 1e9,
+        "ours_matmul_gflops": flops(linear) / ours_step / 1e9,
+        "hw_ratio": ours_step / mm_step,
+        "matmul_shapes_per_step": [list(s) for s in linear],
+    }
+
+
+def _spread(values: list[float]) -> float:
+    """(max - min) / median of repeated timings: how noisy the machine was."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
+
+
+def run(
+    dataset: Dataset, device: torch.device, sizes: Sizes, log=print
+) -> dict[str, dict[str, Any]]:
+    results = {}
+    on_device = dataset.to(device)
+    for family in REFERENCE_CONFIGS:
+        log(f"  [{device}] {family}: {sizes.steps} steps x {sizes.repeats} repeats ...")
+        results[family] = bench_family(family, on_device, device, sizes)
+    return results

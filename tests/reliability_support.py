@@ -1,0 +1,305 @@
+"""Helpers for the reliability tests: run `study` as a real subprocess in its own session,
+find and kill what it started (its local Ray cluster included), free ports, MLflow servers
+and snapshots of a directory.
+
+Every process a test starts goes through `Processes`, whose `close()` kills each started
+session (the driver, its Ray daemons and workers share the session id) even when the test
+failed half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# The installed console script when there is one (what a user runs), else the module.
+STUDY = [str(BIN / "study")] if (BIN / "study").exists() else [sys.executable, "-m", "study.cli"]
+MLFLOW = str(BIN / "mlflow") if (BIN / "mlflow").exists() else shutil.which("mlflow") or "mlflow"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without settings that would point a command elsewhere."""
+    env = dict(os.environ)
+    for key in (
+        "MLFLOW_TRACKING_URI",
+        "RAY_ADDRESS",
+        "LATENT_STUDIES_DATA_DIR",
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    ):
+        env.pop(key, None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.5):
+    """Poll `predicate` until it returns something truthy; fail with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Every file and directory under `directory`, with a content hash for files."""
+    found = {}
+    for path in sorted(directory.rglob("*")):
+        key = str(path.relative_to(directory))
+        if path.is_file():
+            found[key] = hashlib.sha1(path.read_bytes()).hexdigest()
+        else:
+            found[key] = "dir"
+    return found
+
+
+# --- processes ---------------------------------------------------------------------------
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # "pid (comm) state ppid pgrp session ..."; comm may hold spaces and parentheses.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def session_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[3]) if fields else None
+
+
+def cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def pids_in_session(sid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            pid = int(entry.name)
+            fields = _stat_fields(pid)
+            # Zombies (state Z) are dead already; their parent reaps them.
+            if fields and int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(pid)
+    return pids
+
+
+def kill_session(sid: int, sig: int = signal.SIGKILL) -> None:
+    for pid in pids_in_session(sid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+class Processes:
+    """Starts commands in new sessions and kills every one of those sessions on close()."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+        self.files = []
+
+    def start(self, args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
+        handle = open(log, "wb")  # noqa: SIM115 - closed in close()
+        self.files.append(handle)
+        process = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=env or clean_env(),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.started.append(process)
+        return process
+
+    def study(self, *args: str, cwd: Path, log: Path, env: dict[str, str] | None = None):
+        return self.start([*STUDY, *args], cwd, log, env)
+
+    def stop(self, process: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 20):
+        """Signal the whole session of `process`, wait, then SIGKILL what is left."""
+        kill_session(process.pid, sig)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and pids_in_session(process.pid):
+            time.sleep(0.2)
+            process.poll()  # reap the leader, or it stays a zombie
+        kill_session(process.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+
+    def close(self) -> None:
+        for process in self.started:
+            kill_session(process.pid)
+        for process in self.started:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            # Daemons whose parent died are re-parented, not reaped by us: wait them out.
+            with contextlib.suppress(AssertionError):
+                wait_for(lambda p=process: not pids_in_session(p.pid), 10, "session exit")
+        for handle in self.files:
+            handle.close()
+
+
+def run_study(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None):
+    """Run `study ARGS` to completion in its own session; kill its session afterwards so
+    nothing it started outlives it."""
+    process = subprocess.Popen(
+        [*STUDY, *args],
+        cwd=cwd,
+        env=env or clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_session(process.pid)
+        out, err = process.communicate()
+        raise AssertionError(
+            f"`study {' '.join(args)}` ran past {timeout}s\nstdout:\n{out}\nstderr:\n{err}"
+        ) from None
+    finally:
+        kill_session(process.pid)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+# --- the CLI forked from a preloaded process ---------------------------------------------
+_FORKSERVER = None
+PRELOAD = ["study.cli", "study.sweep", "study.train", "analysis.export", "analysis.report"]
+
+
+def _cli_child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str]) -> None:
+    """Body of a forked CLI process: its own session, directory, environment and output
+    files, then the console script's entry point; its exit status is the CLI's."""
+    os.setsid()
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for path, fd in ((out, 1), (err, 2)):
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(handle, fd)
+        os.close(handle)
+    sys.argv = ["study", *args]
+    from study.cli import main
+
+    main()
+
+
+def run_forked_cli(args: list[str], cwd: Path, timeout: float = 120):
+    """Run `study ARGS` as its own process, forked from a server that has imported the CLI
+    once (multiprocessing's forkserver): a real process with a real exit status and real
+    file effects, without paying the CLI's seconds of imports per run."""
+    import multiprocessing
+
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        _FORKSERVER = multiprocessing.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(PRELOAD)
+    out, err = cwd.parent / f".{cwd.name}.out", cwd.parent / f".{cwd.name}.err"
+    process = _FORKSERVER.Process(
+        target=_cli_child, args=(list(args), str(cwd), str(out), str(err), clean_env())
+    )
+    process.start()
+    process.join(timeout)
+    if process.is_alive():
+        kill_session(process.pid)
+        process.join(10)
+    kill_session(process.pid)
+    code = process.exitcode
+    if code is None or code < 0:
+        code = -9 if code is None else code
+    return subprocess.CompletedProcess(args, code, out.read_text(), err.read_text())
+
+
+# --- MLflow server -----------------------------------------------------------------------
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1:port with a SQLite store; stop() and start()
+    again keep the port and the store, as a restarted tracking server would."""
+
+    def __init__(self, processes: Processes, root: Path, port: int | None = None):
+        self.processes = processes
+        self.root = root
+        self.port = port or free_port()
+        self.process: subprocess.Popen | None = None
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90) -> None:
+        args = [
+            MLFLOW,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--serve-artifacts",
+        ]
+        # MLflow's job runners (eight processes) are not needed for tracking.
+        env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        self.process = self.processes.start(args, self.root, self.root / "server.log", env)
+        wait_for(self.healthy, timeout, f"mlflow server on port {self.port} ({self.log_tail()})")
+
+    def healthy(self) -> bool:
+        import requests
+
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {self.log_tail()}")
+        try:
+            return requests.get(f"{self.uri}/health", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM to the server's whole session (gunicorn or uvicorn workers included),
+        then make sure the port is free again."""
+        if self.process is not None:
+            self.processes.stop(self.process, signal.SIGTERM)
+            self.process = None
+
+        def port_free() -> bool:
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", self.port)) != 0
+
+        wait_for(port_free, 30, f"port {self.port} to close")
+
+    def log_tail(self) -> str:
+        try:
+            return (self.root / "server.log").read_text()[-1500:]
+        except OSError:
+            return ""

@@ -1,0 +1,444 @@
+"""Helpers for the sweep integration tests (test_sweep, test_cluster, test_remote_tracking).
+
+They run the real `study` CLI in a scratch directory and start real Ray clusters and MLflow
+servers on 127.0.0.1. Everything a test starts is found again by a marker it owns (a private
+temporary directory in the processes' command lines, or a process group) and killed by pid,
+so tests running beside these on the same machine keep their own Ray processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from study import tracking
+
+BIN = Path(sys.executable).parent
+STUDY_TIMEOUT_S = 300
+
+
+# --- ports ----------------------------------------------------------------------------
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now (held open together while
+    chosen, so they never repeat)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_range(size: int, avoid: set[int] = frozenset()) -> tuple[int, int]:
+    """A window of `size` ports, all free now, below the kernel's ephemeral range, for
+    Ray's --min-worker-port/--max-worker-port (its default 10002-19999 is shared by every
+    Ray instance on the machine)."""
+    rng = random.Random()
+    for _ in range(200):
+        low = rng.randrange(20000, 30000 - size)
+        ports = range(low, low + size)
+        if not avoid.intersection(ports) and all(_port_free(p) for p in ports):
+            return low, low + size - 1
+    raise RuntimeError(f"no window of {size} free ports in 20000-30000")
+
+
+# --- processes ------------------------------------------------------------------------
+def _proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, state, command line), read from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), fields[0], cmdline)
+    return table
+
+
+def processes_with(marker: str) -> set[int]:
+    """Live processes whose command line mentions `marker`, and all their descendants
+    (Ray workers rename themselves `ray::...` but stay children of their raylet)."""
+    table = _proc_table()
+    own = {os.getpid(), os.getppid()}
+    chosen = {pid for pid, (_, state, cmd) in table.items() if marker in cmd and state != "Z"}
+    chosen -= own
+    while True:
+        children = {
+            pid
+            for pid, (ppid, state, _) in table.items()
+            if ppid in chosen and pid not in chosen and state != "Z"
+        }
+        if not children:
+            return chosen - own
+        chosen |= children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_pids(pids: set[int], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL whatever still runs after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 5.0)
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+        pids = {p for p in pids if _alive(p)}
+        if not pids:
+            return
+
+
+def kill_processes_with(marker: str, grace: float = 3.0) -> None:
+    kill_pids(processes_with(marker), grace)
+
+
+def kill_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a process started with start_new_session=True and everything in its group."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; its group may still hold children for a moment.
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(process.pid):
+            time.sleep(0.1)
+        if not _group_alive(process.pid):
+            return
+
+
+def _group_alive(pgid: int) -> bool:
+    for pid in _proc_table():
+        try:
+            if os.getpgid(pid) == pgid and _alive(pid):
+                return True
+        except (ProcessLookupError, PermissionError):
+            continue
+    return False
+
+
+@contextlib.contextmanager
+def ray_tmpdir() -> Iterator[Path]:
+    """A short private directory for RAY_TMPDIR (Ray's unix sockets live under it, and
+    their paths must stay short); every process mentioning it is killed on exit."""
+    path = Path(tempfile.mkdtemp(prefix="lsr", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        kill_processes_with(str(path))
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the CLI --------------------------------------------------------------------------
+def study_command() -> list[str]:
+    script = BIN / "study"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "study.cli"]
+
+
+def base_env(ray_tmp: Path | None = None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    if ray_tmp is not None:
+        env["RAY_TMPDIR"] = str(ray_tmp)
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Completed:
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def describe(self) -> str:
+        return (
+            f"`study {' '.join(self.args)}` exited {self.returncode} after {self.seconds:.0f}s\n"
+            f"--- stdout (tail) ---\n{self.stdout[-4000:]}\n--- stderr (tail) ---\n{self.stderr[-4000:]}"
+        )
+
+
+def run_study(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = STUDY_TIMEOUT_S,
+    check: bool = True,
+) -> Completed:
+    """Run `study ARGS` in `cwd` in its own process group; on timeout the whole group
+    (the driver and any local Ray it started) is killed."""
+    start = time.monotonic()
+    process = subprocess.Popen(
+        [*study_command(), *args],
+        cwd=cwd,
+        env=env if env is not None else base_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(process, grace=5)
+        stdout, stderr = process.communicate()
+        stderr += f"\n[killed after {timeout}s]"
+    finally:
+        if process.poll() is None:
+            kill_group(process, grace=5)
+    done = Completed(args, process.returncode, stdout, stderr, time.monotonic() - start)
+    if check and done.returncode != 0:
+        raise AssertionError(done.describe())
+    return done
+
+
+# --- MLflow ---------------------------------------------------------------------------
+@dataclass
+class StudyRecord:
+    """What MLflow holds for one study: the parent run and its trial runs."""
+
+    client: MlflowClient
+    parent: object
+    children: list = field(default_factory=list)
+    experiment_id: str = ""
+
+
+def study_record(tracking_uri: str, name: str, experiment: str = tracking.DEFAULT_EXPERIMENT):
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r} in {tracking_uri}"
+    parents = client.search_runs(
+        [found.experiment_id], filter_string=f"tags.`{tracking.TAG_STUDY}` = '{name}'"
+    )
+    parents = [r for r in parents if r.data.tags.get(tracking.TAG_KIND) == "study"]
+    assert len(parents) == 1, f"expected one parent run for {name}, found {len(parents)}"
+    parent = parents[0]
+    children = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent.info.run_id}'",
+    )
+    return StudyRecord(client, parent, children, found.experiment_id)
+
+
+def load_searcher_state(storage: Path, name: str) -> dict:
+    """OptunaSearch's pickled state (`OptunaSearch.save` pickles its __dict__; a
+    ConcurrencyLimiter delegates to it), as Ray wrote it beside the study's results."""
+    import ray.cloudpickle
+
+    files = sorted((storage / name).glob("searcher-state-*.pkl"))
+    assert files, f"no searcher-state-*.pkl in {storage / name}"
+    with open(files[-1], "rb") as handle:
+        state = ray.cloudpickle.load(handle)
+    assert isinstance(state, dict) and "_ot_study" in state, sorted(state)
+    return state
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@contextlib.contextmanager
+def mlflow_server(root: Path, start_timeout: float = 120.0) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 with a SQLite backend that proxies artifact
+    uploads (--serve-artifacts) into `root/artifacts`; yields its http:// URI."""
+    (port,) = free_ports(1)
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
+    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no job-runner processes
+    process = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            wait_for_http(f"{uri}/health", start_timeout, process)
+        except (RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"{error}\n{(root / 'server.log').read_text()[-3000:]}") from None
+        yield uri
+    finally:
+        kill_group(process)
+        log.close()
+
+
+# --- a two-node Ray cluster -----------------------------------------------------------
+@dataclass
+class RayCluster:
+    """`ray start --head` plus one `ray start --address` worker node, both with one CPU on
+    127.0.0.1, token authentication and private ports and temp dir."""
+
+    root: Path
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+    port: int = 0
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """For every Ray process of this cluster, the driver included."""
+        return base_env(
+            self.root, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0"
+        )
+
+    def _ray_start(self, args: list[str]) -> None:
+        done = subprocess.run(
+            [str(BIN / "ray"), "start", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            start_new_session=True,
+        )
+        self.log.append(done.stdout[-2000:] + done.stderr[-2000:])
+        if done.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{self.log[-1]}")
+
+    def start(self) -> None:
+        ports = free_ports(14)
+        self.port = ports[0]
+        used = set(ports)
+        common = [
+            "--num-cpus",
+            "1",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--temp-dir",
+            str(self.root / "ray"),
+            "--disable-usage-stats",
+        ]
+
+        def node_ports(first: int) -> list[str]:
+            low, high = free_port_range(64, used)
+            used.update(range(low, high + 1))
+            names = [
+                "--node-manager-port",
+                "--object-manager-port",
+                "--metrics-export-port",
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--runtime-env-agent-port",
+            ]
+            flags = [f"{n}={p}" for n, p in zip(names, ports[first : first + 6], strict=True)]
+            return [*flags, f"--min-worker-port={low}", f"--max-worker-port={high}"]
+
+        self._ray_start(
+            [
+                "--head",
+                f"--port={self.port}",
+                "--include-dashboard=false",
+                f"--dashboard-port={ports[1]}",
+                *common,
+                *node_ports(2),
+            ]
+        )
+        self._ray_start([f"--address={self.address}", *common, *node_ports(8)])
+
+    def node_ids(self) -> set[str]:
+        """The node ids of this cluster's raylets, from their command lines."""
+        marker = str(self.root)
+        ids = set()
+        for pid in processes_with(marker):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    args = handle.read().decode(errors="replace").split("\0")
+            except OSError:
+                continue
+            if args and args[0].endswith("/raylet"):
+                for arg in args:
+                    match = re.fullmatch(r"--node_id=([0-9a-f]+)", arg)
+                    if match:
+                        ids.add(match.group(1))
+        return ids
+
+    def stop(self) -> None:
+        """Kill this cluster's processes by pid (not `ray stop`, which would take every
+        Ray instance on the machine with it)."""
+        kill_processes_with(str(self.root))
+
+
+@contextlib.contextmanager
+def ray_cluster() -> Iterator[RayCluster]:
+    with ray_tmpdir() as root:
+        cluster = RayCluster(root)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()

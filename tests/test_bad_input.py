@@ -1,0 +1,294 @@
+"""Bad input, table-driven, through the `study` command: every row must end with exit
+status 2 and one line on stderr naming the field and the fix, no traceback, and nothing
+written (no mlflow.db, ray_results/, runs/, exports/ or reports/; an existing MLflow store
+unchanged to the byte), and no YAML tag may run a command.
+
+Each row is a process of its own, in a fresh, empty working directory and its own session;
+the bad files it reads live elsewhere. A few rows run the installed `study` script end to
+end. The others run the same entry point (`study.cli:main`) in a process forked from one
+that has imported the CLI already (multiprocessing's forkserver): the CLI's imports cost
+seconds per process, and the table would otherwise take minutes. A module fixture runs the
+selected rows three at a time; each test then checks its own row.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from reliability_support import free_port, run_forked_cli, run_study, snapshot
+
+# A parent run of this name exists in the template store ("kept") for the rows that need
+# an existing study; "absent" exists nowhere.
+KEPT = "kept"
+MARKER = "yaml-tag-ran"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]  # {inputs}, {closed} and {cwd} are filled in
+    field: str  # the field the error line must name
+    fix: str  # words of the fix the error line must give
+    setup: str = ""  # "store": a template store copy; "spec": a saved spec; "study": both
+    script: bool = False  # run the installed `study` script rather than a forked CLI
+
+
+def case(id: str, command: str, field: str, fix: str, setup: str = "", script=False) -> Case:
+    return Case(id, tuple(command.split()), field, fix, setup, script)
+
+
+CASES = [
+    # --- study run: the spec ---
+    case("run-unknown-family", "run nofamily", "family:", "choose one of"),
+    case("run-unknown-dataset", "run mlvae --dataset cifar", "'--dataset'", "is not one of"),
+    case("run-unknown-objective", "run mlvae --objective nosuch:max", "objective:", "choose from"),
+    case("run-unknown-parameter", "run mlvae --set nosuch=1", "nosuch:", "valid parameters"),
+    case("run-wrong-type-parameter", "run mlvae --set style_dim=abc", "style_dim:", "expected int"),
+    case("run-wrong-type-trials", "run mlvae --trials many", "'--trials'", "valid integer"),
+    case("run-zero-trials", "run mlvae --trials 0", "trials:", ">= 1"),
+    case("run-zero-dim", "run icvae --set z_dim=0", "z_dim:", "use a value in"),
+    case("run-zero-noise-std", "run mlvae --set noise_std=0", "noise_std:", "use a value in"),
+    case("run-group-size-1", "run mlvae --set group_size=1", "group_size:", "use a value in"),
+    case("run-name-separator", "run mlvae --name a/b", "name:", "no path separators"),
+    case("run-name-dotdot", "run mlvae --name ..", "name:", "no path separators"),
+    # --- study run: the search space file ---
+    case("space-low-above-high", "run mlvae --space {inputs}/low_high.yaml", "lr:", "swap them"),
+    case("space-malformed-yaml", "run mlvae --space {inputs}/broken.yaml", "space:", "syntax"),
+    case("space-unknown-parameter", "run mlvae --space {inputs}/unknown.yaml", "foo:", "valid"),
+    case("space-out-of-range", "run mlvae --space {inputs}/range.yaml", "noise_std:", "use a"),
+    case("space-python-tag", "run mlvae --space {inputs}/tag.yaml", "space:", "remove the tag"),
+    # --- study run: data, Ray, tracking ---
+    case(
+        "run-missing-data-dir",
+        "run mlvae --dataset mnist --data-dir {inputs}/nosuch",
+        "data-dir:",
+        "pass --data-dir",
+    ),
+    case(
+        "run-truncated-idx",
+        "run mlvae --dataset mnist --data-dir {inputs}/truncated",
+        "data-dir:",
+        "replace it",
+    ),
+    case(
+        "run-unreachable-ray",
+        "run mlvae --address 127.0.0.1:{closed}",
+        "address:",
+        "ray start",
+        script=True,
+    ),
+    case("run-malformed-ray-address", "run mlvae --address nowhere", "address:", "host:port"),
+    case(
+        "run-unreachable-tracking",
+        "run mlvae --tracking-uri http://127.0.0.1:{closed}",
+        "tracking-uri:",
+        "start it",
+    ),
+    case(
+        "run-existing-store-bad-param",
+        "run mlvae --set hidden=[] --name fresh",
+        "hidden:",
+        "write e.g.",
+        "store",
+    ),
+    # --- study train ---
+    case("train-unknown-family", "train nofamily", "family:", "choose one of"),
+    case("train-malformed-config", "train --config {inputs}/broken.yaml", "config:", "syntax"),
+    case("train-config-wrong-type", "train --config {inputs}/epochs_text.yaml", "epochs:", ">= 1"),
+    case(
+        "train-config-python-tag",
+        "train --config {inputs}/tag.yaml",
+        "config:",
+        "remove the",
+        script=True,
+    ),
+    case("train-negative-dim", "train mlvae --set style_dim=-1", "style_dim:", "use a value"),
+    case(
+        "train-truncated-idx",
+        "train mlvae --dataset mnist --data-dir {inputs}/truncated",
+        "data-dir:",
+        "replace it",
+    ),
+    # --- study export / resume / report ---
+    case("export-unknown-study", "export absent", "name:", "study status", script=True),
+    case("export-unknown-study-in-store", "export absent", "name:", "study status", "store"),
+    case("export-zero-top", "export kept --top 0", "top:", ">= 1", "store"),
+    case(
+        "export-unreachable-tracking",
+        "export kept --tracking-uri http://127.0.0.1:{closed}",
+        "tracking-uri:",
+        "start it",
+    ),
+    case("resume-unknown-study", "resume absent", "name:", "study status"),
+    case("resume-name-separator", "resume a/b", "name:", "no path separators"),
+    case("resume-missing-store", "resume kept", "name:", "restore that store", "spec"),
+    case(
+        "resume-unreachable-ray",
+        f"resume {KEPT} --address 127.0.0.1:{{closed}}",
+        "address:",
+        "ray start",
+        "study",
+    ),
+    case("report-unknown-study-in-store", "report absent", "name:", "study status", "store"),
+    case("report-name-dotdot", "report ..", "name:", "no path separators"),
+]
+
+
+def _idx_gz(path: Path, array_shape: tuple[int, ...], values: bytes) -> None:
+    header = struct.pack(">HBB", 0, 0x08, len(array_shape)) + struct.pack(
+        ">" + "I" * len(array_shape), *array_shape
+    )
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + values)
+
+
+def _write_inputs(inputs: Path) -> None:
+    """The bad files the rows read, outside every row's working directory."""
+    files = {
+        "low_high.yaml": "family: mlvae\nparameters:\n  lr: {type: float, low: 0.1, high: 0.01}\n",
+        "broken.yaml": "family: mlvae\nparameters: [\n  lr: {type\n",
+        "unknown.yaml": "family: mlvae\nparameters:\n  foo: {type: int, low: 1, high: 4}\n",
+        "range.yaml": "family: mlvae\nparameters:\n  noise_std: {type: float, low: 0.0, high: 1.0}\n",
+        "tag.yaml": f'!!python/object/apply:os.system ["touch {inputs / MARKER}"]\n',
+        "epochs_text.yaml": "family: mlvae\nepochs: ten\n",
+    }
+    for name, text in files.items():
+        (inputs / name).write_text(text)
+    # MNIST-style idx files, valid but tiny; then one of them cut short, as by an
+    # interrupted copy.
+    truncated = inputs / "truncated"
+    truncated.mkdir()
+    n_train, n_test = 40, 20
+    _idx_gz(truncated / "train-images-idx3-ubyte.gz", (n_train, 28, 28), bytes(n_train * 784))
+    _idx_gz(truncated / "train-labels-idx1-ubyte.gz", (n_train,), bytes(i % 10 for i in range(40)))
+    _idx_gz(truncated / "t10k-images-idx3-ubyte.gz", (n_test, 28, 28), bytes(n_test * 784))
+    _idx_gz(truncated / "t10k-labels-idx1-ubyte.gz", (n_test,), bytes(i % 10 for i in range(20)))
+    images = truncated / "train-images-idx3-ubyte.gz"
+    raw = gzip.decompress(images.read_bytes())
+    images.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+
+
+def _template_store(directory: Path) -> Path:
+    """An MLflow store holding study KEPT's parent run (made in this process, once)."""
+    from mlflow import MlflowClient
+
+    from study import tracking
+
+    db = directory / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
+    experiment = client.create_experiment(
+        tracking.DEFAULT_EXPERIMENT, artifact_location=str(directory / "artifacts")
+    )
+    run = client.create_run(
+        experiment,
+        run_name=KEPT,
+        tags={
+            tracking.TAG_STUDY: KEPT,
+            tracking.TAG_KIND: "study",
+            "latent_studies.family": "mlvae",
+            "latent_studies.dataset": "digits",
+            "latent_studies.objectives": "swap_acc:max",
+        },
+    )
+    client.set_terminated(run.info.run_id, "KILLED")
+    return db
+
+
+def _prepare(row: Case, cwd: Path, template: Path) -> None:
+    if row.setup in ("store", "study"):
+        shutil.copy(template, cwd / "mlflow.db")
+    if row.setup in ("spec", "study"):
+        from study.sweep import SPEC_FILE, StudySpec
+
+        spec = StudySpec(
+            family="mlvae",
+            name=KEPT,
+            trials=2,
+            epochs=1,
+            storage=str(cwd / "ray_results"),
+            tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}",
+        )
+        (cwd / "ray_results" / KEPT).mkdir(parents=True)
+        (cwd / "ray_results" / KEPT / SPEC_FILE).write_text(yaml.safe_dump(spec.to_dict()))
+
+
+@dataclass
+class Outcome:
+    before: dict[str, str]
+    after: dict[str, str]
+    result: subprocess.CompletedProcess
+    seconds: float
+
+
+def _run_row(row: Case, root: Path, inputs: Path, template: Path, closed: int) -> Outcome:
+    cwd = root / row.id
+    cwd.mkdir()
+    _prepare(row, cwd, template)
+    args = [a.format(inputs=inputs, closed=closed, cwd=cwd) for a in row.args]
+    before = snapshot(cwd)
+    started = time.monotonic()
+    # Either way the row's whole session is killed when it ends: a Ray it might have
+    # started must not outlive it.
+    if row.script:
+        result = run_study(*args, cwd=cwd, timeout=180)
+    else:
+        result = run_forked_cli(args, cwd, timeout=180)
+    return Outcome(before, snapshot(cwd), result, time.monotonic() - started)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("bad-inputs")
+    _write_inputs(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def outcomes(request, tmp_path_factory, inputs) -> dict[str, Outcome]:
+    """Run every selected row, three at a time; rows share nothing they write."""
+    selected = []
+    for item in request.session.items:
+        callspec = getattr(item, "callspec", None)
+        if item.module is request.module and callspec and "row" in callspec.params:
+            selected.append(callspec.params["row"])
+    template = _template_store(tmp_path_factory.mktemp("template-store"))
+    root = tmp_path_factory.mktemp("rows")
+    closed = free_port()  # bound and released: nothing listens there
+    # The installed-script rows first: they take seconds each, the forked ones a fraction.
+    selected.sort(key=lambda row: not row.script)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {
+            row.id: pool.submit(_run_row, row, root, inputs, template, closed) for row in selected
+        }
+        return {key: future.result() for key, future in futures.items()}
+
+
+@pytest.mark.parametrize("row", CASES, ids=[c.id for c in CASES])
+def test_bad_input(row: Case, outcomes, inputs) -> None:
+    outcome = outcomes[row.id]
+    result = outcome.result
+    shown = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.returncode == 2, shown
+    assert "Traceback" not in result.stdout + result.stderr, shown
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr\n{shown}"
+    line = lines[0]
+    assert line.startswith("error: "), shown
+    assert row.field in line, f"the error should name {row.field!r}\n{shown}"
+    assert row.fix in line, f"the error should say how to fix it ({row.fix!r})\n{shown}"
+    # Nothing announced as started: stdout is empty, or the study's header line alone
+    # when the failure is only found when connecting to Ray.
+    assert len(result.stdout.splitlines()) <= (1 if "address" in row.field else 0), shown
+    # Nothing written: the directory, any store in it included, is exactly as before.
+    assert outcome.after == outcome.before, shown
+    assert not (inputs / MARKER).exists(), "a YAML tag ran a command"
+    assert outcome.seconds < 60, f"took {outcome.seconds:.0f}s to refuse bad input"

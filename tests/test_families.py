@@ -1,0 +1,481 @@
+"""One suite for every registered family (a new family is tested by adding its module), plus
+the few checks specific to one family's maths."""
+
+from __future__ import annotations
+
+import math
+import typing
+
+import pytest
+import torch
+from torch.distributions import Independent, Normal, kl_divergence
+
+import trainables
+from trainables import ConfigError, Experiment
+from trainables.losses import kl_to_standard_normal, marginal_kl_bound
+
+FAMILIES = trainables.all_families()
+
+# Every family with its defaults, plus variants whose evaluate() takes other branches.
+VARIANTS = {
+    "aae": [
+        {"prior": "mixture", "label_conditioned": True},
+        {"conditional_decoder": True},
+    ],
+}
+CASES = [(name, {}) for name in FAMILIES] + [
+    (name, params) for name, variants in VARIANTS.items() if name in FAMILIES for params in variants
+]
+
+
+def case_id(case) -> str:
+    name, params = case
+    return "-".join([name, *(f"{k}={v}" for k, v in params.items())])
+
+
+@pytest.fixture(params=CASES, ids=[case_id(c) for c in CASES])
+def case(request):
+    return request.param
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+RATE_METRICS = {
+    "content_acc",
+    "content_acc_grouped",
+    "content_acc_single",
+    "leakage_acc",
+    "leakage",
+    "swap_acc",
+    "mode_acc",
+    "disc_acc",
+    "degenerate",
+    "diverged",
+}
+
+
+def test_registry_lists_the_three_families():
+    assert {"mlvae", "icvae", "aae"} <= set(FAMILIES)
+    for name, family in FAMILIES.items():
+        assert family.name == name
+        assert trainables.get_family(name) is family
+
+
+def test_unknown_family_names_the_choices():
+    with pytest.raises(ConfigError, match=r"^family: unknown family 'vae'; choose one of .*mlvae"):
+        trainables.get_family("vae")
+
+
+def test_family_declares_consistent_metadata(case):
+    family = FAMILIES[case[0]]
+    assert "recon_mse" in family.metric_names
+    assert family.default_objectives
+    for objective in family.default_objectives:
+        metric, _, direction = objective.partition(":")
+        assert metric in family.metric_names, objective
+        assert direction in ("max", "min"), objective
+
+
+def test_training_epoch_changes_every_weight(case, digits):
+    name, params = case
+    experiment = Experiment.create(name, params, digits, seed=0)
+    before = snapshot(experiment.model)
+    losses = experiment.train_epoch()
+    assert experiment.epoch == 1 and not experiment.diverged
+    assert "train_loss" in losses
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    after = snapshot(experiment.model)
+    unchanged = [key for key in before if torch.equal(before[key], after[key])]
+    assert not unchanged, f"not trained: {unchanged}"
+
+
+def test_evaluate_changes_nothing_and_returns_valid_metrics(case, digits):
+    name, params = case
+    family = FAMILIES[name]
+    experiment = Experiment.create(name, params, digits, seed=0)
+    experiment.train_epoch()
+    weights = snapshot(experiment.model)
+    optimizer_states = {k: repr(o.state_dict()) for k, o in experiment.optimizers.items()}
+    generator_state = experiment.generator.get_state().clone()
+
+    metrics = experiment.evaluate()
+
+    assert_same_state(weights, snapshot(experiment.model))
+    assert optimizer_states == {k: repr(o.state_dict()) for k, o in experiment.optimizers.items()}
+    assert torch.equal(generator_state, experiment.generator.get_state())
+    unexpected = set(metrics) - set(family.metric_names) - {"diverged"}
+    assert not unexpected, unexpected
+    assert "recon_mse" in metrics and metrics["diverged"] == 0.0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()), metrics
+    assert metrics["recon_mse"] >= 0.0
+    for key in RATE_METRICS & set(metrics):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
+    for key in ("degenerate", "diverged"):
+        assert metrics.get(key, 0.0) in (0.0, 1.0)
+    if not params:
+        # With its defaults, a family reports what its sweeps optimise.
+        for objective in family.default_objectives:
+            assert objective.partition(":")[0] in metrics, objective
+    assert experiment.last_metrics == metrics
+
+
+def test_same_seed_gives_identical_results(case, digits):
+    name, params = case
+
+    def run(seed: int, evaluate_between: bool = False, evaluate: bool = True):
+        experiment = Experiment.create(name, params, digits, seed=seed)
+        losses = [experiment.train_epoch()]
+        if evaluate_between:
+            experiment.evaluate()
+            experiment.image_grids()
+        losses.append(experiment.train_epoch())
+        metrics = experiment.evaluate() if evaluate else None
+        return losses, metrics, snapshot(experiment.model)
+
+    losses_a, metrics_a, weights_a = run(seed=7)
+    losses_b, metrics_b, weights_b = run(seed=7, evaluate_between=True)
+    # Same seed, same results; evaluating (or drawing image grids) in between must not
+    # move the training's random streams, or results would depend on the eval schedule.
+    assert losses_a == losses_b
+    assert metrics_a == metrics_b
+    assert_same_state(weights_a, weights_b)
+    # ... and the seed matters: another seed gives other weights.
+    _, _, weights_c = run(seed=8, evaluate=False)
+    assert any(not torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
+
+
+def test_save_and_restore_resume_exactly(case, digits, tmp_path):
+    name, params = case
+    original = Experiment.create(name, params, digits, seed=3)
+    original.train_epoch()
+    original.evaluate()
+    original.save(tmp_path)
+    saved_weights = snapshot(original.model)
+    saved_metrics = dict(original.last_metrics)
+
+    # Go on with the original (the global RNG is where it was at save time) ...
+    losses_original = original.train_epoch()
+    metrics_original = original.evaluate()
+
+    # ... and with a fresh experiment restored from the file, as a resumed trial does.
+    resumed = Experiment.create(name, params, digits, seed=3)
+    assert any(not torch.equal(v, saved_weights[k]) for k, v in snapshot(resumed.model).items())
+    resumed.restore(tmp_path)
+    assert_same_state(saved_weights, snapshot(resumed.model))
+    assert resumed.epoch == 1 and resumed.last_metrics == saved_metrics
+    assert not resumed.diverged
+    losses_resumed = resumed.train_epoch()
+    metrics_resumed = resumed.evaluate()
+
+    assert losses_resumed == losses_original
+    assert metrics_resumed == metrics_original
+    assert_same_state(snapshot(original.model), snapshot(resumed.model))
+    for key, optimizer in original.optimizers.items():
+        assert repr(optimizer.state_dict()) == repr(resumed.optimizers[key].state_dict())
+    assert resumed.epoch == original.epoch == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_save_and_restore_on_cuda(digits, tmp_path):
+    cuda = digits.to("cuda")
+    original = Experiment.create("mlvae", {}, cuda, seed=3)
+    original.train_epoch()
+    original.save(tmp_path)
+    resumed = Experiment.create("mlvae", {}, cuda, seed=3)
+    resumed.restore(tmp_path)  # RNG states must come back as CPU tensors
+    assert_same_state(snapshot(original.model), snapshot(resumed.model))
+    assert all(p.is_cuda for p in resumed.model.parameters())
+    assert resumed.train_epoch().keys() == original.train_epoch().keys()
+
+
+def test_image_grids_are_images(case, digits):
+    name, params = case
+    experiment = Experiment.create(name, params, digits, seed=0)
+    grids = experiment.image_grids()
+    assert grids.keys() == FAMILIES[name].image_grids.keys()
+    assert grids
+    for grid_name, grid in grids.items():
+        assert grid.dim() == 4 and grid.shape[2:] == digits.image_shape, grid_name
+        assert grid.shape[0] >= 1 and grid.shape[1] >= 1
+        assert grid.min() >= 0.0 and grid.max() <= 1.0, grid_name
+
+
+def test_reconstruct_gives_images_of_the_inputs(case, digits):
+    name, params = case
+    experiment = Experiment.create(name, params, digits, seed=0)
+    experiment.train_epoch()
+    x, y = digits.x_test[:16], digits.y_test[:16]
+    with torch.no_grad():
+        x_hat = experiment.model.eval().reconstruct(x, y)
+    assert x_hat.shape == x.shape
+    assert x_hat.min() >= 0.0 and x_hat.max() <= 1.0
+    # Closer to its own input than to another image's, on average, after one epoch.
+    own = ((x_hat - x) ** 2).mean()
+    other = ((x_hat - x.roll(1, dims=0)) ** 2).mean()
+    assert own < other
+
+
+def test_non_finite_weights_mark_the_run_diverged(case, digits):
+    name, params = case
+    family = FAMILIES[name]
+    experiment = Experiment.create(name, params, digits, seed=0)
+    with torch.no_grad():
+        next(experiment.model.parameters()).fill_(float("nan"))
+    experiment.train_epoch()  # must not raise
+    assert experiment.diverged
+    metrics = experiment.evaluate()
+    assert metrics["diverged"] == 1.0
+    assert set(metrics) == set(family.metric_names) | {"diverged"}
+    assert all(math.isnan(v) for k, v in metrics.items() if k != "diverged")
+    assert experiment.image_grids() == {}
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def field_types(name: str) -> dict[str, typing.Any]:
+    return typing.get_type_hints(FAMILIES[name].config_cls)
+
+
+def test_defaults_validate_and_round_trip(case):
+    name, params = case
+    family = FAMILIES[name]
+    config = family.make_config(params)
+    assert set(config.to_dict()) == set(family.config_cls.field_names())
+    again = family.make_config(config.to_dict())
+    assert again == config
+    assert family.make_config(None) == family.config_cls()
+
+
+def test_lossless_conversions_are_accepted(case):
+    name, _ = case
+    config = FAMILIES[name].make_config({"lr": 1, "batch_size": 32.0, "hidden": [32, 16]})
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.batch_size == 32 and isinstance(config.batch_size, int)
+    assert config.hidden == (32, 16)
+    assert config.to_dict()["hidden"] == [32, 16]
+
+
+def test_unknown_parameter_names_the_valid_ones(case):
+    name, _ = case
+    family = FAMILIES[name]
+    with pytest.raises(ConfigError) as info:
+        family.make_config({"latent_size": 4})
+    message = str(info.value)
+    assert message.startswith("latent_size: unknown parameter")
+    for field in family.config_cls.field_names():
+        assert field in message
+
+
+def wrong_type_cases():
+    for name in FAMILIES:
+        for field, annotation in field_types(name).items():
+            if field == "bounds":
+                continue
+            yield pytest.param(name, field, "abc", id=f"{name}-{field}=abc")
+            if annotation in (int, float):
+                yield pytest.param(name, field, True, id=f"{name}-{field}=True")
+            if annotation is int:
+                yield pytest.param(name, field, 2.5, id=f"{name}-{field}=2.5")
+            if annotation is bool:
+                yield pytest.param(name, field, 1, id=f"{name}-{field}=1")
+
+
+@pytest.mark.parametrize(("name", "field", "value"), list(wrong_type_cases()))
+def test_wrong_type_names_the_field(name, field, value):
+    with pytest.raises(ConfigError) as info:
+        FAMILIES[name].make_config({field: value})
+    assert str(info.value).startswith(f"{field}: "), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def out_of_range_cases():
+    for name in FAMILIES:
+        types = field_types(name)
+        for field, (low, high) in FAMILIES[name].config_cls.all_bounds().items():
+            annotation = types[field]
+            is_tuple = typing.get_origin(annotation) is tuple
+            integral = annotation is int or is_tuple
+            outside = []
+            if low is not None:
+                outside.append(int(low) - 1 if integral else low - 1.0)
+            if high is not None:
+                outside.append(int(high) + 1 if integral else high * 2 + 1.0)
+            for value in outside:
+                value = [64, value] if is_tuple else value
+                yield pytest.param(name, field, value, id=f"{name}-{field}={value}")
+
+
+# The examples a user is most likely to type, checked by name as well as generically.
+EXPLICIT_INVALID = [
+    ("icvae", "z_dim", 0),
+    ("aae", "z_dim", 0),
+    ("mlvae", "noise_std", 0),
+    ("mlvae", "group_size", 1),
+    ("mlvae", "lr", -1),
+    ("icvae", "lr", -1),
+    ("aae", "disc_steps", 0),
+    ("icvae", "lam", -0.5),
+]
+
+
+@pytest.mark.parametrize(("name", "field", "value"), [*out_of_range_cases(), *EXPLICIT_INVALID])
+def test_out_of_range_names_the_field(name, field, value):
+    with pytest.raises(ConfigError) as info:
+        FAMILIES[name].make_config({field: value})
+    message = str(info.value)
+    assert message.startswith(f"{field}: "), message
+    assert "out of range" in message and "\n" not in message
+
+
+def test_cross_field_constraints():
+    with pytest.raises(ConfigError, match=r"^batch_size: 4 holds no whole group of group_size 8"):
+        FAMILIES["mlvae"].make_config({"batch_size": 4, "group_size": 8})
+    with pytest.raises(ConfigError, match=r"^z_dim: the mixture prior lives in 2-D"):
+        FAMILIES["aae"].make_config({"prior": "mixture", "z_dim": 3})
+    with pytest.raises(
+        ConfigError,
+        match=r"^prior: 'uniform' is not a valid choice; choose one of gaussian, mixture",
+    ):
+        FAMILIES["aae"].make_config({"prior": "uniform"})
+
+
+def test_an_invalid_config_never_builds_an_experiment(digits):
+    with pytest.raises(ConfigError, match=r"^noise_std: "):
+        Experiment.create("mlvae", {"noise_std": 0.0}, digits)
+
+
+# --- ML-VAE ----------------------------------------------------------------------------------
+
+
+def same_label_groups(digits, n_groups: int, group_size: int):
+    """A batch of `n_groups` groups of `group_size` training images, one label per group."""
+    rows = [
+        torch.nonzero(digits.y_train == g % 10).squeeze(1)[:group_size] for g in range(n_groups)
+    ]
+    index = torch.cat(rows)
+    group_ids = torch.arange(n_groups).repeat_interleave(group_size)
+    return digits.x_train[index], group_ids
+
+
+@pytest.mark.parametrize("kl_class_weight", [1.0, 0.0])
+def test_mlvae_class_head_receives_gradient(digits, kl_class_weight):
+    config = FAMILIES["mlvae"].make_config({"kl_class_weight": kl_class_weight})
+    torch.manual_seed(0)
+    model = FAMILIES["mlvae"].build(config, digits)
+    x, group_ids = same_label_groups(digits, n_groups=4, group_size=config.group_size)
+    model.loss(x, group_ids, 4)["loss"].backward()
+    # With kl_class_weight 0 the only path is reconstruction: the class code must not be
+    # detached on its way to the decoder.
+    for parameter in (model.class_head.weight, model.class_head.bias):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    assert model.style_head.weight.grad.abs().sum() > 0
+
+
+def decoder_inputs(model, x, group_ids, n_groups, seed: int) -> torch.Tensor:
+    captured = []
+    handle = model.decoder.register_forward_pre_hook(
+        lambda module, args: captured.append(args[0].detach())
+    )
+    try:
+        torch.manual_seed(seed)
+        model.loss(x, group_ids, n_groups)
+    finally:
+        handle.remove()
+    (inputs,) = captured
+    return inputs
+
+
+def test_mlvae_draws_one_class_noise_per_group(digits):
+    family = FAMILIES["mlvae"]
+    n_groups, k = 6, 4
+    # Every member of every group is the same image, so all groups have the same
+    # accumulated class posterior and any difference between them is the noise.
+    x = digits.x_train[:1].repeat(n_groups * k, 1)
+    group_ids = torch.arange(n_groups).repeat_interleave(k)
+
+    def class_and_style(noise_std: float):
+        config = family.make_config({"noise_std": noise_std, "group_size": k})
+        torch.manual_seed(0)
+        model = family.build(config, digits)
+        inputs = decoder_inputs(model, x, group_ids, n_groups, seed=1)
+        with torch.no_grad():
+            _, _, group_mu, _ = model.group_codes(x, group_ids, n_groups)
+        return inputs[:, config.style_dim :], inputs[:, : config.style_dim], group_mu[0]
+
+    class_code, style, mean = class_and_style(0.5)
+    by_group = class_code.view(n_groups, k, -1)
+    # One draw per group: members share it exactly ...
+    assert (by_group == by_group[:, :1]).all()
+    # ... and each group has its own.
+    firsts = by_group[:, 0]
+    for i in range(n_groups):
+        for j in range(i + 1, n_groups):
+            assert not torch.allclose(firsts[i], firsts[j]), (i, j)
+    # Style is sampled per sample: members of a group differ even for identical images.
+    assert not torch.allclose(style[0], style[1])
+
+    # The noise scales linearly with noise_std around the accumulated mean (same draws).
+    small_code, _, small_mean = class_and_style(0.05)
+    torch.testing.assert_close(small_mean, mean)
+    torch.testing.assert_close(class_code - mean, 10.0 * (small_code - mean), rtol=1e-4, atol=1e-5)
+
+
+def test_mlvae_evaluation_groups_only_same_label_samples(digits):
+    # content_acc_grouped is computed on accumulated codes; with group_size 2 and 16 the
+    # probe sees different amounts of evidence, so the figures must differ.
+    experiment = Experiment.create("mlvae", {"group_size": 2}, digits, seed=0)
+    experiment.train_epoch()
+    m2 = experiment.evaluate()
+    experiment.config.group_size = 16
+    m16 = experiment.evaluate()
+    assert m16["content_acc_grouped"] >= m2["content_acc_grouped"]
+    assert m2["content_acc_single"] == m16["content_acc_single"]
+
+
+# --- ICVAE -----------------------------------------------------------------------------------
+
+
+def test_icvae_loss_terms_match_their_definitions(digits):
+    family = FAMILIES["icvae"]
+    config = family.make_config({"lam": 2.5, "beta": 0.7, "z_dim": 3})
+    torch.manual_seed(0)
+    model = family.build(config, digits)
+    x, y = digits.x_train[:12], digits.y_train[:12]
+    torch.manual_seed(1)
+    terms = model.loss(x, y)
+    with torch.no_grad():
+        mu, logvar = model.encode(x)
+
+    torch.testing.assert_close(terms["kl_marginal"], marginal_kl_bound(mu, logvar).mean())
+    # The marginal term is exactly the mean pairwise KL over the batch (self-pairs included,
+    # no extra constant), computed here independently with torch.distributions.
+    mu64, logvar64 = mu.double(), logvar.double()
+    posteriors = [
+        Independent(Normal(mu64[i], torch.exp(0.5 * logvar64[i])), 1) for i in range(len(x))
+    ]
+    pairwise = torch.stack([kl_divergence(p, q) for p in posteriors for q in posteriors])
+    assert terms["kl_marginal"].item() == pytest.approx(pairwise.mean().item(), rel=1e-4)
+    torch.testing.assert_close(terms["kl_prior"], kl_to_standard_normal(mu, logvar).mean())
+    expected_loss = (
+        (1 + 2.5) * terms["recon"] + 0.7 * terms["kl_prior"] + 2.5 * terms["kl_marginal"]
+    )
+    torch.testing.assert_close(terms["loss"], expected_loss)
+    assert terms["kl_marginal"].item() > 0
+
+
+def test_icvae_decoder_uses_the_label(digits):
+    family = FAMILIES["icvae"]
+    torch.manual_seed(0)
+    model = family.build(family.make_config({}), digits)
+    z = torch.zeros(1, model.config.z_dim)
+    outputs = [model.decode(z, torch.tensor([c])) for c in range(10)]
+    assert not torch.allclose(outputs[0], outputs[1])
