@@ -4,6 +4,7 @@ costs one line and exit status 2, and nothing is written."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 
@@ -93,7 +94,9 @@ def train(
     )
     metrics, out_dir = train_once(spec, device, data_dir, download, out, progress=not as_json)
     if as_json:
-        click.echo(json.dumps({"out": str(out_dir), "spec": spec.to_dict(), "metrics": metrics}))
+        # NaN (a diverged run) is not JSON: write null.
+        clean = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+        click.echo(json.dumps({"out": str(out_dir), "spec": spec.to_dict(), "metrics": clean}))
         return
     click.echo(format_metrics(metrics))
     click.echo(f"saved weights, config.yaml, metrics.json and images/ to {out_dir}")
@@ -424,7 +427,20 @@ def ui(tracking_uri, host, port):
     click.echo(f"MLflow UI at http://{host}:{port}  (store {uri}; Ctrl-C stops it)", err=False)
     sys.stdout.flush()
     os.execv(
-        mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+        # One worker: a local UI for one person needs no pool of four.
+        mlflow,
+        [
+            mlflow,
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
     )
 
 

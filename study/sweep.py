@@ -504,9 +504,7 @@ def _fit(
                 **{k: v for k, v in metrics.items() if k != "config"},
                 **{k: v for k, v in config.items() if k != RUN_KEY},
                 "trial_id": metrics.get("trial_id", "?"),
-                "status": "error"
-                if result.error
-                else ("diverged" if metrics.get("diverged") else "done"),
+                "status": trial_status(result.error, metrics, spec.epochs),
             }
         )
     summary = _study_metrics(rows, spec.parsed_objectives)
