@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -22,6 +23,7 @@ from trainables.images import save_grids
 
 RUN_KEY = "study"  # trial config key holding the run settings; the rest are family params
 IMAGES_DIR = "images"
+CHECKPOINT_SECONDS = 10.0
 
 
 @lru_cache(maxsize=2)
@@ -58,6 +60,7 @@ def train_trial(config: dict[str, Any]) -> None:
     epochs = int(run["epochs"])
     # A string, so the MLflow logger records it as a tag (metrics are numbers only).
     node_id = ray.get_runtime_context().get_node_id()
+    last_checkpoint = None  # this session's: a restored trial checkpoints its first epoch
     while experiment.epoch < epochs and not experiment.diverged:
         losses = experiment.train_epoch()
         last = experiment.epoch >= epochs or experiment.diverged
@@ -67,7 +70,6 @@ def train_trial(config: dict[str, Any]) -> None:
         # Every epoch but the last gets the quick evaluation (smaller subsets, linear
         # probe): a tenth of the cost, and ASHA only needs a fair ranking.
         metrics = experiment.evaluate(quick=not last) if due else dict(experiment.last_metrics)
-        grids = experiment.image_grids() if due else {}
         result = {
             **losses,
             **metrics,
@@ -76,8 +78,15 @@ def train_trial(config: dict[str, Any]) -> None:
             "eval_seconds": experiment.eval_seconds,
             "node_id": node_id,
         }
+        # Checkpoint the first and last epochs and otherwise at most every
+        # CHECKPOINT_SECONDS: a checkpoint per 0.2-s digits epoch cost a sweep 10% of its
+        # time, and a retried trial loses at most that much work.
+        now = time.monotonic()
+        if not (last or last_checkpoint is None or now - last_checkpoint >= CHECKPOINT_SECONDS):
+            tune.report(result)
+            continue
+        last_checkpoint = now
         with tempfile.TemporaryDirectory() as directory:
             experiment.save(directory)
-            if due:
-                save_grids(grids, os.path.join(directory, IMAGES_DIR))
+            save_grids(experiment.image_grids(), os.path.join(directory, IMAGES_DIR))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))

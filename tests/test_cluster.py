@@ -16,7 +16,9 @@ pytestmark = pytest.mark.cluster
 
 NAME = "c1"
 TRIALS = 2
-EPOCHS = 3
+# Each trial must outlast the other node's actor start (several seconds), or Ray reuses the
+# first node's freed actor for the second trial: about 0.1 s an epoch on digits.
+EPOCHS = 150
 
 
 @pytest.fixture(scope="module")

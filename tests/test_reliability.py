@@ -199,7 +199,8 @@ def test_diverging_trial_ends_as_diverged_and_optuna_learns(tmp_path, procs, ray
 # --- 3. a killed trial worker ---------------------------------------------------------------
 @pytest.mark.slow
 def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, procs, ray_env):
-    epochs = 8
+    # Long enough (about 0.1 s an epoch) that a trial is caught mid-training.
+    epochs = 60
     log = tmp_path / "run.log"
     args = ["run", "mlvae", "--trials", "2", "--epochs", str(epochs), "--scheduler", "none"]
     process = procs.study(*args, "--name", "worker", cwd=tmp_path, log=log, env=ray_env)

@@ -1,7 +1,8 @@
 """Sections d and e: evaluation cost as a share of a trial, and a trial's peak memory.
 
 Each family's trial runs in its own process (`python -m tests.bench.trial ...`), the way
-the trainable runs it: `Experiment.train_epoch` then `evaluate()` every epoch
+the trainable runs it: `Experiment.train_epoch` then `evaluate()` every epoch (quick
+between epochs, full after the last)
 (eval_every=1), on MNIST at the reference sizes. The parent reads the child's peak RSS
 from `wait4` (ru_maxrss) and the child reports VmHWM and, on CUDA, the peak allocated GPU
 memory. Evaluation time is split into the probes (scikit-learn), the reference classifier
@@ -107,12 +108,13 @@ def child_main(argv: list[str] | None = None) -> None:
     _time_components(args.family, components)
     experiment = Experiment.create(args.family, REFERENCE_CONFIGS[args.family], dataset, seed=0)
     train, evaluation = [], []
-    for _ in range(args.epochs):
+    for epoch in range(args.epochs):
         before = experiment.train_seconds
         experiment.train_epoch()
         train.append(experiment.train_seconds - before)
         before = experiment.eval_seconds
-        metrics = experiment.evaluate()
+        # As the trainable does: quick evaluations between epochs, the full one at the end.
+        metrics = experiment.evaluate(quick=epoch < args.epochs - 1)
         evaluation.append(experiment.eval_seconds - before)
     result: dict[str, Any] = {
         "family": args.family,
