@@ -195,7 +195,7 @@ def probe_address(address: str) -> None:
         ) from None
 
 
-def connect_ray(address: str | None, verbose: bool, num_cpus: int | None = None) -> None:
+def connect_ray(address: str | None, verbose: bool) -> None:
     import ray
 
     if ray.is_initialized():
@@ -209,8 +209,6 @@ def connect_ray(address: str | None, verbose: bool, num_cpus: int | None = None)
     if address:
         probe_address(address)
         kwargs["address"] = address
-    elif num_cpus:
-        kwargs["num_cpus"] = num_cpus
     # Workers import this project: make sure they find it from the driver's directory.
     repo = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
@@ -326,9 +324,10 @@ def _callbacks(spec: StudySpec, parent_run_id: str, space: SearchSpace):
     from study.progress import TrialPrinter
 
     family = get_family(spec.family)
+    queue = tracking.TrackingQueue(spec.tracking_uri)
     logger = tracking.MlflowTrialLogger(
-        tracking.TrackingQueue(spec.tracking_uri),
-        tracking.experiment_id(tracking.TrackingQueue(spec.tracking_uri).client, spec.experiment),
+        queue,
+        tracking.experiment_id(queue.client, spec.experiment),
         parent_run_id,
         spec.name,
         {*family.metric_names, "diverged", "train_seconds"},
