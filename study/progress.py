@@ -33,20 +33,15 @@ class TrialPrinter(Callback):
         self.done = 0
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._line(trial, "done")
+        self._line(trial, error=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trial, "FAILED")
+        self._line(trial, error=True)
 
-    def _line(self, trial, status: str) -> None:
+    def _line(self, trial, error: bool) -> None:
         self.done += 1
         result = trial.last_result or {}
-        if result.get("diverged"):
-            status = "diverged"
-        epochs = result.get("epoch", 0)
-        max_epochs = trial.config.get(RUN_KEY, {}).get("epochs", "?")
-        if status == "done" and isinstance(max_epochs, int) and epochs < max_epochs:
-            status = f"stopped@{epochs}"
+        status = trial_status(error, result, trial.config.get(RUN_KEY, {}).get("epochs", 0))
         scores = "  ".join(f"{m}={fmt_metric(result.get(m))}" for m, _ in self.objectives)
         params = " ".join(f"{k}={short(trial.config.get(k))}" for k in self.searched)
         seconds = result.get("time_total_s", 0.0)
@@ -54,6 +49,15 @@ class TrialPrinter(Callback):
             f"[{self.done}/{self.total}] {trial.trial_id} {status:<11} {scores}  {params}  ({seconds:.1f}s)",
             flush=True,
         )
+
+
+def trial_status(error, metrics: dict[str, Any], epochs: int) -> str:
+    """error, diverged, done, or stopped@N for a trial ASHA ended before `epochs`."""
+    if error:
+        return "error"
+    if metrics.get("diverged"):
+        return "diverged"
+    return "done" if metrics.get("epoch", 0) >= epochs else f"stopped@{metrics.get('epoch', 0)}"
 
 
 def summary_table(

@@ -480,7 +480,7 @@ def resume_study(
 def _fit(
     tuner, spec: StudySpec, space: SearchSpace, queue: tracking.TrackingQueue, parent_id: str
 ) -> dict[str, Any]:
-    from study.progress import summary_table
+    from study.progress import summary_table, trial_status
 
     started = time.time()
     status = "FAILED"
@@ -534,14 +534,6 @@ def _fit(
         "parent_run_id": parent_id,
         "lost_writes": len(queue.pending),
     }
-
-
-def trial_status(error, metrics: dict[str, Any], epochs: int) -> str:
-    if error:
-        return "error"
-    if metrics.get("diverged"):
-        return "diverged"
-    return "done" if metrics.get("epoch", 0) >= epochs else f"stopped@{metrics.get('epoch', 0)}"
 
 
 def _study_metrics(
