@@ -31,6 +31,8 @@ def export_config(study: StudyRuns, row) -> dict[str, Any]:
         # `study train --config` reproduces its metrics.
         "epochs": epochs_trained,
         "seed": int(row["study.seed"]),
+        # Studies recorded before the setting existed trained in float32.
+        "precision": row.get("study.precision", "fp32") or "fp32",
         "params": params_of_row(row),
         "metrics": metrics,
         "source": {

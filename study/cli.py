@@ -18,6 +18,7 @@ import click  # noqa: E402
 from study.errors import UserError  # noqa: E402
 from study.spec import TrainSpec, parse_overrides  # noqa: E402
 from trainables import DATASETS  # noqa: E402
+from trainables.experiment import PRECISIONS  # noqa: E402
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -78,19 +79,41 @@ def cli() -> None:
     help="Set a family parameter; repeatable.",
 )
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    help="Training arithmetic (default fp32); bf16 = bfloat16 autocast, for GPUs.",
+)
 @data_options
 @click.option(
     "--out", help="Output directory (default runs/train/<family>-<dataset>-seed<S>-<time>)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 def train(
-    family, config_file, dataset, epochs, seed, overrides, device, data_dir, download, out, as_json
+    family,
+    config_file,
+    dataset,
+    epochs,
+    seed,
+    overrides,
+    device,
+    precision,
+    data_dir,
+    download,
+    out,
+    as_json,
 ):
     """Train one model of FAMILY and report its metrics."""
     from study.train import train_once
 
     spec = TrainSpec.from_sources(
-        family, config_file, parse_overrides(overrides), dataset=dataset, epochs=epochs, seed=seed
+        family,
+        config_file,
+        parse_overrides(overrides),
+        dataset=dataset,
+        epochs=epochs,
+        seed=seed,
+        precision=precision,
     )
     metrics, out_dir = train_once(spec, device, data_dir, download, out, progress=not as_json)
     if as_json:
@@ -199,6 +222,13 @@ def sweep_options(command):
     show_default=True,
     help="Retries of a crashed trial from its checkpoint.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Training arithmetic; bf16 = bfloat16 autocast, for GPU trials.",
+)
 @data_options
 @sweep_options
 def run(
@@ -219,6 +249,7 @@ def run(
     experiment,
     eval_every,
     max_failures,
+    precision,
     data_dir,
     download,
     storage,
@@ -251,6 +282,7 @@ def run(
         data_dir=data_dir,
         eval_every=eval_every,
         max_failures=max_failures,
+        precision=precision,
     )
     if download:  # after the spec is valid: a typo must not cost a download
         from trainables import load_dataset

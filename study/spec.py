@@ -13,6 +13,7 @@ import yaml
 
 from trainables import DATASETS, get_family
 from trainables.errors import ConfigError
+from trainables.experiment import check_precision
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -93,6 +94,7 @@ class TrainSpec:
     dataset: str = "digits"
     epochs: int = 20
     seed: int = 0
+    precision: str = "fp32"
     params: dict[str, Any] = field(default_factory=dict)
 
     # Keys an export file may carry besides the spec; they are informational.
@@ -103,6 +105,7 @@ class TrainSpec:
         check_dataset(self.dataset)
         check_positive_int("epochs", self.epochs)
         check_positive_int("seed", self.seed, minimum=0)
+        check_precision(self.precision)
         if not isinstance(self.params, dict):
             raise ConfigError("params: expected a mapping of parameter names to values")
         # Validate now and keep the resolved values (defaults filled in).

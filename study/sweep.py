@@ -24,6 +24,7 @@ from study.errors import ConfigError, UserError
 from study.spec import check_dataset, check_positive_int, check_study_name
 from study.trainable import RUN_KEY
 from trainables import get_family
+from trainables.experiment import check_precision
 
 SPEC_FILE = "latent_study.yaml"
 SCHEDULERS = ("asha", "none")
@@ -67,6 +68,7 @@ class StudySpec:
     data_dir: str | None = None
     eval_every: int = 1
     max_failures: int = 2
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         family = get_family(self.family)
@@ -80,6 +82,7 @@ class StudySpec:
         check_positive_int("grace-period", self.grace_period)
         check_positive_int("seed", self.seed, minimum=0)
         check_positive_int("max-failures", self.max_failures, minimum=0)
+        check_precision(self.precision)
         if self.concurrency is not None:
             check_positive_int("concurrency", self.concurrency)
         if self.scheduler not in SCHEDULERS:
@@ -315,6 +318,7 @@ def _param_space(spec: StudySpec) -> dict[str, Any]:
         "seed": spec.seed,
         "data_dir": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
         "eval_every": spec.eval_every,
+        "precision": spec.precision,
         "study": spec.name,
     }
     return {RUN_KEY: run, **spec.fixed}

@@ -36,6 +36,9 @@ TAG_STUDY = "latent_studies.study"
 TAG_KIND = "latent_studies.kind"  # "study" (parent) or "trial" (child)
 TAG_TRIAL = "latent_studies.trial_id"
 TAG_NODE = "latent_studies.node_id"  # Ray node the trial last reported from
+TAG_DEVICE = "latent_studies.device"  # "cpu" or "cuda", as the trial last reported
+# String values of a trial's results, recorded as tags (MLflow metrics are numbers).
+RESULT_TAGS = {"node_id": TAG_NODE, "device": TAG_DEVICE}
 TAG_PARENT = "mlflow.parentRunId"
 PARAM_VALUE_LIMIT = 6000
 DRAIN_SECONDS = 60  # how long the end of a sweep waits for an unreachable tracking server
@@ -302,14 +305,14 @@ class MlflowTrialLogger(Callback):
         self.image_dir = image_dir
         self.run_ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
-        self.node_ids: dict[str, str] = {}
+        self.result_tags: dict[str, dict[str, str]] = {}  # trial id -> tags last logged
         self.finished: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the Tuner's state for `study resume`: a resumed driver finds its
         # trials' runs again by tag, so per-session bookkeeping is not kept.
         state = self.__dict__.copy()
-        state.update(run_ids={}, last_step={}, node_ids={}, finished=set())
+        state.update(run_ids={}, last_step={}, result_tags={}, finished=set())
         return state
 
     # -- helpers ------------------------------------------------------------------------
@@ -387,11 +390,14 @@ class MlflowTrialLogger(Callback):
             return  # a retried trial repeating epochs already logged
         self.last_step[trial_id] = step
         metrics = self._metrics(result, step)
+        # Only changes: a retried trial may move to another node or device.
+        logged = self.result_tags.setdefault(trial_id, {})
         tags = []
-        node_id = result.get("node_id")
-        if isinstance(node_id, str) and node_id != self.node_ids.get(trial_id):
-            self.node_ids[trial_id] = node_id  # a retried trial may move to another node
-            tags.append(RunTag(TAG_NODE, node_id))
+        for key, tag in RESULT_TAGS.items():
+            value = result.get(key)
+            if isinstance(value, str) and value != logged.get(tag):
+                logged[tag] = value
+                tags.append(RunTag(tag, value))
         self.queue.submit(
             f"metrics of {trial_id} epoch {step}",
             lambda: self.queue.client.log_batch(self._run_id(trial_id), metrics=metrics, tags=tags),

@@ -38,7 +38,9 @@ def train_once(
 
         raise ConfigError(f"out: {out_dir} exists and is not empty; choose another --out")
     dataset = load_dataset(spec.dataset, data_dir, download, pick_device(device))
-    experiment = Experiment.create(spec.family, spec.params, dataset, spec.seed)
+    experiment = Experiment.create(
+        spec.family, spec.params, dataset, spec.seed, precision=spec.precision
+    )
 
     from tqdm import tqdm
 

@@ -50,7 +50,9 @@ def train_trial(config: dict[str, Any]) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
     dataset = _cached_dataset(run["dataset"], run.get("data_dir"), device)
-    experiment = Experiment.create(run["family"], params, dataset, seed=run["seed"])
+    experiment = Experiment.create(
+        run["family"], params, dataset, seed=run["seed"], precision=run.get("precision", "fp32")
+    )
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -58,7 +60,7 @@ def train_trial(config: dict[str, Any]) -> None:
 
     eval_every = max(1, int(run.get("eval_every", 1)))
     epochs = int(run["epochs"])
-    # A string, so the MLflow logger records it as a tag (metrics are numbers only).
+    # Strings, so the MLflow logger records node and device as tags (metrics are numbers).
     node_id = ray.get_runtime_context().get_node_id()
     last_checkpoint = None  # this session's: a restored trial checkpoints its first epoch
     while experiment.epoch < epochs and not experiment.diverged:
@@ -77,6 +79,7 @@ def train_trial(config: dict[str, Any]) -> None:
             "train_seconds": experiment.train_seconds,
             "eval_seconds": experiment.eval_seconds,
             "node_id": node_id,
+            "device": device,
         }
         # Checkpoint the first and last epochs and otherwise at most every
         # CHECKPOINT_SECONDS: a checkpoint per 0.2-s digits epoch cost a sweep 10% of its

@@ -55,6 +55,7 @@ CASES = [
     case("run-wrong-type-parameter", "run mlvae --set style_dim=abc", "style_dim:", "expected int"),
     case("run-wrong-type-trials", "run mlvae --trials many", "'--trials'", "valid integer"),
     case("run-zero-trials", "run mlvae --trials 0", "trials:", ">= 1"),
+    case("run-unknown-precision", "run mlvae --precision fp8", "'--precision'", "bf16"),
     case("run-zero-dim", "run icvae --set z_dim=0", "z_dim:", "use a value in"),
     case("run-zero-noise-std", "run mlvae --set noise_std=0", "noise_std:", "use a value in"),
     case("run-group-size-1", "run mlvae --set group_size=1", "group_size:", "use a value in"),
@@ -112,6 +113,13 @@ CASES = [
         script=True,
     ),
     case("train-negative-dim", "train mlvae --set style_dim=-1", "style_dim:", "use a value"),
+    case("train-unknown-precision", "train mlvae --precision fp16", "'--precision'", "bf16"),
+    case(
+        "train-config-unknown-precision",
+        "train --config {inputs}/precision.yaml",
+        "precision:",
+        "fp32",
+    ),
     case(
         "train-truncated-idx",
         "train mlvae --dataset mnist --data-dir {inputs}/truncated",
@@ -160,6 +168,7 @@ def _write_inputs(inputs: Path) -> None:
         "range.yaml": "family: mlvae\nparameters:\n  noise_std: {type: float, low: 0.0, high: 1.0}\n",
         "tag.yaml": f'!!python/object/apply:os.system ["touch {inputs / MARKER}"]\n',
         "epochs_text.yaml": "family: mlvae\nepochs: ten\n",
+        "precision.yaml": "family: mlvae\nprecision: half\n",
     }
     for name, text in files.items():
         (inputs / name).write_text(text)

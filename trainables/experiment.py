@@ -16,11 +16,24 @@ import numpy as np
 import torch
 
 from trainables.data import Dataset
+from trainables.errors import ConfigError
 from trainables.family import Family, FamilyConfig
 from trainables.metrics import EvalContext
 from trainables.registry import get_family
 
 STATE_FILE = "state.pt"
+# Training arithmetic: "bf16" runs each training step's forward pass under bfloat16
+# autocast (loss terms stay float32, see losses.py); evaluation is always float32.
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}; "
+            "bf16 pays on GPUs with bfloat16 matrix units (CUDA), fp32 is the default"
+        )
+    return precision
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -36,6 +49,7 @@ class Experiment:
     dataset: Dataset
     seed: int = 0
     use_reference: bool = True
+    precision: str = "fp32"
     epoch: int = 0
     diverged: bool = False
     train_seconds: float = 0.0
@@ -57,6 +71,7 @@ class Experiment:
         return cls(family, config, dataset, seed, **kwargs)
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             self.model = self.family.build(self.config, self.dataset).to(self.dataset.device)
@@ -71,9 +86,17 @@ class Experiment:
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch; a non-finite loss marks the run diverged instead of raising."""
         start = time.perf_counter()
-        losses = self.family.train_epoch(
-            self.model, self.optimizers, self.dataset, self.config, self.generator
-        )
+        # No cast cache: it lives until the autocast region exits, so over a whole epoch
+        # every step after the first would run on the first step's bf16 weights.
+        with torch.autocast(
+            self.dataset.device.type,
+            dtype=torch.bfloat16,
+            enabled=self.precision == "bf16",
+            cache_enabled=False,
+        ):
+            losses = self.family.train_epoch(
+                self.model, self.optimizers, self.dataset, self.config, self.generator
+            )
         self.train_seconds += time.perf_counter() - start
         self.epoch += 1
         if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
@@ -127,6 +150,7 @@ class Experiment:
             "config": self.config.to_dict(),
             "dataset": self.dataset.name,
             "seed": self.seed,
+            "precision": self.precision,
             "epoch": self.epoch,
             "diverged": self.diverged,
             "train_seconds": self.train_seconds,

@@ -193,8 +193,18 @@ def run_batches(
 
 def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    # Autocast (a bf16 run) covers the forward pass only: backward ops take the dtypes
+    # the forward chose, and the update must run in the parameters' float32.
+    with torch.autocast(loss.device.type, enabled=False):
+        loss.backward()
+        optimizer.step()
+
+
+def adam(params: Iterable[nn.Parameter], lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
+    """Adam with the fused kernel on CUDA: one launch updates every parameter, where the
+    default takes several per step, and these small models are launch-bound on a GPU."""
+    params = list(params)
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=params[0].is_cuda)
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -10,7 +10,8 @@ Sections (targets from the issue; a MISS is reported, not raised):
   c. sweep efficiency: trials' train+eval seconds / (wall x concurrency) (>= 0.9)
   d. evaluation cost: evaluate() time vs training time in a 10-epoch MNIST trial (<= 10%)
   e. peak memory of a process running one trial (reported, no target)
-a, b and d also run on CUDA when a GPU is present. Figures go to stdout and --json.
+a, b and d also run on CUDA when a GPU is present (--devices picks), and c trains its
+trials on the GPU with --sweep-gpus FRACTION. Figures go to stdout and --json.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads; see common.py
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -75,10 +77,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-sweep-dir", action="store_true", help="keep section c's temporary directory"
     )
+    parser.add_argument(
+        "--devices",
+        default=None,
+        help="devices for a, b, d, e: 'cpu', 'cuda' or 'cpu,cuda' (default: cpu, and cuda if present)",
+    )
+    parser.add_argument(
+        "--sweep-gpus",
+        type=float,
+        default=0.0,
+        help="section c on CUDA: each trial takes this fraction of the GPU, 1/FRACTION at once",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only) - set(SECTIONS)
     if unknown or not args.only:
         parser.error(f"--only: sections are letters of {SECTIONS!r}, got {args.only!r}")
+    if args.devices is None:
+        args.devices = ["cpu", "cuda"] if cuda_available() else ["cpu"]
+    else:
+        args.devices = args.devices.split(",")
+        if not args.devices or set(args.devices) - {"cpu", "cuda"}:
+            parser.error(f"--devices: write cpu, cuda or cpu,cuda; got {','.join(args.devices)!r}")
+    if ("cuda" in args.devices or args.sweep_gpus) and not cuda_available():
+        parser.error("--devices/--sweep-gpus: no CUDA device here; drop cuda")
+    if not 0.0 <= args.sweep_gpus <= 1.0:
+        parser.error(f"--sweep-gpus: a fraction in (0, 1], got {args.sweep_gpus}")
     return args
 
 
@@ -231,6 +254,21 @@ def section_ab(report: Report, args, devices: list[str], dataset) -> None:
     say(
         "  * ceiling: the speedup a free input pipeline would give = DataLoader step / (its step - loader-only time)"
     )
+    rows_bf16 = [
+        [family, device, r["ours_step_ms"], r["ours_bf16_step_ms"], r["bf16_speedup"]]
+        for device, by_family in results.items()
+        for family, r in by_family.items()
+        if "bf16_speedup" in r
+    ]
+    if rows_bf16:
+        say()
+        say(
+            table(
+                "a'. --precision bf16 (autocast) against fp32, ms per step",
+                ["family", "device", "fp32 ms", "bf16 ms", "bf16 speedup"],
+                rows_bf16,
+            )
+        )
     say()
     say(
         table(
@@ -266,17 +304,23 @@ def section_ab(report: Report, args, devices: list[str], dataset) -> None:
 # --- c ---------------------------------------------------------------------------------
 def section_c(report: Report, args) -> None:
     sizes = sweep.QUICK if args.quick else sweep.FULL
+    if args.sweep_gpus:
+        sizes = dataclasses.replace(
+            sizes, gpus_per_trial=args.sweep_gpus, concurrency=max(1, round(1 / args.sweep_gpus))
+        )
     say(
-        f"c. sweep efficiency: {sizes.trials} trials of ~{sizes.trial_seconds:g} s, concurrency {sizes.concurrency}, 1 CPU each"
+        f"c. sweep efficiency: {sizes.trials} trials of ~{sizes.trial_seconds:g} s, concurrency "
+        f"{sizes.concurrency}, 1 CPU and {sizes.gpus_per_trial:g} GPU each"
     )
     r = sweep.run(sizes, log=say, keep=args.keep_sweep_dir)
-    report.section("c_sweep", {"sizes": vars(sizes), "result": r})
+    report.section("c_sweep", {"sizes": dataclasses.asdict(sizes), "result": r})
     rc = report.check("c", "sweep share training", r["share"], sweep.TARGET_SHARE, True)
     say()
     say(
         table(
             f"c. sweep: study run {r['family']} --dataset {r['dataset']} --trials {r['trials']} --concurrency "
-            f"{r['concurrency']} --cpus-per-trial 1 --scheduler none --epochs {r['epochs']}",
+            f"{r['concurrency']} --cpus-per-trial 1 --gpus-per-trial {r['gpus_per_trial']:g} "
+            f"--scheduler none --epochs {r['epochs']}",
             [
                 "wall s",
                 "x concurrency",
@@ -430,7 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     report = Report(Path(args.json), "quick" if args.quick else "full")
-    devices = ["cpu", "cuda"] if cuda_available() else ["cpu"]
+    devices = args.devices
     dataset, source = load_bench_dataset(args.data_dir, args.synthetic)
     header(report, args, devices, source)
     steps = []

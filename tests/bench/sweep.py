@@ -42,27 +42,32 @@ class Sizes:
     trial_seconds: float
     concurrency: int = 2
     calibration_epochs: int = 3
+    gpus_per_trial: float = 0.0  # > 0: trials train on CUDA, sharing the card
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus_per_trial > 0 else "cpu"
 
 
 FULL = Sizes(trials=8, trial_seconds=30.0)
 QUICK = Sizes(trials=4, trial_seconds=3.0, calibration_epochs=2)
 
 
-def seconds_per_epoch(epochs: int) -> float:
+def seconds_per_epoch(epochs: int, device: str = "cpu") -> float:
     """Train + evaluate seconds of one epoch of the family's default config on one thread,
-    after a warm-up epoch (what one trial with --cpus-per-trial 1 does)."""
-    dataset = load_dataset(DATASET)
+    after a warm-up epoch, evaluated as a trial's epochs but its last are (quick)."""
+    dataset = load_dataset(DATASET, device=torch.device(device))
     load_reference(dataset)  # trained once and cached: the trials then only load it
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         experiment = Experiment.create(FAMILY, {}, dataset, seed=0)
         experiment.train_epoch()
-        experiment.evaluate()
+        experiment.evaluate(quick=True)
         before = experiment.train_seconds + experiment.eval_seconds
         for _ in range(epochs):
             experiment.train_epoch()
-            experiment.evaluate()
+            experiment.evaluate(quick=True)
         return (experiment.train_seconds + experiment.eval_seconds - before) / epochs
     finally:
         torch.set_num_threads(threads)
@@ -83,6 +88,8 @@ def study_command(sizes: Sizes, epochs: int, workdir: Path) -> list[str]:
         str(sizes.concurrency),
         "--cpus-per-trial",
         "1",
+        "--gpus-per-trial",
+        str(sizes.gpus_per_trial),
         "--scheduler",
         "none",
         "--epochs",
@@ -176,12 +183,13 @@ def timeline(trials: list[list[dict[str, Any]]], started: float, output, wall: f
 
 
 def run(sizes: Sizes, log=print, keep: bool = False) -> dict[str, Any]:
-    per_epoch = seconds_per_epoch(sizes.calibration_epochs)
+    per_epoch = seconds_per_epoch(sizes.calibration_epochs, sizes.device)
     # At least two epochs, so the per-epoch report overhead is seen apart from the setup.
     epochs = max(2, round(sizes.trial_seconds / per_epoch))
     log(
-        f"  calibration: {per_epoch:.2f} s per epoch (train + eval, 1 thread) -> {epochs} epochs per trial; "
-        f"running {sizes.trials} trials, concurrency {sizes.concurrency} ..."
+        f"  calibration: {per_epoch:.2f} s per epoch (train + quick eval, 1 thread, {sizes.device}) "
+        f"-> {epochs} epochs per trial; running {sizes.trials} trials, concurrency "
+        f"{sizes.concurrency}, {sizes.gpus_per_trial} GPU each ..."
     )
     workdir = Path(tempfile.mkdtemp(prefix="latent-bench-sweep-"))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
@@ -210,6 +218,8 @@ def run(sizes: Sizes, log=print, keep: bool = False) -> dict[str, Any]:
         "trials": sizes.trials,
         "concurrency": sizes.concurrency,
         "cpus_per_trial": 1,
+        "gpus_per_trial": sizes.gpus_per_trial,
+        "device": sizes.device,
         "epochs": epochs,
         "calibrated_seconds_per_epoch": per_epoch,
         "trial_seconds_mean": busy / sizes.trials,

@@ -249,6 +249,13 @@ def bench_family(
 
     experiment = Experiment.create(family, config, data, seed=0, use_reference=False)
     counter = StepCounter(next(iter(experiment.optimizers.values())))
+    # On CUDA, also the --precision bf16 path (autocast), timed alike.
+    bf16 = None
+    if device.type == "cuda":
+        bf16 = Experiment.create(
+            family, config, data, seed=0, use_reference=False, precision="bf16"
+        )
+        bf16.train_epoch()
     plain = PlainLoop(family, config, data, images, labels, device)
 
     def ours_epoch(on: Dataset) -> None:
@@ -282,11 +289,14 @@ def bench_family(
 
     # Timed rounds, interleaved so a busy machine slows all three alike; the best counts.
     ours_times, plain_times, mm_times, load_times, ours_steps, plain_steps = [], [], [], [], 0, 0
+    bf16_times = []
     for _ in range(sizes.repeats):
         counter.n = 0
         seconds, _ = timed(lambda: ours_epoch(data), device)
         ours_times.append(seconds)
         ours_steps = counter.n
+        if bf16 is not None:
+            bf16_times.append(timed(bf16.train_epoch, device)[0])
         seconds, (_, plain_steps) = timed(plain.epoch, device)
         plain_times.append(seconds)
         seconds, _ = timed(partial(bare.passes, ours_steps), device)
@@ -297,7 +307,15 @@ def bench_family(
     plain_step_time = min(plain_times) / plain_steps
     mm_step = min(mm_times) / ours_steps
     load_step = min(load_times) / plain_steps
+    if bf16_times:
+        extra = {
+            "ours_bf16_step_ms": min(bf16_times) / ours_steps * 1e3,
+            "bf16_speedup": min(ours_times) / min(bf16_times),
+        }
+    else:
+        extra = {}
     return {
+        **extra,
         "device": str(device),
         "batch_size": batch,
         "steps_timed": ours_steps,

@@ -29,6 +29,7 @@ from trainables.errors import ConfigError
 from trainables.family import (
     Family,
     FamilyConfig,
+    adam,
     gradient_step,
     mlp,
     one_hot,
@@ -141,13 +142,13 @@ def build(config: AAEConfig, dataset: Dataset) -> AAE:
 def make_optimizers(model: AAE, config: AAEConfig) -> dict[str, torch.optim.Optimizer]:
     autoencoder = [*model.encoder.parameters(), *model.decoder.parameters()]
     return {
-        "autoencoder": torch.optim.Adam(autoencoder, lr=config.lr),
-        "discriminator": torch.optim.Adam(
+        "autoencoder": adam(autoencoder, lr=config.lr),
+        "discriminator": adam(
             model.discriminator.parameters(),
             lr=config.lr * config.disc_lr_ratio,
             betas=(0.5, 0.999),
         ),
-        "generator": torch.optim.Adam(model.encoder.parameters(), lr=config.lr, betas=(0.5, 0.999)),
+        "generator": adam(model.encoder.parameters(), lr=config.lr, betas=(0.5, 0.999)),
     }
 
 

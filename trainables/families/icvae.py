@@ -18,6 +18,7 @@ from trainables.data import Dataset, shuffled_batches
 from trainables.family import (
     Family,
     FamilyConfig,
+    adam,
     gradient_step,
     mlp,
     one_hot,
@@ -84,7 +85,7 @@ def build(config: ICVAEConfig, dataset: Dataset) -> ICVAE:
 
 
 def make_optimizers(model: ICVAE, config: ICVAEConfig) -> dict[str, torch.optim.Optimizer]:
-    return {"model": torch.optim.Adam(model.parameters(), lr=config.lr)}
+    return {"model": adam(model.parameters(), lr=config.lr)}
 
 
 def train_epoch(model: ICVAE, optimizers, dataset: Dataset, config: ICVAEConfig, generator) -> dict:

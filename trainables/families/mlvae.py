@@ -22,6 +22,7 @@ from trainables.errors import ConfigError
 from trainables.family import (
     Family,
     FamilyConfig,
+    adam,
     gradient_step,
     mlp,
     reconstruction_grid,
@@ -125,7 +126,7 @@ def build(config: MLVAEConfig, dataset: Dataset) -> MLVAE:
 
 
 def make_optimizers(model: MLVAE, config: MLVAEConfig) -> dict[str, torch.optim.Optimizer]:
-    return {"model": torch.optim.Adam(model.parameters(), lr=config.lr)}
+    return {"model": adam(model.parameters(), lr=config.lr)}
 
 
 def train_epoch(model: MLVAE, optimizers, dataset: Dataset, config: MLVAEConfig, generator) -> dict:

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU checks in one call of a lent GPU machine (no CI machine has a GPU):
+#   tests/bench/device_bundle.sh                      # here, once: packs what it lacks
+#   bash tests/bench/device_check.sh                  # there, carrying .devsite and .devdata
+# Each step has its own time limit; logs and JSON figures go to $OUT (or /tmp/device-out),
+# and each step's tail is printed. Steps run in order of need: figures first.
+set -u
+cd "$(dirname "$0")/../.."
+out=${OUT:-/tmp/device-out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token OMP_WAIT_POLICY=PASSIVE
+tar -xJf .devsite/site312.tar.xz -C /tmp
+export PYTHONPATH=/tmp/latent-site312:$PWD
+
+step() {
+  local name=$1 limit=$2 lines=$3 start=$SECONDS rc
+  shift 3
+  echo "=== $name (limit ${limit}s)"
+  timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  echo "=== $name: exit $rc after $((SECONDS - start)) s"
+  tail -n "$lines" "$out/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv >"$out/gpu.csv" 2>&1
+cat "$out/gpu.csv"
+step env 60 5 python3 -c "import torch, ray, optuna, mlflow, sklearn; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'ray', ray.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
+step bench_abde "${BENCH_LIMIT:-200}" 50 python3 -m tests.bench.run --devices cuda --only abde \
+  --data-dir .devdata/mnist --json "$out/bench-cuda.json"
+step pytest_gpu "${PYTEST_LIMIT:-130}" 15 python3 -m pytest -q -p no:cacheprovider -rs \
+  tests/test_gpu.py tests/test_precision.py tests/test_families.py -k "cuda or gpu"
+step bench_c "${SWEEP_LIMIT:-150}" 22 python3 -m tests.bench.run --devices cuda --only c \
+  --sweep-gpus 0.25 --json "$out/bench-c-cuda.json"
