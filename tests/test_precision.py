@@ -102,7 +102,9 @@ def test_bf16_training_tracks_fp32_on_cuda(digits, family):
 
 
 @needs_cuda
-def test_cuda_models_use_the_fused_adam(digits):
+def test_cuda_models_use_the_fused_capturable_adam(digits):
     experiment = Experiment.create("aae", {}, digits.to("cuda"))
-    assert all(o.defaults["fused"] for o in experiment.optimizers.values())
+    assert all(
+        o.defaults["fused"] and o.defaults["capturable"] for o in experiment.optimizers.values()
+    )
     assert all(p.is_cuda for p in experiment.model.parameters())

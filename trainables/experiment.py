@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.cuda_graphs import StepGraph, replaying
 from trainables.data import Dataset
 from trainables.errors import ConfigError
 from trainables.family import Family, FamilyConfig
@@ -50,6 +51,8 @@ class Experiment:
     seed: int = 0
     use_reference: bool = True
     precision: str = "fp32"
+    # On CUDA, replay each training step as a CUDA graph (see cuda_graphs.py).
+    cuda_graphs: bool = True
     epoch: int = 0
     diverged: bool = False
     train_seconds: float = 0.0
@@ -82,17 +85,21 @@ class Experiment:
         torch.manual_seed(self.seed + 1)
         self.eval_context = EvalContext(self.dataset, seed=0, use_reference=self.use_reference)
         self._quick_context: EvalContext | None = None
+        self._step_graph: StepGraph | None = None
 
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch; a non-finite loss marks the run diverged instead of raising."""
         start = time.perf_counter()
         # No cast cache: it lives until the autocast region exits, so over a whole epoch
         # every step after the first would run on the first step's bf16 weights.
-        with torch.autocast(
-            self.dataset.device.type,
-            dtype=torch.bfloat16,
-            enabled=self.precision == "bf16",
-            cache_enabled=False,
+        with (
+            torch.autocast(
+                self.dataset.device.type,
+                dtype=torch.bfloat16,
+                enabled=self.precision == "bf16",
+                cache_enabled=False,
+            ),
+            replaying(self._graph()),
         ):
             losses = self.family.train_epoch(
                 self.model, self.optimizers, self.dataset, self.config, self.generator
@@ -102,6 +109,15 @@ class Experiment:
         if not all(math.isfinite(v) for v in losses.values()) or not self._weights_finite():
             self.diverged = True
         return {f"train_{k}": v for k, v in losses.items()}
+
+    def _graph(self) -> StepGraph | None:
+        if not (
+            self.cuda_graphs and self.family.cuda_graphs and self.dataset.device.type == "cuda"
+        ):
+            return None
+        if self._step_graph is None:
+            self._step_graph = StepGraph(self.model, self.optimizers)
+        return self._step_graph
 
     def _rng_isolated(self):
         """Evaluation must not move the training RNG stream, or a run's results would
@@ -165,6 +181,8 @@ class Experiment:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Loading replaces the optimisers' state tensors, which a captured step reads.
+        self._step_graph = None
         self.model.load_state_dict(state["model"])
         for key, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][key])

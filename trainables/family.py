@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from trainables import cuda_graphs
 from trainables.data import Dataset
 from trainables.errors import ConfigError
 
@@ -153,6 +154,8 @@ class Family:
     metric_names: tuple[str, ...]
     # Image grids to log: name -> function(model, dataset, config, ctx) -> (rows, cols, H, W) tensor
     image_grids: dict[str, Callable[..., torch.Tensor]] = dataclasses.field(default_factory=dict)
+    # Whether train_epoch's step may be captured as a CUDA graph (see cuda_graphs.py).
+    cuda_graphs: bool = True
 
     def make_config(self, values: dict[str, Any] | None = None) -> FamilyConfig:
         return self.config_cls.from_dict(dict(values or {}))
@@ -178,15 +181,17 @@ def run_batches(
     """Run `step(batch_index)` over an epoch and average the terms it returns.
 
     Terms stay on the device until the end of the epoch, so the loop never waits for a
-    `.item()` per step.
+    `.item()` per step. Inside `cuda_graphs.replaying(graph)` each step is a graph replay.
     """
+    graph = cuda_graphs.active()
     totals: dict[str, torch.Tensor] = {}
     n = 0
     for index in batches:
-        terms = step(index)
+        terms = graph.run(step, index) if graph is not None else step(index)
         for key, value in terms.items():
             value = value.detach()
-            totals[key] = totals[key] + value if key in totals else value
+            # A clone to start: a graph's outputs are overwritten by its next replay.
+            totals[key] = totals[key] + value if key in totals else value.clone()
         n += 1
     return {key: float(value) / max(n, 1) for key, value in totals.items()}
 
@@ -202,9 +207,11 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
 
 def adam(params: Iterable[nn.Parameter], lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
     """Adam with the fused kernel on CUDA: one launch updates every parameter, where the
-    default takes several per step, and these small models are launch-bound on a GPU."""
+    default takes several per step, and these small models are launch-bound on a GPU.
+    `capturable` there keeps the step count on the GPU, so the step can be a CUDA graph."""
     params = list(params)
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=params[0].is_cuda)
+    cuda = params[0].is_cuda
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=cuda, capturable=cuda)
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:

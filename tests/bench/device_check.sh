@@ -25,9 +25,10 @@ step() {
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv >"$out/gpu.csv" 2>&1
 cat "$out/gpu.csv"
 step env 60 5 python3 -c "import torch, ray, optuna, mlflow, sklearn; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'ray', ray.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
+step pytest_gpu "${PYTEST_LIMIT:-130}" 25 python3 -m pytest -q -p no:cacheprovider -rs \
+  tests/test_cuda_graphs.py tests/test_gpu.py tests/test_precision.py \
+  tests/test_families.py::test_save_and_restore_on_cuda
 step bench_abde "${BENCH_LIMIT:-200}" 50 python3 -m tests.bench.run --devices cuda --only abde \
   --data-dir .devdata/mnist --json "$out/bench-cuda.json"
-step pytest_gpu "${PYTEST_LIMIT:-130}" 15 python3 -m pytest -q -p no:cacheprovider -rs \
-  tests/test_gpu.py tests/test_precision.py tests/test_families.py -k "cuda or gpu"
 step bench_c "${SWEEP_LIMIT:-150}" 22 python3 -m tests.bench.run --devices cuda --only c \
   --sweep-gpus 0.25 --json "$out/bench-c-cuda.json"

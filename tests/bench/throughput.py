@@ -248,24 +248,35 @@ def bench_family(
     images, labels = uint8_images(data)
 
     experiment = Experiment.create(family, config, data, seed=0, use_reference=False)
-    counter = StepCounter(next(iter(experiment.optimizers.values())))
-    # On CUDA, also the --precision bf16 path (autocast), timed alike.
+    # On CUDA ours replays each step as a CUDA graph; the eager step is timed beside it and
+    # records the matmuls and counts the steps (a replay runs no Python). bf16 likewise.
+    cuda = device.type == "cuda"
+    eager = (
+        Experiment.create(family, config, data, seed=0, use_reference=False, cuda_graphs=False)
+        if cuda
+        else experiment
+    )
+    counter = StepCounter(next(iter(eager.optimizers.values())))
     bf16 = None
-    if device.type == "cuda":
+    if cuda:
         bf16 = Experiment.create(
             family, config, data, seed=0, use_reference=False, precision="bf16"
         )
         bf16.train_epoch()
     plain = PlainLoop(family, config, data, images, labels, device)
 
-    def ours_epoch(on: Dataset) -> None:
-        experiment.dataset = on
-        experiment.train_epoch()
-        experiment.dataset = data
+    def epoch_on(run: Experiment, on: Dataset) -> None:
+        run.dataset = on
+        run.train_epoch()
+        run.dataset = data
 
-    # Warm-up (first-call costs, allocator, thread pools), then record one warm epoch's
-    # matmuls (the recorder slows it; it is not timed).
+    def ours_epoch(on: Dataset) -> None:
+        epoch_on(experiment, on)
+
+    # Warm-up (first-call costs, allocator, thread pools, graph capture), then record one
+    # warm eager epoch's matmuls (the recorder slows it; it is not timed).
     ours_epoch(warm)
+    epoch_on(eager, warm)
     plain_iter = iter(plain.loader)
     for _ in range(min(sizes.warm_steps, len(plain.loader))):
         x, y = next(plain_iter)
@@ -273,14 +284,14 @@ def bench_family(
     del plain_iter
     counter.n = 0
     with MatmulRecorder() as recorder:
-        ours_epoch(warm)
+        epoch_on(eager, warm)
     warm_steps = counter.n
 
     # Hardware limit: the Linear layers' matmuls of one step, as bare mm calls.
     per_step = recorder.shapes[: len(recorder.shapes) // max(warm_steps, 1)]
     if not per_step or recorder.shapes != per_step * warm_steps:
         raise RuntimeError(f"{family}: the {warm_steps} recorded steps ran different matmuls")
-    linear_shapes = linear_matmul_shapes(experiment.model, batch)
+    linear_shapes = linear_matmul_shapes(eager.model, batch)
     linear = [s for s in per_step if s in linear_shapes]
     other = [s for s in per_step if s not in linear_shapes]
     # Backward runs on autograd's own thread on a GPU; the mode must have followed it there.
@@ -289,14 +300,15 @@ def bench_family(
 
     # Timed rounds, interleaved so a busy machine slows all three alike; the best counts.
     ours_times, plain_times, mm_times, load_times, ours_steps, plain_steps = [], [], [], [], 0, 0
-    bf16_times = []
+    bf16_times, eager_times = [], []
     for _ in range(sizes.repeats):
         counter.n = 0
+        if cuda:
+            eager_times.append(timed(lambda: epoch_on(eager, data), device)[0])
+            bf16_times.append(timed(bf16.train_epoch, device)[0])
         seconds, _ = timed(lambda: ours_epoch(data), device)
         ours_times.append(seconds)
         ours_steps = counter.n
-        if bf16 is not None:
-            bf16_times.append(timed(bf16.train_epoch, device)[0])
         seconds, (_, plain_steps) = timed(plain.epoch, device)
         plain_times.append(seconds)
         seconds, _ = timed(partial(bare.passes, ours_steps), device)
@@ -307,10 +319,12 @@ def bench_family(
     plain_step_time = min(plain_times) / plain_steps
     mm_step = min(mm_times) / ours_steps
     load_step = min(load_times) / plain_steps
-    if bf16_times:
+    if cuda:
         extra = {
             "ours_bf16_step_ms": min(bf16_times) / ours_steps * 1e3,
             "bf16_speedup": min(ours_times) / min(bf16_times),
+            "eager_step_ms": min(eager_times) / ours_steps * 1e3,
+            "graph_speedup": min(eager_times) / min(ours_times),
         }
     else:
         extra = {}

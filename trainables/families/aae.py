@@ -82,23 +82,34 @@ class AAEConfig(FamilyConfig):
 
 
 def mixture_means(device=None) -> torch.Tensor:
-    angles = torch.arange(MIXTURE_MODES, dtype=torch.float32) * (2 * math.pi / MIXTURE_MODES)
-    return (MIXTURE_RADIUS * torch.stack([angles.cos(), angles.sin()], dim=1)).to(device)
+    # Built where it is used: no host-to-device copy in a training step (or a CUDA graph).
+    angles = torch.arange(MIXTURE_MODES, dtype=torch.float32, device=device)
+    angles = angles * (2 * math.pi / MIXTURE_MODES)
+    return MIXTURE_RADIUS * torch.stack([angles.cos(), angles.sin()], dim=1)
 
 
 def sample_prior(
     config: AAEConfig, labels: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Prior samples, one per label. Under the mixture, label k picks mode k when the
-    discriminator is label-conditioned and a uniform random mode otherwise."""
+    discriminator is label-conditioned and a uniform random mode otherwise.
+
+    Drawn from `generator` (a CPU generator) and moved, or, without one, from the labels'
+    device's own RNG: no copy, and a CUDA graph can replay it."""
     n, device = len(labels), labels.device
-    noise = torch.randn(n, config.z_dim, generator=generator).to(device)
+
+    def draw(sample, *shape):
+        if generator is None:
+            return sample(*shape, device=device)
+        return sample(*shape, generator=generator).to(device)
+
+    noise = draw(torch.randn, n, config.z_dim)
     if config.prior == "gaussian":
         return noise
     if config.label_conditioned:
         modes = labels % MIXTURE_MODES
     else:
-        modes = torch.randint(0, MIXTURE_MODES, (n,), generator=generator).to(device)
+        modes = draw(torch.randint, 0, MIXTURE_MODES, (n,))
     return mixture_means(device)[modes] + MIXTURE_STD * noise
 
 
@@ -163,10 +174,13 @@ def train_step(
     n, device = len(y), y.device
     # Built on the device: no host-to-device copy per step.
     targets = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
+    # On the CPU the experiment's generator (saved with it); on a GPU the device's RNG
+    # (saved too), which a CUDA graph of this step can replay.
+    prior_generator = generator if device.type == "cpu" else None
     for _ in range(config.disc_steps):
         with torch.no_grad():
             fake = model.encode(x, sample=True)
-        real = sample_prior(config, y, generator)
+        real = sample_prior(config, y, prior_generator)
         logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
         disc_loss = F.binary_cross_entropy_with_logits(logits, targets)
         gradient_step(optimizers["discriminator"], disc_loss)
