@@ -30,11 +30,12 @@ _active: contextvars.ContextVar[StepGraph | None] = contextvars.ContextVar(
 
 
 class StepGraph:
-    """One experiment's captured step. Captured on first use; invalid once the model's or
-    optimisers' tensors are replaced (Experiment drops it on restore)."""
+    """One experiment's captured step. Captured on first use; invalid once the model's,
+    optimisers' or dataset's tensors are replaced (Experiment then makes a new one)."""
 
-    def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]):
+    def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], dataset):
         self.model = model
+        self.dataset = dataset  # whose tensors the captured step reads
         self.optimizers = list(optimizers.values())
         self.graph: torch.cuda.CUDAGraph | None = None
         self.index: torch.Tensor | None = None  # the captured step reads its batch here

@@ -115,8 +115,10 @@ class Experiment:
             self.cuda_graphs and self.family.cuda_graphs and self.dataset.device.type == "cuda"
         ):
             return None
-        if self._step_graph is None:
-            self._step_graph = StepGraph(self.model, self.optimizers)
+        # A captured step reads the training tensors it was captured with: a new dataset
+        # (the benchmarks swap subsets in) needs a new capture.
+        if self._step_graph is None or self._step_graph.dataset is not self.dataset:
+            self._step_graph = StepGraph(self.model, self.optimizers, self.dataset)
         return self._step_graph
 
     def _rng_isolated(self):

@@ -3,7 +3,8 @@
 #   tests/bench/device_bundle.sh                      # here, once: packs what it lacks
 #   bash tests/bench/device_check.sh                  # there, carrying .devsite and .devdata
 # Each step has its own time limit; logs and JSON figures go to $OUT (or /tmp/device-out),
-# and each step's tail is printed. Steps run in order of need: figures first.
+# and each step's tail is printed. STEPS picks steps (default: all, in this order);
+# PYTEST_ARGS overrides the GPU tests run.
 set -u
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/device-out}
@@ -12,9 +13,11 @@ export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token OMP_WAIT_POLICY=PASSIVE
 tar -xJf .devsite/site312.tar.xz -C /tmp
 export PYTHONPATH=/tmp/latent-site312:$PWD
 
+steps=" ${STEPS:-env pytest_gpu bench_abde bench_c} "
 step() {
   local name=$1 limit=$2 lines=$3 start=$SECONDS rc
   shift 3
+  [[ $steps == *" $name "* ]] || return 0
   echo "=== $name (limit ${limit}s)"
   timeout -k 10 "$limit" "$@" >"$out/$name.log" 2>&1
   rc=$?
@@ -25,9 +28,10 @@ step() {
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv >"$out/gpu.csv" 2>&1
 cat "$out/gpu.csv"
 step env 60 5 python3 -c "import torch, ray, optuna, mlflow, sklearn; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0), 'ray', ray.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
+# shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
 step pytest_gpu "${PYTEST_LIMIT:-130}" 25 python3 -m pytest -q -p no:cacheprovider -rs \
-  tests/test_cuda_graphs.py tests/test_gpu.py tests/test_precision.py \
-  tests/test_families.py::test_save_and_restore_on_cuda
+  ${PYTEST_ARGS:-tests/test_cuda_graphs.py tests/test_gpu.py tests/test_precision.py \
+  tests/test_families.py::test_save_and_restore_on_cuda}
 step bench_abde "${BENCH_LIMIT:-200}" 50 python3 -m tests.bench.run --devices cuda --only abde \
   --data-dir .devdata/mnist --json "$out/bench-cuda.json"
 step bench_c "${SWEEP_LIMIT:-150}" 22 python3 -m tests.bench.run --devices cuda --only c \

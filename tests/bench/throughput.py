@@ -273,9 +273,10 @@ def bench_family(
     def ours_epoch(on: Dataset) -> None:
         epoch_on(experiment, on)
 
-    # Warm-up (first-call costs, allocator, thread pools, graph capture), then record one
-    # warm eager epoch's matmuls (the recorder slows it; it is not timed).
-    ours_epoch(warm)
+    # Warm-up (first-call costs, allocator, thread pools; on CUDA the capture of the step
+    # for the timed data), then record one warm eager epoch's matmuls (the recorder slows
+    # it; it is not timed).
+    ours_epoch(data if cuda else warm)
     epoch_on(eager, warm)
     plain_iter = iter(plain.loader)
     for _ in range(min(sizes.warm_steps, len(plain.loader))):
