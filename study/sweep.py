@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -381,8 +382,16 @@ def start_study(
             f"choose another --name or continue it with `study resume {spec.name}`"
         )
     quiet_ray_logs(verbose)
-    connect_ray(spec.address, verbose)
+    if spec.address:
+        probe_address(spec.address)  # before anything is written
     queue = tracking.TrackingQueue(spec.tracking_uri)
+    # Ray's start (4-5 s, mostly waiting on its processes) overlaps opening the store (a
+    # new SQLite store runs MLflow's migrations: 2-3 s of Python). If Ray then fails, the
+    # store is complete (the pool waits for it), if empty.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opened = pool.submit(lambda: queue.client)
+        connect_ray(spec.address, verbose)
+        opened.result()
     experiment = tracking.experiment_id(queue.client, spec.experiment)
     parent = queue.client.create_run(
         experiment,
