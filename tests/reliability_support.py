@@ -1,10 +1,12 @@
-"""Helpers for the reliability tests: run `study` as a real subprocess in its own session,
-find and kill what it started (its local Ray cluster included), free ports, MLflow servers
-and snapshots of a directory.
+"""Process helpers every integration test shares: the `study` command and a clean
+environment for it, sessions found and killed by id (a command's local Ray cluster lives in
+its session), free ports, a real `mlflow server` that can be stopped and started again,
+snapshots of a directory, and the CLI forked from a preloaded process. Sweep-specific
+helpers (running `study`, MLflow records, a two-node Ray cluster) are in sweep_helpers.
 
-Every process a test starts goes through `Processes`, whose `close()` kills each started
-session (the driver, its Ray daemons and workers share the session id) even when the test
-failed half-way.
+Every process a test starts goes through `Processes` (or sweep_helpers.run_study), which
+kills each started session (the driver, its Ray daemons and workers share the session id)
+even when the test failed half-way.
 """
 
 from __future__ import annotations
@@ -162,32 +164,6 @@ class Processes:
                 wait_for(lambda p=process: not pids_in_session(p.pid), 10, "session exit")
         for handle in self.files:
             handle.close()
-
-
-def run_study(*args: str, cwd: Path, timeout: float = 300, env: dict[str, str] | None = None):
-    """Run `study ARGS` to completion in its own session; kill its session afterwards so
-    nothing it started outlives it."""
-    process = subprocess.Popen(
-        [*STUDY, *args],
-        cwd=cwd,
-        env=env or clean_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_session(process.pid)
-        out, err = process.communicate()
-        raise AssertionError(
-            f"`study {' '.join(args)}` ran past {timeout}s\nstdout:\n{out}\nstderr:\n{err}"
-        ) from None
-    finally:
-        kill_session(process.pid)
-    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 # --- the CLI forked from a preloaded process ---------------------------------------------

@@ -1,7 +1,9 @@
-"""Helpers for the sweep integration tests (test_sweep, test_cluster, test_remote_tracking).
+"""Helpers for the sweep integration tests (test_sweep, test_cluster, test_remote_tracking,
+test_gpu).
 
-They run the real `study` CLI in a scratch directory and start real Ray clusters and MLflow
-servers on 127.0.0.1. Everything a test starts is found again by a marker it owns (a private
+They run the real `study` CLI in a scratch directory and start real Ray clusters on
+127.0.0.1 (the `study` command, the clean environment and MLflow servers come from
+reliability_support). Everything a test starts is found again by a marker it owns (a private
 temporary directory in the processes' command lines, or a process group) and killed by pid,
 so tests running beside these on the same machine keep their own Ray processes.
 """
@@ -17,19 +19,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow import MlflowClient
+from reliability_support import BIN, STUDY, clean_env, kill_session
 
 from study import tracking
 
-BIN = Path(sys.executable).parent
 STUDY_TIMEOUT_S = 300
 
 
@@ -173,20 +173,11 @@ def ray_tmpdir() -> Iterator[Path]:
 
 
 # --- the CLI --------------------------------------------------------------------------
-def study_command() -> list[str]:
-    script = BIN / "study"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "study.cli"]
-
-
 def base_env(ray_tmp: Path | None = None, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
-    env["PYTHONUNBUFFERED"] = "1"
+    """clean_env, unbuffered, with Ray's sockets under `ray_tmp` (see ray_tmpdir)."""
     if ray_tmp is not None:
-        env["RAY_TMPDIR"] = str(ray_tmp)
-    env.update(extra)
-    return env
+        extra = {"RAY_TMPDIR": str(ray_tmp), **extra}
+    return clean_env(PYTHONUNBUFFERED="1", **extra)
 
 
 @dataclass
@@ -211,11 +202,12 @@ def run_study(
     timeout: float = STUDY_TIMEOUT_S,
     check: bool = True,
 ) -> Completed:
-    """Run `study ARGS` in `cwd` in its own process group; on timeout the whole group
-    (the driver and any local Ray it started) is killed."""
+    """Run `study ARGS` in `cwd` in its own session; on timeout the whole group (the
+    driver and any local Ray it started) is stopped, and at the end whatever is left of
+    its session is killed, so nothing it started outlives it."""
     start = time.monotonic()
     process = subprocess.Popen(
-        [*study_command(), *args],
+        [*STUDY, *args],
         cwd=cwd,
         env=env if env is not None else base_env(),
         stdout=subprocess.PIPE,
@@ -232,6 +224,7 @@ def run_study(
     finally:
         if process.poll() is None:
             kill_group(process, grace=5)
+        kill_session(process.pid)
     done = Completed(args, process.returncode, stdout, stderr, time.monotonic() - start)
     if check and done.returncode != 0:
         raise AssertionError(done.describe())
@@ -277,62 +270,6 @@ def load_searcher_state(storage: Path, name: str) -> dict:
         state = ray.cloudpickle.load(handle)
     assert isinstance(state, dict) and "_ot_study" in state, sorted(state)
     return state
-
-
-def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
-@contextlib.contextmanager
-def mlflow_server(root: Path, start_timeout: float = 120.0) -> Iterator[str]:
-    """A real `mlflow server` on 127.0.0.1 with a SQLite backend that proxies artifact
-    uploads (--serve-artifacts) into `root/artifacts`; yields its http:// URI."""
-    (port,) = free_ports(1)
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in finally
-    env = base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # no job-runner processes
-    process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{root / 'server.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--workers",
-            "1",
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        try:
-            wait_for_http(f"{uri}/health", start_timeout, process)
-        except (RuntimeError, TimeoutError) as error:
-            raise RuntimeError(f"{error}\n{(root / 'server.log').read_text()[-3000:]}") from None
-        yield uri
-    finally:
-        kill_group(process)
-        log.close()
 
 
 # --- a two-node Ray cluster -----------------------------------------------------------

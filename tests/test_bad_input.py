@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from reliability_support import free_port, run_forked_cli, run_study, snapshot
+from reliability_support import clean_env, free_port, run_forked_cli, snapshot
+from sweep_helpers import run_study
 
 # A parent run of this name exists in the template store ("kept") for the rows that need
 # an existing study; "absent" exists nowhere.
@@ -248,7 +249,7 @@ def _run_row(row: Case, root: Path, inputs: Path, template: Path, closed: int) -
     # Either way the row's whole session is killed when it ends: a Ray it might have
     # started must not outlive it.
     if row.script:
-        result = run_study(*args, cwd=cwd, timeout=180)
+        result = run_study(args, cwd=cwd, env=clean_env(), timeout=180, check=False)
     else:
         result = run_forked_cli(args, cwd, timeout=180)
     return Outcome(before, snapshot(cwd), result, time.monotonic() - started)

@@ -7,14 +7,8 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from sweep_helpers import (
-    base_env,
-    load_searcher_state,
-    mlflow_server,
-    ray_tmpdir,
-    run_study,
-    study_record,
-)
+from reliability_support import MlflowServer, Processes
+from sweep_helpers import base_env, load_searcher_state, ray_tmpdir, run_study, study_record
 
 from study import tracking
 from trainables import get_family
@@ -29,8 +23,13 @@ EPOCHS = 2
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("mlflow-server")
-    with mlflow_server(root) as uri:
-        yield uri, root
+    processes = Processes()
+    try:
+        server = MlflowServer(processes, root)
+        server.start()
+        yield server.uri, root
+    finally:
+        processes.close()
 
 
 def test_sweep_records_to_a_tracking_server(server, tmp_path):
