@@ -83,6 +83,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="devices for a, b, d, e: 'cpu', 'cuda' or 'cpu,cuda' (default: cpu, and cuda if present)",
     )
     parser.add_argument(
+        "--sweep-on-cluster",
+        action="store_true",
+        help="section c joins a Ray cluster started beforehand (ray start --head) instead of starting one",
+    )
+    parser.add_argument(
         "--sweep-gpus",
         type=float,
         default=0.0,
@@ -325,9 +330,11 @@ def section_c(report: Report, args) -> None:
         sizes = dataclasses.replace(
             sizes, gpus_per_trial=args.sweep_gpus, concurrency=max(1, round(1 / args.sweep_gpus))
         )
+    sizes = dataclasses.replace(sizes, on_cluster=args.sweep_on_cluster)
     say(
         f"c. sweep efficiency: {sizes.trials} trials of ~{sizes.trial_seconds:g} s, concurrency "
         f"{sizes.concurrency}, 1 CPU and {sizes.gpus_per_trial:g} GPU each"
+        + (", on a Ray cluster started beforehand" if sizes.on_cluster else "")
     )
     r = sweep.run(sizes, log=say, keep=args.keep_sweep_dir)
     report.section("c_sweep", {"sizes": dataclasses.asdict(sizes), "result": r})

@@ -10,6 +10,7 @@ trains for about `trial_seconds` on one thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,6 +44,9 @@ class Sizes:
     concurrency: int = 2
     calibration_epochs: int = 3
     gpus_per_trial: float = 0.0  # > 0: trials train on CUDA, sharing the card
+    # True: the sweep joins a Ray cluster started beforehand (`ray start --head`, as on a
+    # real cluster) instead of starting a local one.
+    on_cluster: bool = False
 
     @property
     def device(self) -> str:
@@ -73,7 +77,7 @@ def seconds_per_epoch(epochs: int, device: str = "cpu") -> float:
         torch.set_num_threads(threads)
 
 
-def study_command(sizes: Sizes, epochs: int, workdir: Path) -> list[str]:
+def study_command(sizes: Sizes, epochs: int, workdir: Path, address: str | None) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -102,7 +106,25 @@ def study_command(sizes: Sizes, epochs: int, workdir: Path) -> list[str]:
         f"sqlite:///{workdir / 'mlflow.db'}",
         "--experiment",
         EXPERIMENT,
+        *(["--address", address] if address else []),
     ]
+
+
+@contextlib.contextmanager
+def running_cluster(sizes: Sizes, workdir: Path, env: dict[str, str]):
+    """`ray start --head` on 127.0.0.1 with the sweep's CPUs and GPU; yields its address
+    and stops it afterwards. Token auth, as Ray 2.60 wants for local clusters."""
+    ray = str(Path(sys.executable).parent / "ray")
+    port = 6390 + os.getpid() % 500
+    gpus = math.ceil(sizes.gpus_per_trial * sizes.concurrency)
+    command = [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1"]
+    command += [f"--num-cpus={sizes.concurrency}", f"--num-gpus={gpus}"]
+    command += ["--include-dashboard=false", "--disable-usage-stats"]
+    subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 def trial_results(study_dir: Path) -> list[list[dict[str, Any]]]:
@@ -196,10 +218,17 @@ def run(sizes: Sizes, log=print, keep: bool = False) -> dict[str, Any]:
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     expected = sizes.trials * sizes.trial_seconds / sizes.concurrency
+    if sizes.on_cluster:
+        env.update(RAY_AUTH_MODE="token", RAY_TMPDIR=str(workdir / "r"))
     try:
-        wall, started, output = run_command(
-            study_command(sizes, epochs, workdir), workdir, env, expected
-        )
+        with (
+            running_cluster(sizes, workdir, env)
+            if sizes.on_cluster
+            else contextlib.nullcontext(None)
+        ) as address:
+            wall, started, output = run_command(
+                study_command(sizes, epochs, workdir, address), workdir, env, expected
+            )
         trials = trial_results(workdir / "ray_results" / STUDY_NAME)
         finals = [results[-1] for results in trials]
         fit = fit_seconds(workdir)
@@ -219,6 +248,7 @@ def run(sizes: Sizes, log=print, keep: bool = False) -> dict[str, Any]:
         "concurrency": sizes.concurrency,
         "cpus_per_trial": 1,
         "gpus_per_trial": sizes.gpus_per_trial,
+        "on_running_cluster": sizes.on_cluster,
         "device": sizes.device,
         "epochs": epochs,
         "calibrated_seconds_per_epoch": per_epoch,
