@@ -1,6 +1,6 @@
 """A family's training step recorded once as a CUDA graph and replayed for every batch.
 
-These models are small: on a GPU one step is some hundred kernels of a few microseconds,
+These models are small: on a GPU one step is many kernels of a few microseconds each,
 and Python and the launches, not the GPU, set the pace (an H200 ran a 1-GFLOP ML-VAE step
 in 3.8 ms; its matmuls alone take 0.24 ms). A graph replays the whole step (gathering
 the batch, forward, backward, the optimisers' updates) with one launch.
