@@ -270,14 +270,12 @@ def bench_family(
         run.train_epoch()
         run.dataset = data
 
-    def ours_epoch(on: Dataset) -> None:
-        epoch_on(experiment, on)
-
     # Warm-up (first-call costs, allocator, thread pools; on CUDA the capture of the step
     # for the timed data), then record one warm eager epoch's matmuls (the recorder slows
     # it; it is not timed).
-    ours_epoch(data if cuda else warm)
-    epoch_on(eager, warm)
+    epoch_on(experiment, data if cuda else warm)
+    if cuda:  # on the CPU the eager experiment is ours, warm already
+        epoch_on(eager, warm)
     plain_iter = iter(plain.loader)
     for _ in range(min(sizes.warm_steps, len(plain.loader))):
         x, y = next(plain_iter)
@@ -307,7 +305,7 @@ def bench_family(
         if cuda:
             eager_times.append(timed(lambda: epoch_on(eager, data), device)[0])
             bf16_times.append(timed(bf16.train_epoch, device)[0])
-        seconds, _ = timed(lambda: ours_epoch(data), device)
+        seconds, _ = timed(lambda: epoch_on(experiment, data), device)
         ours_times.append(seconds)
         ours_steps = counter.n
         seconds, (_, plain_steps) = timed(plain.epoch, device)
