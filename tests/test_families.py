@@ -12,12 +12,14 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 import trainables
 from trainables import ConfigError, Experiment
+from trainables.images import is_picture
 from trainables.losses import kl_to_standard_normal, marginal_kl_bound
 
 FAMILIES = trainables.all_families()
 
 # Every family with its defaults, plus variants whose evaluate() takes other branches.
 VARIANTS = {
+    "mlvae": [{"recon_loss": "mse"}],
     "aae": [
         {"prior": "mixture", "label_conditioned": True},
         {"conditional_decoder": True},
@@ -53,6 +55,8 @@ RATE_METRICS = {
     "content_acc_grouped",
     "content_acc_single",
     "leakage_acc",
+    "leakage_acc_logreg",
+    "leakage_acc_mlp",
     "leakage",
     "swap_acc",
     "mode_acc",
@@ -200,12 +204,28 @@ def test_image_grids_are_images(case, digits):
     name, params = case
     experiment = Experiment.create(name, params, digits, seed=0)
     grids = experiment.image_grids()
-    assert grids.keys() == FAMILIES[name].image_grids.keys()
-    assert grids
+    assert grids.keys() <= FAMILIES[name].image_grids.keys()
+    assert {"reconstructions", "latent_scatter"} <= grids.keys()
     for grid_name, grid in grids.items():
+        if is_picture(grid):
+            # The latent scatter: a colour picture with more than a blank canvas on it.
+            assert grid.shape[2] == 3 and grid.shape[0] > 100 and grid.shape[1] > 100
+            assert len(torch.unique(grid.reshape(-1, 3), dim=0)) > 10, grid_name
+            continue
         assert grid.dim() == 4 and grid.shape[2:] == digits.image_shape, grid_name
         assert grid.shape[0] >= 1 and grid.shape[1] >= 1
         assert grid.min() >= 0.0 and grid.max() <= 1.0, grid_name
+
+
+@pytest.mark.parametrize(("params", "shown"), [({"z_dim": 2}, True), ({"z_dim": 3}, False)])
+def test_aae_shows_its_manifold_only_for_a_2d_code(digits, params, shown):
+    experiment = Experiment.create("aae", params, digits, seed=0)
+    grids = experiment.image_grids()
+    assert ("manifold" in grids) == shown
+    if shown:
+        assert grids["manifold"].shape[:2] == (15, 15)
+        # Decoded from different codes, the corners must differ.
+        assert not torch.equal(grids["manifold"][0, 0], grids["manifold"][-1, -1])
 
 
 def test_reconstruct_gives_images_of_the_inputs(case, digits):
@@ -377,6 +397,30 @@ def test_mlvae_class_head_receives_gradient(digits, kl_class_weight):
     # detached on its way to the decoder.
     for parameter in (model.class_head.weight, model.class_head.bias):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
+    assert model.style_head.weight.grad.abs().sum() > 0
+
+
+def test_mlvae_freeze_class_heads_freezes_exactly_the_class_heads(digits):
+    assert FAMILIES["mlvae"].make_config().freeze_class_heads is False
+    experiment = Experiment.create("mlvae", {"freeze_class_heads": True}, digits, seed=0)
+    before = snapshot(experiment.model)
+    for _ in range(2):
+        experiment.train_epoch()
+    after = snapshot(experiment.model)
+    unchanged = {key for key in before if torch.equal(before[key], after[key])}
+    assert unchanged == {"class_head.weight", "class_head.bias"}
+
+
+def test_mlvae_frozen_class_heads_pass_no_gradient(digits):
+    config = FAMILIES["mlvae"].make_config({"freeze_class_heads": True, "style_dim": 2})
+    torch.manual_seed(0)
+    model = FAMILIES["mlvae"].build(config, digits)
+    x, group_ids = same_label_groups(digits, n_groups=4, group_size=config.group_size)
+    terms = model.loss(x, group_ids, 4)
+    # The class KL depends on the class heads alone: frozen, it reaches no parameter.
+    assert not terms["kl_class"].requires_grad
+    terms["loss"].backward()
+    assert model.class_head.weight.grad is None and model.class_head.bias.grad is None
     assert model.style_head.weight.grad.abs().sum() > 0
 
 

@@ -15,6 +15,7 @@ from trainables.losses import (
     marginal_kl_bound,
     pairwise_gaussian_kl,
     product_of_gaussians,
+    squared_error,
 )
 
 
@@ -174,3 +175,10 @@ def test_mmd_with_gradients_equals_the_evaluation_value():
     torch.testing.assert_close(with_grad.detach(), value)
     with_grad.backward()
     assert x_grad.grad is not None and x_grad.grad.abs().sum() > 0
+
+
+def test_squared_error_is_the_summed_squared_error_per_row():
+    torch.manual_seed(0)
+    x_hat, x = torch.rand(5, 12), torch.rand(5, 12)
+    expected = torch.stack([((a - b) ** 2).sum() for a, b in zip(x_hat, x, strict=True)])
+    torch.testing.assert_close(squared_error(x_hat, x), expected)

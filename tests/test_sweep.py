@@ -136,7 +136,11 @@ def test_children_record_images_and_node(sweep):
     for child in sweep.record.children:
         run_id = child.info.run_id
         images = {a.path: a for a in client.list_artifacts(run_id, "images")}
-        assert set(images) == {"images/reconstructions.png", "images/swaps.png"}
+        assert set(images) == {
+            "images/reconstructions.png",
+            "images/swaps.png",
+            "images/latent_scatter.png",
+        }
         assert all(a.file_size and a.file_size > 100 for a in images.values())
         # Runs here on the local single-node Ray: one node id, Ray's 56 hex digits.
         assert len(child.data.tags[tracking.TAG_NODE]) == 56

@@ -73,7 +73,7 @@ def test_train_writes_its_outputs(trained):
     assert config["params"]["noise_std"] == 0.1 and "group_size" in config["params"]
     assert config["metrics"] == metrics
     images = sorted(p.name for p in (out / "images").glob("*.png"))
-    assert images == ["reconstructions.png", "swaps.png"]
+    assert images == ["latent_scatter.png", "reconstructions.png", "swaps.png"]
     assert all((out / "images" / name).stat().st_size > 100 for name in images)
     # Nothing else was left behind (no staging directory, no default runs/).
     assert sorted(p.name for p in cwd.iterdir()) == ["first"]

@@ -153,10 +153,12 @@ class Experiment:
         if self.diverged:
             return {}
         with self._rng_isolated():
-            return {
-                name: make(self.model, self.dataset, self.config, self.eval_context).cpu()
+            images = {
+                name: make(self.model, self.dataset, self.config, self.eval_context)
                 for name, make in self.family.image_grids.items()
             }
+        # A family may have nothing to show for some configs (the AAE's manifold of a wide code).
+        return {name: image.cpu() for name, image in images.items() if image is not None}
 
     def _weights_finite(self) -> bool:
         return all(torch.isfinite(p).all() for p in self.model.parameters())

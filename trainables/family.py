@@ -227,3 +227,32 @@ def reconstruction_grid(
     model.eval()
     x, y = ctx.x_test[:10], ctx.y_test[:10]
     return torch.stack([x, model.reconstruct(x, y)]).view(2, len(x), *dataset.image_shape)
+
+
+SCATTER_POINTS = 1000
+
+
+@torch.no_grad()
+def latent_scatter(model: nn.Module, dataset: Dataset, config: FamilyConfig, ctx) -> torch.Tensor:
+    """Test codes coloured by label, one panel per code the model names in
+    `latent_codes(x, labels)`, projected on their first two principal axes when wider than
+    two: an RGB picture (H, W, 3) of uint8."""
+    from trainables.images import scatter_picture
+
+    model.eval()
+    x, y = ctx.x_test[:SCATTER_POINTS], ctx.y_test[:SCATTER_POINTS]
+    panels = {
+        name: (principal_plane(codes.float()).cpu().numpy(), codes.shape[1])
+        for name, codes in model.latent_codes(x, y).items()
+    }
+    return scatter_picture(panels, y.cpu().numpy())
+
+
+def principal_plane(codes: torch.Tensor) -> torch.Tensor:
+    """The codes themselves when 2-D (or 1-D, padded with zeros), else their projection on
+    the two leading principal axes."""
+    if codes.shape[1] <= 2:
+        return torch.nn.functional.pad(codes, (0, 2 - codes.shape[1]))
+    centred = codes - codes.mean(dim=0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ v[:2].T

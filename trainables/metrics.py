@@ -23,6 +23,17 @@ MAX_TEST_CODES = 2000
 QUICK_TRAIN_CODES = 1500
 QUICK_TEST_CODES = 1000
 ALL_PROBES = ("logreg", "mlp")
+# What leakage_metrics returns; a family that reports leakage declares these.
+LEAKAGE_METRICS = ("leakage_acc", "leakage", *(f"leakage_acc_{name}" for name in ALL_PROBES))
+# Every metric is a rate or an error in [0, 1] except these.
+UNBOUNDED_ABOVE = ("prior_mmd", "train_seconds", "eval_seconds")
+
+
+def metric_range(name: str) -> tuple[float, float | None]:
+    """The values a metric can take, so an interval over seeds never leaves them."""
+    return (0.0, None) if name in UNBOUNDED_ABOVE else (0.0, 1.0)
+
+
 # swap_acc at or below this (chance is 0.1) means the decoder ignores the swapped code.
 DEGENERATE_SWAP_ACC = 0.25
 
@@ -159,13 +170,16 @@ def leakage_metrics(
     probes: tuple[str, ...] = ALL_PROBES,
 ) -> dict[str, float]:
     """`leakage_acc`: the best probe's accuracy predicting the label from a code that should
-    not carry it; `leakage`: the same rescaled so 0 is chance and 1 is perfect."""
+    not carry it; `leakage`: the same rescaled so 0 is chance and 1 is perfect;
+    `leakage_acc_<probe>`: each probe's own accuracy (Moyer et al. report the linear and
+    the MLP adversary apart)."""
     scores = probe_accuracies(train_codes, train_labels, test_codes, test_labels, seed, probes)
     best = max(scores.values())
     chance = chance_rate(test_labels)
     return {
         "leakage_acc": best,
         "leakage": float(np.clip((best - chance) / (1.0 - chance), 0.0, 1.0)),
+        **{f"leakage_acc_{name}": score for name, score in scores.items()},
     }
 
 

@@ -31,6 +31,7 @@ from trainables.family import (
     FamilyConfig,
     adam,
     gradient_step,
+    latent_scatter,
     mlp,
     one_hot,
     reconstruction_grid,
@@ -39,6 +40,7 @@ from trainables.family import (
 from trainables.losses import bernoulli_recon, gaussian_kernel_mmd
 from trainables.metrics import (
     DEGENERATE_SWAP_ACC,
+    LEAKAGE_METRICS,
     EvalContext,
     content_accuracy,
     derangement_targets,
@@ -50,6 +52,7 @@ from trainables.metrics import (
 MIXTURE_MODES = 10
 MIXTURE_RADIUS = 4.0
 MIXTURE_STD = 0.5
+MANIFOLD_STEPS = 15
 
 
 @dataclass
@@ -139,6 +142,9 @@ class AAE(nn.Module):
 
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decode(self.encode(x), labels))
+
+    def latent_codes(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"z": self.encode(x)}
 
     def discriminate(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.label_conditioned:
@@ -253,6 +259,26 @@ def prior_samples_grid(
     return torch.sigmoid(model.decode(z, labels)).view(n, n, *dataset.image_shape)
 
 
+@torch.no_grad()
+def manifold_grid(
+    model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext
+) -> torch.Tensor | None:
+    """The learned manifold of a 2-D code (Makhzani et al. Fig. 2): images decoded from an
+    even grid over the prior's support. None when the code is wider or the decoder also
+    needs a label."""
+    if config.z_dim != 2 or config.conditional_decoder:
+        return None
+    model.eval()
+    reach = 3.0 if config.prior == "gaussian" else MIXTURE_RADIUS + 3 * MIXTURE_STD
+    steps = torch.linspace(-reach, reach, MANIFOLD_STEPS, device=ctx.x_test.device)
+    # Rows run from high to low z2, so the picture has the plot's orientation.
+    z2, z1 = torch.meshgrid(steps.flip(0), steps, indexing="ij")
+    z = torch.stack([z1.flatten(), z2.flatten()], dim=1)
+    labels = torch.zeros(len(z), dtype=torch.long, device=z.device)
+    decoded = torch.sigmoid(model.decode(z, labels))
+    return decoded.view(MANIFOLD_STEPS, MANIFOLD_STEPS, *dataset.image_shape)
+
+
 FAMILY = Family(
     name="aae",
     summary="Adversarial autoencoder: discriminator matches q(z) to a Gaussian or 10-mode prior",
@@ -267,11 +293,15 @@ FAMILY = Family(
         "prior_mmd",
         "disc_acc",
         "content_acc",
-        "leakage_acc",
-        "leakage",
+        *LEAKAGE_METRICS,
         "swap_acc",
         "mode_acc",
         "degenerate",
     ),
-    image_grids={"reconstructions": reconstruction_grid, "samples": prior_samples_grid},
+    image_grids={
+        "reconstructions": reconstruction_grid,
+        "samples": prior_samples_grid,
+        "latent_scatter": latent_scatter,
+        "manifold": manifold_grid,
+    },
 )

@@ -20,6 +20,7 @@ from trainables.family import (
     FamilyConfig,
     adam,
     gradient_step,
+    latent_scatter,
     mlp,
     one_hot,
     reconstruction_grid,
@@ -28,6 +29,7 @@ from trainables.family import (
 from trainables.losses import bernoulli_recon, kl_to_standard_normal, marginal_kl_bound
 from trainables.metrics import (
     DEGENERATE_SWAP_ACC,
+    LEAKAGE_METRICS,
     EvalContext,
     derangement_targets,
     leakage_metrics,
@@ -68,6 +70,9 @@ class ICVAE(nn.Module):
 
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.decode(self.encode(x)[0], labels))
+
+    def latent_codes(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"z": self.encode(x)[0]}
 
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -140,6 +145,10 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     default_objectives=("recon_mse:min", "leakage:min"),
-    metric_names=("recon_mse", "leakage_acc", "leakage", "swap_acc", "degenerate"),
-    image_grids={"reconstructions": reconstruction_grid, "swaps": swap_grid},
+    metric_names=("recon_mse", *LEAKAGE_METRICS, "swap_acc", "degenerate"),
+    image_grids={
+        "reconstructions": reconstruction_grid,
+        "swaps": swap_grid,
+        "latent_scatter": latent_scatter,
+    },
 )

@@ -4,15 +4,18 @@ per-sample style and a per-group class code.
 Each sample's encoder gives Gaussians for style and class. Within a group (same label),
 class evidence is accumulated as the normalised product of the members' Gaussians; the
 group's class code is reparameterised once per group with noise of std `noise_std`.
-With `noise_std` 1.0 a public reimplementation found the decoder ignoring the class code;
-0.1 fixed it, which is why it is a searched hyperparameter here. Unlike that
-reimplementation, the class mu/logvar heads are not detached: they receive gradient.
+
+A public reimplementation accumulates evidence on `.data`, so its class mu/logvar heads
+never train; here they receive gradient. `freeze_class_heads=true` reproduces that mistake
+and `recon_loss=mse` its loss (squared error of sigmoid outputs, far weaker against the KL
+terms than the Bernoulli log-likelihood), so the reproduction preset can show which of them
+its finding about `noise_std` depends on (README, Reproductions).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -24,13 +27,20 @@ from trainables.family import (
     FamilyConfig,
     adam,
     gradient_step,
+    latent_scatter,
     mlp,
     reconstruction_grid,
     run_batches,
 )
-from trainables.losses import bernoulli_recon, kl_to_standard_normal, product_of_gaussians
+from trainables.losses import (
+    bernoulli_recon,
+    kl_to_standard_normal,
+    product_of_gaussians,
+    squared_error,
+)
 from trainables.metrics import (
     DEGENERATE_SWAP_ACC,
+    LEAKAGE_METRICS,
     EvalContext,
     content_accuracy,
     leakage_metrics,
@@ -48,6 +58,12 @@ class MLVAEConfig(FamilyConfig):
     group_size: int = 8
     kl_style_weight: float = 1.0
     kl_class_weight: float = 1.0
+    # "bernoulli": summed per-pixel log-likelihood of the logits; "mse": summed squared
+    # error of sigmoid outputs, the public reimplementation's loss.
+    recon_loss: Literal["bernoulli", "mse"] = "bernoulli"
+    # The reimplementation's bug, as an ablation: the class heads get no gradient (their
+    # weights never change) and pass none to the trunk.
+    freeze_class_heads: bool = False
 
     bounds: ClassVar = {
         "style_dim": (1, 4096),
@@ -82,7 +98,10 @@ class MLVAE(nn.Module):
     def encode(self, x: torch.Tensor):
         h = self.trunk(x)
         style_mu, style_logvar = self.style_head(h).chunk(2, dim=1)
-        class_mu, class_logvar = self.class_head(h).chunk(2, dim=1)
+        class_params = self.class_head(h)
+        if self.config.freeze_class_heads:
+            class_params = class_params.detach()
+        class_mu, class_logvar = class_params.chunk(2, dim=1)
         return style_mu, style_logvar, class_mu, class_logvar
 
     def decode(self, style: torch.Tensor, class_code: torch.Tensor) -> torch.Tensor:
@@ -92,6 +111,10 @@ class MLVAE(nn.Module):
         """From single-sample mean codes (no group accumulation)."""
         style_mu, _, class_mu, _ = self.encode(x)
         return torch.sigmoid(self.decode(style_mu, class_mu))
+
+    def latent_codes(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        style_mu, _, class_mu, _ = self.encode(x)
+        return {"style": style_mu, "class": class_mu}
 
     def group_codes(self, x: torch.Tensor, group_ids: torch.Tensor, n_groups: int):
         """Style Gaussians per sample and accumulated class Gaussians per group."""
@@ -108,7 +131,11 @@ class MLVAE(nn.Module):
         # One noise draw per group, shared by its members.
         group_eps = torch.randn_like(group_mu) * cfg.noise_std
         class_code = (group_mu + group_eps * torch.exp(0.5 * group_logvar))[group_ids]
-        recon = bernoulli_recon(self.decode(style, class_code), x).sum()
+        logits = self.decode(style, class_code)
+        if cfg.recon_loss == "mse":
+            recon = squared_error(torch.sigmoid(logits), x).sum()
+        else:
+            recon = bernoulli_recon(logits, x).sum()
         kl_style = kl_to_standard_normal(style_mu, style_logvar).sum()
         kl_class = kl_to_standard_normal(group_mu, group_logvar).sum()
         n = len(x)
@@ -126,7 +153,10 @@ def build(config: MLVAEConfig, dataset: Dataset) -> MLVAE:
 
 
 def make_optimizers(model: MLVAE, config: MLVAEConfig) -> dict[str, torch.optim.Optimizer]:
-    return {"model": adam(model.parameters(), lr=config.lr)}
+    # Frozen heads stay out of the optimiser, so nothing (not even a fused kernel's
+    # zero-gradient update) can move them.
+    frozen = set(model.class_head.parameters()) if config.freeze_class_heads else set()
+    return {"model": adam([p for p in model.parameters() if p not in frozen], lr=config.lr)}
 
 
 def train_epoch(model: MLVAE, optimizers, dataset: Dataset, config: MLVAEConfig, generator) -> dict:
@@ -217,10 +247,13 @@ FAMILY = Family(
         "recon_mse",
         "content_acc_grouped",
         "content_acc_single",
-        "leakage_acc",
-        "leakage",
+        *LEAKAGE_METRICS,
         "swap_acc",
         "degenerate",
     ),
-    image_grids={"reconstructions": reconstruction_grid, "swaps": swap_grid},
+    image_grids={
+        "reconstructions": reconstruction_grid,
+        "swaps": swap_grid,
+        "latent_scatter": latent_scatter,
+    },
 )
