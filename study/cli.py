@@ -90,6 +90,11 @@ def cli() -> None:
     "--out", help="Output directory (default runs/train/<family>-<dataset>-seed<S>-<time>)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option(
+    "--preset",
+    help="Run a reproduction preset: its variants at several seeds (see `study presets`).",
+)
+@click.option("--seeds", type=int, help="With --preset: how many seeds (default the preset's).")
 def train(
     family,
     config_file,
@@ -103,9 +108,30 @@ def train(
     download,
     out,
     as_json,
+    preset,
+    seeds,
 ):
-    """Train one model of FAMILY and report its metrics."""
+    """Train one model of FAMILY and report its metrics, or a reproduction preset's runs."""
     from study.train import train_once
+
+    if preset or seeds is not None:
+        train_preset(
+            preset,
+            family,
+            config_file,
+            dataset,
+            epochs,
+            seed,
+            seeds,
+            overrides,
+            device,
+            precision,
+            data_dir,
+            download,
+            out,
+            as_json,
+        )
+        return
 
     spec = TrainSpec.from_sources(
         family,
@@ -124,6 +150,87 @@ def train(
         return
     click.echo(format_metrics(metrics))
     click.echo(f"saved weights, config.yaml, metrics.json and images/ to {out_dir}")
+
+
+def train_preset(
+    name,
+    family,
+    config_file,
+    dataset,
+    epochs,
+    seed,
+    seeds,
+    overrides,
+    device,
+    precision,
+    data_dir,
+    download,
+    out,
+    as_json,
+):
+    from study.presets import load_preset
+    from study.reproduce import json_safe, markdown, reproduce
+
+    if not name:
+        raise UserError("seeds: --seeds goes with --preset NAME; for one run use --seed")
+    preset = load_preset(name)
+    if preset.kind != "reproduction":
+        raise UserError(
+            f"preset: {name} is a {preset.kind} preset; run it with `study run --preset {name}`"
+        )
+    if config_file:
+        raise UserError("config: --config and --preset both define the run; drop one")
+    if family and family != preset.family:
+        raise UserError(
+            f"family: preset {name} is for {preset.family!r}, not {family!r}; drop FAMILY"
+        )
+    if seeds is not None and seeds < 1:
+        raise UserError(f"seeds: expected a whole number >= 1, got {seeds}")
+    runs = preset.train_specs(
+        seeds,
+        seed or 0,
+        dataset=dataset,
+        epochs=epochs,
+        precision=precision,
+        params=parse_overrides(overrides),
+    )
+    summary, out_dir = reproduce(
+        preset,
+        runs,
+        out,
+        device,
+        data_dir,
+        download,
+        echo=lambda line: click.echo(line, err=as_json),
+    )
+    if as_json:
+        click.echo(json.dumps({"out": str(out_dir), "summary": json_safe(summary)}))
+        return
+    click.echo(markdown(summary))
+    click.echo(f"saved every run, summary.json, summary.md and figures to {out_dir}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+def presets(name):
+    """List the presets shipped with the package, or print preset NAME's YAML."""
+    from study.presets import all_presets, load_preset
+
+    if name:
+        click.echo(load_preset(name).path.read_text(), nl=False)
+        return
+    for preset in all_presets():
+        size = (
+            f"{len(preset.variants)} variants x {preset.seeds} seeds x {preset.epochs} epochs"
+            + (f", ~{preset.cpu_minutes:g} min on 2 CPU cores" if preset.cpu_minutes else "")
+            if preset.kind == "reproduction"
+            else f"{preset.sweep.get('trials')} trials"
+            + (f", ~{preset.gpu_hours:g} GPU-hour" if preset.gpu_hours else "")
+        )
+        click.echo(
+            f"{preset.name:<22} {preset.kind:<12} {preset.family:<6} {preset.dataset:<14} {size}"
+        )
+        click.echo(f"{'':<22} {preset.description.splitlines()[0]}")
 
 
 def sweep_options(command):
@@ -152,7 +259,7 @@ def sweep_options(command):
 
 
 @cli.command()
-@click.argument("family")
+@click.argument("family", required=False)
 @click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True)
 @click.option(
     "--trials", type=int, default=8, show_default=True, help="Number of trials Optuna proposes."
@@ -230,9 +337,14 @@ def sweep_options(command):
     show_default=True,
     help="Training arithmetic; bf16 = bfloat16 autocast, for GPU trials.",
 )
+@click.option(
+    "--preset", help="Take the settings of a sweep preset (see `study presets`); flags override."
+)
 @data_options
 @sweep_options
+@click.pass_context
 def run(
+    ctx,
     family,
     dataset,
     trials,
@@ -257,9 +369,25 @@ def run(
     tracking_uri,
     address,
     verbose,
+    preset,
 ):
     """Sweep FAMILY's hyperparameters with Optuna on Ray Tune, recording every trial in MLflow."""
     from study.sweep import DEFAULT_STORAGE, StudySpec, run_study
+
+    if preset:
+        settings = preset_sweep_settings(ctx, preset)
+        family, dataset, trials, epochs, objectives = (
+            settings[k] for k in ("family", "dataset", "trials", "epochs", "objectives")
+        )
+        scheduler, grace_period, concurrency = (
+            settings[k] for k in ("scheduler", "grace_period", "concurrency")
+        )
+        cpus_per_trial, gpus_per_trial, space_file, overrides = (
+            settings[k] for k in ("cpus_per_trial", "gpus_per_trial", "space_file", "overrides")
+        )
+        eval_every, precision = settings["eval_every"], settings["precision"]
+    if not family:
+        raise UserError("family: name one (e.g. `study run mlvae`) or use --preset NAME")
 
     spec = StudySpec(
         family=family,
@@ -291,6 +419,35 @@ def run(
         load_dataset(dataset, data_dir, download=True)
     outcome = run_study(spec, verbose=verbose)
     print_where(outcome)
+
+
+def preset_sweep_settings(ctx: click.Context, name: str) -> dict:
+    """`study run`'s settings with a sweep preset's values wherever the command line left
+    the default; the preset's `params` become fixed parameters, after any `--set`."""
+    from study.presets import load_preset
+
+    preset = load_preset(name)
+    if preset.kind != "sweep":
+        raise UserError(
+            f"preset: {name} is a {preset.kind} preset; run it with `study train --preset {name}`"
+        )
+    settings = dict(ctx.params)
+    if settings["family"] not in (None, preset.family):
+        raise UserError(
+            f"family: preset {name} is for {preset.family!r}, not {settings['family']!r}; drop FAMILY"
+        )
+    settings["family"] = preset.family
+    from_preset = {"dataset": preset.dataset, **preset.sweep}
+    if "space_file" in from_preset:
+        from study.presets import presets_dir
+
+        from_preset["space_file"] = str(presets_dir() / from_preset["space_file"])
+    for key, value in from_preset.items():
+        if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
+            settings[key] = tuple(value) if key == "objectives" else value
+    fixed = [f"{k}={json.dumps(v)}" for k, v in preset.params.items()]
+    settings["overrides"] = (*fixed, *settings["overrides"])
+    return settings
 
 
 def print_where(outcome) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from study.spec import TrainSpec
-from trainables import Experiment, load_dataset, pick_device
+from trainables import Dataset, Experiment, load_dataset, pick_device
 from trainables.images import save_grids
 
 
@@ -27,8 +27,10 @@ def train_once(
     download: bool = False,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    dataset: Dataset | None = None,
 ) -> tuple[dict[str, float], Path]:
     """Train `spec`, then write weights, the resolved config and the metrics to `out_dir`.
+    `dataset`, when given, is `spec.dataset` already loaded (a preset reuses it).
 
     The directory appears only when everything in it is written (a crash leaves nothing).
     """
@@ -37,7 +39,8 @@ def train_once(
         from trainables.errors import ConfigError
 
         raise ConfigError(f"out: {out_dir} exists and is not empty; choose another --out")
-    dataset = load_dataset(spec.dataset, data_dir, download, pick_device(device))
+    if dataset is None:
+        dataset = load_dataset(spec.dataset, data_dir, download, pick_device(device))
     experiment = Experiment.create(
         spec.family, spec.params, dataset, spec.seed, precision=spec.precision
     )

@@ -127,6 +127,32 @@ CASES = [
         "data-dir:",
         "replace it",
     ),
+    # --- presets ---
+    case("train-unknown-preset", "train --preset nosuch", "preset:", "choose one of"),
+    case("train-sweep-preset", "train --preset mlvae-mnist-sweep", "preset:", "study run --preset"),
+    case("train-seeds-without-preset", "train mlvae --seeds 3", "seeds:", "--preset"),
+    case("train-preset-zero-seeds", "train --preset mlvae-reference --seeds 0", "seeds:", ">= 1"),
+    case("train-preset-other-family", "train icvae --preset mlvae-reference", "family:", "drop"),
+    case(
+        "train-preset-bad-parameter",
+        "train --preset aae-priors --set z_dim=0",
+        "z_dim:",
+        "use a value in",
+    ),
+    case(
+        "train-preset-missing-data-dir",
+        "train --preset aae-priors --data-dir {inputs}/nosuch",
+        "data-dir:",
+        "pass --data-dir",
+    ),
+    case("run-unknown-preset", "run --preset nosuch", "preset:", "choose one of"),
+    case(
+        "run-reproduction-preset",
+        "run --preset mlvae-reference",
+        "preset:",
+        "study train --preset",
+    ),
+    case("run-no-family", "run --trials 2", "family:", "--preset"),
     # --- study export / resume / report ---
     case("export-unknown-study", "export absent", "name:", "study status", script=True),
     case("export-unknown-study-in-store", "export absent", "name:", "study status", "store"),

@@ -1,0 +1,274 @@
+"""Presets: named studies shipped with the package as YAML data (`study/presets/*.yaml`).
+
+A *reproduction* preset is a reference experiment: a family, a dataset, base parameters and
+variants (a grid or a list), each trained at several seeds by `study train --preset NAME`,
+with the reference's figures to set ours beside. A *sweep* preset holds `study run` settings
+sized for a GPU budget, run by `study run --preset NAME`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from study.spec import TrainSpec, check_dataset, check_positive_int, load_yaml
+from trainables import get_family
+from trainables.errors import ConfigError
+
+KINDS = ("reproduction", "sweep")
+FIGURE_KINDS = {"heatmap": ("x", "y", "metric"), "pareto": ("x", "y", "label")}
+# `study run` settings a sweep preset may hold, with their types.
+SWEEP_SETTINGS = {
+    "trials": int,
+    "epochs": int,
+    "concurrency": int,
+    "cpus_per_trial": float,
+    "gpus_per_trial": float,
+    "eval_every": int,
+    "grace_period": int,
+    "objectives": list,
+    "scheduler": str,
+    "precision": str,
+    "space_file": str,
+}
+COMMON_KEYS = {"kind", "description", "family", "dataset", "params", "notes"}
+REPRODUCTION_KEYS = COMMON_KEYS | {
+    "epochs",
+    "seeds",
+    "grid",
+    "variants",
+    "metrics",
+    "reference",
+    "figures",
+    "cpu_minutes",
+}
+SWEEP_KEYS = COMMON_KEYS | set(SWEEP_SETTINGS) | {"gpu_hours"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One configuration of a reproduction: its name and the parameters it sets."""
+
+    name: str
+    params: dict[str, Any]
+
+    @property
+    def dirname(self) -> str:
+        return "".join(
+            c if c.isalnum() or c in "=._-" else "_" for c in self.name.replace(",", "-")
+        )
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    kind: str
+    description: str
+    family: str
+    dataset: str
+    params: dict[str, Any]
+    path: Path
+    epochs: int = 10
+    seeds: int = 3
+    variants: tuple[Variant, ...] = ()
+    metrics: tuple[str, ...] = ()
+    reference: dict[str, Any] = field(default_factory=dict)
+    figures: tuple[dict[str, str], ...] = ()
+    cpu_minutes: float | None = None
+    sweep: dict[str, Any] = field(default_factory=dict)
+    gpu_hours: float | None = None
+
+    def train_specs(
+        self, seeds: int | None = None, first_seed: int = 0, **settings: Any
+    ) -> list[tuple[Variant, TrainSpec]]:
+        """Every (variant, seed) run, seed-major so an interrupted reproduction already has
+        every variant at its first seeds. `settings` override dataset, epochs, precision
+        and (as `params`) parameters of every variant."""
+        overrides = settings.pop("params", {}) or {}
+        runs = []
+        for seed in range(first_seed, first_seed + (seeds or self.seeds)):
+            for variant in self.variants:
+                spec = TrainSpec(
+                    family=self.family,
+                    dataset=settings.get("dataset") or self.dataset,
+                    epochs=settings.get("epochs") or self.epochs,
+                    seed=seed,
+                    precision=settings.get("precision") or "fp32",
+                    params={**self.params, **variant.params, **overrides},
+                )
+                runs.append((variant, spec))
+        return runs
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("study") / "presets"))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def all_presets() -> list[Preset]:
+    return [load_preset(name) for name in preset_names()]
+
+
+def load_preset(name: str) -> Preset:
+    """The preset NAME, validated: every parameter of every variant passes the family's
+    config validation, so a bad preset fails here, before any training."""
+    known = preset_names()
+    if name not in known:
+        raise ConfigError(
+            f"preset: unknown preset {name!r}; choose one of {', '.join(known)} (see `study presets`)"
+        )
+    path = presets_dir() / f"{name}.yaml"
+    return parse_preset(name, load_yaml(path, what=f"preset {name}"), path)
+
+
+def parse_preset(name: str, data: dict[str, Any], path: Path) -> Preset:
+    def fail(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"preset {name}: {key}: {problem}")
+
+    kind = data.get("kind")
+    if kind not in KINDS:
+        raise fail("kind", f"{kind!r} is not one of {', '.join(KINDS)}")
+    allowed = REPRODUCTION_KEYS if kind == "reproduction" else SWEEP_KEYS
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise fail(
+            unknown[0], f"unknown key for a {kind} preset; valid keys: {', '.join(sorted(allowed))}"
+        )
+    for key in ("description", "family", "dataset"):
+        if not isinstance(data.get(key), str):
+            raise fail(key, "required, a string")
+    family = get_family(data["family"])
+    check_dataset(data["dataset"])
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise fail("params", "expected a mapping of parameter names to values")
+    common = dict(
+        name=name,
+        kind=kind,
+        description=data["description"].strip(),
+        family=family.name,
+        dataset=data["dataset"],
+        params=params,
+        path=path,
+    )
+    try:
+        if kind == "sweep":
+            family.make_config(params)
+            return Preset(**common, **_sweep_fields(data, fail))
+        return Preset(**common, **_reproduction_fields(data, params, family, fail))
+    except ConfigError as error:
+        if str(error).startswith(f"preset {name}:"):
+            raise
+        raise fail("params", str(error)) from None
+
+
+def _sweep_fields(data: dict[str, Any], fail) -> dict[str, Any]:
+    sweep = {}
+    for key, kind in SWEEP_SETTINGS.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise fail(key, f"expected {kind.__name__}, got {value!r}")
+        sweep[key] = value
+    return {"sweep": sweep, "gpu_hours": data.get("gpu_hours")}
+
+
+def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> dict[str, Any]:
+    variants = _variants(data, fail)
+    for variant in variants:
+        family.make_config({**params, **variant.params})
+    metrics = tuple(data.get("metrics") or ())
+    known = set(family.metric_names) | {"diverged"}
+    for metric in metrics:
+        if metric not in known:
+            raise fail(
+                "metrics",
+                f"{metric!r} is not a metric of {family.name}; choose from {', '.join(sorted(known))}",
+            )
+    figures = tuple(data.get("figures") or ())
+    for figure in figures:
+        wanted = FIGURE_KINDS.get(figure.get("kind")) if isinstance(figure, dict) else None
+        if wanted is None or set(figure) != {"kind", *wanted}:
+            raise fail(
+                "figures",
+                f"{figure!r}: use {{kind: heatmap, x, y, metric}} or {{kind: pareto, x, y, label}}",
+            )
+        # A heatmap spans two parameters and colours a metric; a Pareto plot sets two
+        # metrics against each other and labels its points with a parameter.
+        axes = ("x", "y") if figure["kind"] == "heatmap" else ("label",)
+        for key in wanted:
+            if key in axes:
+                pool, what = set(family.config_cls.field_names()), "parameter"
+            else:
+                pool, what = set(metrics), "metric in `metrics`"
+            if figure[key] not in pool:
+                raise fail(
+                    "figures",
+                    f"{key}: {figure[key]!r} is not a {what}; choose from {', '.join(sorted(pool))}",
+                )
+    reference = data.get("reference") or {}
+    for entry in reference.get("figures", []):
+        if not isinstance(entry.get("match"), dict) or not isinstance(entry.get("metrics"), dict):
+            raise fail(
+                "reference", "each figure needs `match` (parameters) and `metrics` (name: value)"
+            )
+    return {
+        "epochs": check_positive_int("epochs", data.get("epochs", 10)),
+        "seeds": check_positive_int("seeds", data.get("seeds", 3)),
+        "variants": variants,
+        "metrics": metrics,
+        "reference": reference,
+        "figures": figures,
+        "cpu_minutes": data.get("cpu_minutes"),
+    }
+
+
+def _variants(data: dict[str, Any], fail) -> tuple[Variant, ...]:
+    """`grid` (every combination of the listed values) or `variants` (a list of parameter
+    mappings, each with an optional `name`); neither is one variant, the base params."""
+    grid, listed = data.get("grid"), data.get("variants")
+    if grid and listed:
+        raise fail("grid", "give either `grid` or `variants`, not both")
+    if grid:
+        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+            raise fail("grid", "expected a mapping of parameter names to non-empty lists")
+        combos = [
+            dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())
+        ]
+        return tuple(Variant(_name(c), c) for c in combos)
+    if listed:
+        if not isinstance(listed, list) or not all(isinstance(v, dict) for v in listed):
+            raise fail("variants", "expected a list of parameter mappings")
+        variants = []
+        for entry in listed:
+            entry = dict(entry)
+            label = entry.pop("name", None) or _name(entry)
+            variants.append(Variant(str(label), entry))
+        return tuple(variants)
+    return (Variant("base", {}),)
+
+
+def _name(params: dict[str, Any]) -> str:
+    return ",".join(f"{k}={_text(v)}" for k, v in params.items()) or "base"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "x".join(map(str, value))
+    return str(value)
+
+
+def matches(params: dict[str, Any], match: dict[str, Any]) -> bool:
+    """Whether resolved parameters hold every value of `match` (a reference figure's)."""
+    return all(_text(params.get(k)) == _text(v) for k, v in match.items())
