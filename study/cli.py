@@ -115,22 +115,7 @@ def train(
     from study.train import train_once
 
     if preset or seeds is not None:
-        train_preset(
-            preset,
-            family,
-            config_file,
-            dataset,
-            epochs,
-            seed,
-            seeds,
-            overrides,
-            device,
-            precision,
-            data_dir,
-            download,
-            out,
-            as_json,
-        )
+        train_preset(click.get_current_context().params)
         return
 
     spec = TrainSpec.from_sources(
@@ -152,25 +137,12 @@ def train(
     click.echo(f"saved weights, config.yaml, metrics.json and images/ to {out_dir}")
 
 
-def train_preset(
-    name,
-    family,
-    config_file,
-    dataset,
-    epochs,
-    seed,
-    seeds,
-    overrides,
-    device,
-    precision,
-    data_dir,
-    download,
-    out,
-    as_json,
-):
+def train_preset(options: dict) -> None:
+    """`study train --preset NAME`: the preset's variants at its seeds (see reproduce.py)."""
     from study.presets import load_preset
     from study.reproduce import json_safe, markdown, reproduce
 
+    name, family, seeds = options["preset"], options["family"], options["seeds"]
     if not name:
         raise UserError("seeds: --seeds goes with --preset NAME; for one run use --seed")
     preset = load_preset(name)
@@ -178,7 +150,7 @@ def train_preset(
         raise UserError(
             f"preset: {name} is a {preset.kind} preset; run it with `study run --preset {name}`"
         )
-    if config_file:
+    if options["config_file"]:
         raise UserError("config: --config and --preset both define the run; drop one")
     if family and family != preset.family:
         raise UserError(
@@ -186,21 +158,22 @@ def train_preset(
         )
     if seeds is not None and seeds < 1:
         raise UserError(f"seeds: expected a whole number >= 1, got {seeds}")
+    as_json = options["as_json"]
     runs = preset.train_specs(
         seeds,
-        seed or 0,
-        dataset=dataset,
-        epochs=epochs,
-        precision=precision,
-        params=parse_overrides(overrides),
+        options["seed"] or 0,
+        dataset=options["dataset"],
+        epochs=options["epochs"],
+        precision=options["precision"],
+        params=parse_overrides(options["overrides"]),
     )
     summary, out_dir = reproduce(
         preset,
         runs,
-        out,
-        device,
-        data_dir,
-        download,
+        options["out"],
+        options["device"],
+        options["data_dir"],
+        options["download"],
         echo=lambda line: click.echo(line, err=as_json),
     )
     if as_json:
@@ -343,87 +316,54 @@ def sweep_options(command):
 @data_options
 @sweep_options
 @click.pass_context
-def run(
-    ctx,
-    family,
-    dataset,
-    trials,
-    epochs,
-    objectives,
-    scheduler,
-    grace_period,
-    concurrency,
-    cpus_per_trial,
-    gpus_per_trial,
-    name,
-    space_file,
-    overrides,
-    seed,
-    experiment,
-    eval_every,
-    max_failures,
-    precision,
-    data_dir,
-    download,
-    storage,
-    tracking_uri,
-    address,
-    verbose,
-    preset,
-):
+def run(ctx: click.Context, **given):
     """Sweep FAMILY's hyperparameters with Optuna on Ray Tune, recording every trial in MLflow."""
     from study.sweep import DEFAULT_STORAGE, StudySpec, run_study
 
-    if preset:
-        settings = preset_sweep_settings(ctx, preset)
-        family, dataset, trials, epochs, objectives = (
-            settings[k] for k in ("family", "dataset", "trials", "epochs", "objectives")
-        )
-        scheduler, grace_period, concurrency = (
-            settings[k] for k in ("scheduler", "grace_period", "concurrency")
-        )
-        cpus_per_trial, gpus_per_trial, space_file, overrides = (
-            settings[k] for k in ("cpus_per_trial", "gpus_per_trial", "space_file", "overrides")
-        )
-        eval_every, precision = settings["eval_every"], settings["precision"]
-    if not family:
+    options = preset_sweep_settings(ctx, given["preset"]) if given["preset"] else given
+    if not options["family"]:
         raise UserError("family: name one (e.g. `study run mlvae`) or use --preset NAME")
-
     spec = StudySpec(
-        family=family,
-        name=name or "",
-        dataset=dataset,
-        trials=trials,
-        epochs=epochs,
-        objectives=list(objectives),
-        scheduler=scheduler,
-        grace_period=grace_period,
-        concurrency=concurrency,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        address=address,
-        storage=storage or DEFAULT_STORAGE,
-        tracking_uri=tracking_uri or "",
-        experiment=experiment,
-        space_file=space_file,
-        fixed=parse_overrides(overrides),
-        seed=seed,
-        data_dir=data_dir,
-        eval_every=eval_every,
-        max_failures=max_failures,
-        precision=precision,
+        family=options["family"],
+        name=options["name"] or "",
+        objectives=list(options["objectives"]),
+        storage=options["storage"] or DEFAULT_STORAGE,
+        tracking_uri=options["tracking_uri"] or "",
+        fixed=parse_overrides(options["overrides"]),
+        **{key: options[key] for key in STUDY_OPTIONS},
     )
-    if download:  # after the spec is valid: a typo must not cost a download
+    if options["download"]:  # after the spec is valid: a typo must not cost a download
         from trainables import load_dataset
 
-        load_dataset(dataset, data_dir, download=True)
-    outcome = run_study(spec, verbose=verbose)
+        load_dataset(spec.dataset, spec.data_dir, download=True)
+    outcome = run_study(spec, verbose=options["verbose"])
     print_where(outcome)
 
 
+# `study run` options that go into the StudySpec under their own names.
+STUDY_OPTIONS = (
+    "dataset",
+    "trials",
+    "epochs",
+    "scheduler",
+    "grace_period",
+    "concurrency",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "address",
+    "experiment",
+    "space_file",
+    "seed",
+    "data_dir",
+    "eval_every",
+    "max_failures",
+    "precision",
+)
+
+
 def preset_sweep_settings(ctx: click.Context, name: str) -> dict:
-    """`study run`'s settings with a sweep preset's values wherever the command line left
-    the default; the preset's `params` become fixed parameters, after any `--set`."""
+    """`study run`'s options with a sweep preset's values wherever the command line left
+    the default; the preset's `params` are held fixed, and `--set` overrides them."""
     from study.presets import load_preset
 
     preset = load_preset(name)
