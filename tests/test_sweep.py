@@ -214,3 +214,13 @@ def test_export_then_train_reproduces_the_metrics(sweep):
     assert len(compared) == len(get_family("mlvae").metric_names)
     for metric in compared:
         assert metrics[metric] == pytest.approx(exported[metric], abs=REPRODUCE_ABS), metric
+
+
+def test_report_shows_the_best_trials_images_with_the_latent_scatter(sweep):
+    done = run_study(["report", NAME], cwd=sweep.cwd)
+    out = sweep.cwd / "reports" / NAME
+    assert f"wrote {out / 'index.html'}" in done.stdout
+    page = (out / "index.html").read_text()
+    for name in ("latent_scatter", "reconstructions", "swaps"):
+        assert f"<img src='images/{name}.png'>" in page, name
+        assert (out / "images" / f"{name}.png").stat().st_size > 1000, name
