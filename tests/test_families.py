@@ -59,6 +59,7 @@ RATE_METRICS = {
     "leakage_acc_mlp",
     "leakage",
     "swap_acc",
+    "swap_style_acc",
     "mode_acc",
     "disc_acc",
     "degenerate",
@@ -523,3 +524,18 @@ def test_icvae_decoder_uses_the_label(digits):
     z = torch.zeros(1, model.config.z_dim)
     outputs = [model.decode(z, torch.tensor([c])) for c in range(10)]
     assert not torch.allclose(outputs[0], outputs[1])
+
+
+def test_swaps_that_keep_the_style_sources_digit_count_as_style_not_class(digits):
+    """A decoder that ignores the swapped-in code returns the style source's image: the
+    reference classifier must then read the style source's digit (swap_style_acc high)
+    and not the class source's (swap_acc low, degenerate)."""
+    from trainables.metrics import EvalContext, derangement_targets, swap_metrics
+
+    ctx = EvalContext(digits)
+    images, labels = ctx.x_test, ctx.y_test
+    class_sources = derangement_targets(labels, digits.n_classes, torch.Generator().manual_seed(0))
+    metrics = swap_metrics(images, class_sources, labels, ctx)
+    # Measured: swap_style_acc 0.975 (the reference classifier's test accuracy), swap_acc 0.003.
+    assert metrics["swap_style_acc"] >= 0.9
+    assert metrics["swap_acc"] <= 0.05 and metrics["degenerate"] == 1.0

@@ -25,6 +25,7 @@ QUICK_TEST_CODES = 1000
 ALL_PROBES = ("logreg", "mlp")
 # What leakage_metrics returns; a family that reports leakage declares these.
 LEAKAGE_METRICS = ("leakage_acc", "leakage", *(f"leakage_acc_{name}" for name in ALL_PROBES))
+SWAP_METRICS = ("swap_acc", "swap_style_acc", "degenerate")
 # Every metric is a rate or an error in [0, 1] except these.
 UNBOUNDED_ABOVE = ("prior_mmd", "train_seconds", "eval_seconds")
 
@@ -183,12 +184,27 @@ def leakage_metrics(
     }
 
 
-def swap_accuracy(decoded: torch.Tensor, target_labels: torch.Tensor, ctx: EvalContext) -> float:
-    """Share of decoded swaps the reference classifier reads as the class whose code (or
-    label) was swapped in."""
+def swap_metrics(
+    decoded: torch.Tensor,
+    class_labels: torch.Tensor,
+    style_labels: torch.Tensor,
+    ctx: EvalContext,
+) -> dict[str, float]:
+    """What the reference classifier reads in decoded swaps: `swap_acc`, the share read as
+    the class whose code (or label) was swapped in; `swap_style_acc`, the share read as the
+    class of the image that gave the style (or z), which is where a degenerate decoder's
+    swaps go; `degenerate`, swap_acc at or below DEGENERATE_SWAP_ACC."""
     if ctx.reference is None or not torch.isfinite(decoded).all():
-        return float("nan")
-    return float((ctx.reference.predict(decoded) == target_labels).float().mean())
+        swap_acc = style_acc = float("nan")
+    else:
+        predicted = ctx.reference.predict(decoded)
+        swap_acc = float((predicted == class_labels).float().mean())
+        style_acc = float((predicted == style_labels).float().mean())
+    return {
+        "swap_acc": swap_acc,
+        "swap_style_acc": style_acc,
+        "degenerate": float(swap_acc <= DEGENERATE_SWAP_ACC),
+    }
 
 
 def derangement_targets(

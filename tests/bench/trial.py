@@ -64,7 +64,7 @@ def _time_components(family: str, totals: dict[str, float]) -> None:
     groups = {
         "leakage_metrics": "probes",
         "content_accuracy": "probes",
-        "swap_accuracy": "swap_classifier",
+        "swap_metrics": "swap_classifier",
     }
     for name, group in groups.items():
         original = getattr(module, name, None)

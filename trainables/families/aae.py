@@ -39,14 +39,14 @@ from trainables.family import (
 )
 from trainables.losses import bernoulli_recon, gaussian_kernel_mmd
 from trainables.metrics import (
-    DEGENERATE_SWAP_ACC,
     LEAKAGE_METRICS,
+    SWAP_METRICS,
     EvalContext,
     content_accuracy,
     derangement_targets,
     leakage_metrics,
     recon_mse,
-    swap_accuracy,
+    swap_metrics,
 )
 
 MIXTURE_MODES = 10
@@ -233,10 +233,8 @@ def evaluate(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) 
     if config.conditional_decoder:
         metrics.update(leakage_metrics(z_train, ctx.y_train, z_test, y_test, ctx.seed, ctx.probes))
         target = derangement_targets(y_test, dataset.n_classes, generator)
-        metrics["swap_acc"] = swap_accuracy(
-            torch.sigmoid(model.decode(z_test, target)), target, ctx
-        )
-        metrics["degenerate"] = float(metrics["swap_acc"] <= DEGENERATE_SWAP_ACC)
+        swapped = torch.sigmoid(model.decode(z_test, target))
+        metrics.update(swap_metrics(swapped, target, y_test, ctx))
     else:
         metrics["content_acc"] = content_accuracy(z_train, ctx.y_train, z_test, y_test)
         # Collapse: codes far tighter than the prior carry nothing to decode.
@@ -294,9 +292,8 @@ FAMILY = Family(
         "disc_acc",
         "content_acc",
         *LEAKAGE_METRICS,
-        "swap_acc",
+        *SWAP_METRICS,
         "mode_acc",
-        "degenerate",
     ),
     image_grids={
         "reconstructions": reconstruction_grid,

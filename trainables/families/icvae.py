@@ -28,13 +28,13 @@ from trainables.family import (
 )
 from trainables.losses import bernoulli_recon, kl_to_standard_normal, marginal_kl_bound
 from trainables.metrics import (
-    DEGENERATE_SWAP_ACC,
     LEAKAGE_METRICS,
+    SWAP_METRICS,
     EvalContext,
     derangement_targets,
     leakage_metrics,
     recon_mse,
-    swap_accuracy,
+    swap_metrics,
 )
 
 
@@ -118,8 +118,7 @@ def evaluate(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalConte
     generator = torch.Generator().manual_seed(ctx.seed + 1)
     target = derangement_targets(ctx.y_test, dataset.n_classes, generator)
     swapped = torch.sigmoid(model.decode(z_test, target))
-    metrics["swap_acc"] = swap_accuracy(swapped, target, ctx)
-    metrics["degenerate"] = float(metrics["swap_acc"] <= DEGENERATE_SWAP_ACC)
+    metrics.update(swap_metrics(swapped, target, ctx.y_test, ctx))
     return metrics
 
 
@@ -145,7 +144,7 @@ FAMILY = Family(
     train_epoch=train_epoch,
     evaluate=evaluate,
     default_objectives=("recon_mse:min", "leakage:min"),
-    metric_names=("recon_mse", *LEAKAGE_METRICS, "swap_acc", "degenerate"),
+    metric_names=("recon_mse", *LEAKAGE_METRICS, *SWAP_METRICS),
     image_grids={
         "reconstructions": reconstruction_grid,
         "swaps": swap_grid,

@@ -39,13 +39,13 @@ from trainables.losses import (
     squared_error,
 )
 from trainables.metrics import (
-    DEGENERATE_SWAP_ACC,
     LEAKAGE_METRICS,
+    SWAP_METRICS,
     EvalContext,
     content_accuracy,
     leakage_metrics,
     recon_mse,
-    swap_accuracy,
+    swap_metrics,
 )
 
 
@@ -199,22 +199,21 @@ def evaluate(model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalConte
         "content_acc_single": content_accuracy(tr_single, ctx.y_train, te_single, ctx.y_test),
         **leakage_metrics(tr_style, ctx.y_train, te_style, ctx.y_test, ctx.seed, ctx.probes),
     }
-    swapped, target = _swap(model, te_style, te_grouped, ctx.y_test, ctx.seed)
-    metrics["swap_acc"] = swap_accuracy(swapped, target, ctx)
-    metrics["degenerate"] = float(metrics["swap_acc"] <= DEGENERATE_SWAP_ACC)
+    metrics.update(swap_metrics(*_swap(model, te_style, te_grouped, ctx.y_test, ctx.seed), ctx))
     return metrics
 
 
 def _swap(
     model: MLVAE, style: torch.Tensor, class_code: torch.Tensor, labels: torch.Tensor, seed: int
 ):
-    """Decode each sample's style with the class code of a sample of another label."""
+    """Decode each sample's style with the class code of a sample of another label; return
+    the decoded images, the class sources' labels and the style sources' labels."""
     generator = torch.Generator().manual_seed(seed + 1)
     order = torch.randperm(len(labels), generator=generator).to(labels.device)
     donor = order[labels[order] != labels]  # donors whose label differs, in random order
     receivers = torch.nonzero(labels[order] != labels).squeeze(1)
     decoded = torch.sigmoid(model.decode(style[receivers], class_code[donor]))
-    return decoded, labels[donor]
+    return decoded, labels[donor], labels[receivers]
 
 
 @torch.no_grad()
@@ -248,8 +247,7 @@ FAMILY = Family(
         "content_acc_grouped",
         "content_acc_single",
         *LEAKAGE_METRICS,
-        "swap_acc",
-        "degenerate",
+        *SWAP_METRICS,
     ),
     image_grids={
         "reconstructions": reconstruction_grid,
