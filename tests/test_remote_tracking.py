@@ -79,7 +79,11 @@ def test_sweep_records_to_a_tracking_server(server, tmp_path):
         assert sorted(steps) == list(range(1, EPOCHS + 1))
         assert child.info.artifact_uri.startswith("mlflow-artifacts:"), child.info.artifact_uri
         listed = {a.path: a.file_size for a in client.list_artifacts(run_id, "images")}
-        assert set(listed) == {"images/reconstructions.png", "images/swaps.png"}
+        assert set(listed) == {
+            "images/reconstructions.png",
+            "images/swaps.png",
+            "images/latent_scatter.png",
+        }
         # The server stored the uploads in its own artifact destination.
         stored = list((server_root / "artifacts").rglob(f"{run_id}/artifacts/images/*.png"))
         assert {p.name: p.stat().st_size for p in stored} == {
