@@ -219,7 +219,7 @@ def test_export_then_train_reproduces_the_metrics(sweep):
 def test_report_shows_the_best_trials_images_with_the_latent_scatter(sweep):
     done = run_study(["report", NAME], cwd=sweep.cwd)
     out = sweep.cwd / "reports" / NAME
-    assert f"wrote {out / 'index.html'}" in done.stdout
+    assert f"wrote reports/{NAME}/index.html" in done.stdout
     page = (out / "index.html").read_text()
     for name in ("latent_scatter", "reconstructions", "swaps"):
         assert f"<img src='images/{name}.png'>" in page, name
