@@ -178,3 +178,20 @@ def test_sweep_preset_runs_end_to_end_tiny(name, tmp_path):
         a.path for a in record.client.list_artifacts(record.children[0].info.run_id, "images")
     }
     assert "images/latent_scatter.png" in images
+
+
+def test_a_preset_runs_on_mnist_as_shipped(mnist_dir, tmp_path):
+    """The presets' own dataset, one epoch of a small model: what differs from digits (the
+    data directory, 28x28 images, the MNIST reference classifier) works end to end."""
+    out = tmp_path / "out"
+    args = ("--epochs", "1", "--seeds", "2", "--set", "hidden=[64]", "--data-dir", str(mnist_dir))
+    done = study("train", "--preset", "mlvae-frozen-heads", *args, "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "mnist"
+    assert [v["name"] for v in summary["variants"]] == ["noise_std=0.1", "noise_std=1.0"]
+    for variant in summary["variants"]:
+        assert variant["resolved"]["freeze_class_heads"] is True
+        assert variant["metrics"]["content_acc_grouped"]["n"] == 2
+        assert variant["reference"]["content_acc_grouped"] in (0.9971, 0.8599)
+    assert "(0.997)" in (out / "summary.md").read_text()
