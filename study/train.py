@@ -12,7 +12,7 @@ import yaml
 
 from study.spec import TrainSpec
 from trainables import Dataset, Experiment, load_dataset, pick_device
-from trainables.images import save_grids
+from trainables.images import save_images
 
 
 def default_out_dir(spec: TrainSpec) -> Path:
@@ -71,7 +71,7 @@ def train_once(
             yaml.safe_dump({**spec.to_dict(), "metrics": metrics}, sort_keys=False)
         )
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        save_grids(experiment.image_grids(), staging / "images")
+        save_images(experiment.image_grids(), staging / "images")
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)

@@ -19,7 +19,7 @@ import torch
 from ray import tune
 
 from trainables import Experiment, load_dataset
-from trainables.images import save_grids
+from trainables.images import save_images
 
 RUN_KEY = "study"  # trial config key holding the run settings; the rest are family params
 IMAGES_DIR = "images"
@@ -91,5 +91,5 @@ def train_trial(config: dict[str, Any]) -> None:
         last_checkpoint = now
         with tempfile.TemporaryDirectory() as directory:
             experiment.save(directory)
-            save_grids(experiment.image_grids(), os.path.join(directory, IMAGES_DIR))
+            save_images(experiment.image_grids(), os.path.join(directory, IMAGES_DIR))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))

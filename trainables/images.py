@@ -39,7 +39,7 @@ def is_picture(image: torch.Tensor) -> bool:
     return image.dim() == 3 and image.dtype == torch.uint8
 
 
-def save_grids(images: dict[str, torch.Tensor], directory: str | Path) -> list[Path]:
+def save_images(images: dict[str, torch.Tensor], directory: str | Path) -> list[Path]:
     """Save grids and pictures as `<name>.png`; grids of small images are scaled up more."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -64,11 +64,11 @@ def scatter_picture(panels: dict[str, tuple], labels, size: float = 3.2) -> torc
     canvas = FigureCanvasAgg(figure)
     for i, (name, (points, dim)) in enumerate(panels.items()):
         axes = figure.add_subplot(1, len(panels), i + 1)
-        found = axes.scatter(
+        drawn = axes.scatter(
             points[:, 0], points[:, 1], c=labels, cmap="tab10", s=4, vmin=0, vmax=9
         )
         axes.set_title(name if dim <= 2 else f"{name} ({dim}-D, PCA)", fontsize=9)
         axes.tick_params(labelsize=7)
-    figure.colorbar(found, ax=figure.axes, ticks=range(10), fraction=0.03)
+    figure.colorbar(drawn, ax=figure.axes, ticks=range(10), fraction=0.03)
     canvas.draw()
     return torch.from_numpy(np.asarray(canvas.buffer_rgba())[..., :3].copy())
