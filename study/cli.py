@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 
@@ -129,9 +128,11 @@ def train(
     )
     metrics, out_dir = train_once(spec, device, data_dir, download, out, progress=not as_json)
     if as_json:
+        from study.reproduce import json_safe
+
         # NaN (a diverged run) is not JSON: write null.
-        clean = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
-        click.echo(json.dumps({"out": str(out_dir), "spec": spec.to_dict(), "metrics": clean}))
+        report = {"out": str(out_dir), "spec": spec.to_dict(), "metrics": metrics}
+        click.echo(json.dumps(json_safe(report)))
         return
     click.echo(format_metrics(metrics))
     click.echo(f"saved weights, config.yaml, metrics.json and images/ to {out_dir}")
