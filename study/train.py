@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +58,11 @@ def train_once(
         losses = experiment.train_epoch()
         bar.set_postfix(loss=f"{losses.get('train_loss', float('nan')):.4g}")
         if experiment.diverged:
-            bar.write(f"diverged at epoch {experiment.epoch}: a loss or weight became non-finite")
+            # stderr: with --json, stdout must hold the JSON report alone.
+            bar.write(
+                f"diverged at epoch {experiment.epoch}: a loss or weight became non-finite",
+                file=sys.stderr,
+            )
             break
     metrics = experiment.evaluate()
     metrics["train_seconds"] = experiment.train_seconds

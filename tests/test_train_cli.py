@@ -170,3 +170,22 @@ def test_bad_input_is_one_line_and_writes_nothing(bad_input_runs, case_id):
     assert sorted(p.name for p in inputs.iterdir()) == ["broken.yaml", "empty", "full"]
     assert list((inputs / "empty").iterdir()) == []
     assert [p.name for p in (inputs / "full").iterdir()] == ["keep.txt"]
+
+
+def test_a_diverging_run_still_prints_json_alone_with_nulls(tmp_path):
+    done = study(
+        "train",
+        "icvae",
+        "--epochs",
+        "2",
+        "--set",
+        "lr=10",
+        "--json",
+        "--out",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads(done.stdout)["metrics"]  # stdout is the JSON report and nothing else
+    assert metrics["diverged"] == 1.0 and metrics["recon_mse"] is None
+    assert "diverged at epoch" in done.stderr
