@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.robustness import robust_summary
 from analysis.runs import PARAM_PREFIX, StudyRuns, finite, load_study, ranked
+from analysis.stats import pareto_mask
 from study.errors import UserError
 
 GROUPED_NOTE = (
@@ -87,18 +88,6 @@ def importances(ostudy: optuna.Study | None, objectives) -> pd.DataFrame:
         except (RuntimeError, ValueError):
             continue
     return pd.DataFrame(columns).fillna(0.0)
-
-
-def pareto_mask(values: np.ndarray, modes: list[str]) -> np.ndarray:
-    """Non-dominated rows of `values` (one column per objective)."""
-    signed = np.column_stack(
-        [values[:, i] * (-1 if m == "max" else 1) for i, m in enumerate(modes)]
-    )
-    keep = np.ones(len(signed), dtype=bool)
-    for i, row in enumerate(signed):
-        dominated = np.all(signed <= row, axis=1) & np.any(signed < row, axis=1)
-        keep[i] = not dominated.any()
-    return keep
 
 
 def slice_plot(

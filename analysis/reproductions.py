@@ -8,6 +8,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from analysis.stats import pareto_mask
+
 
 def draw_figures(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     draw = {"heatmap": heatmap, "pareto": pareto}
@@ -84,8 +88,9 @@ def pareto(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path
             xytext=(5, 5),
             fontsize=8,
         )
-    front = pareto_front([(p[0]["mean"], p[1]["mean"]) for p in points])
-    axes.plot(*zip(*sorted(front), strict=True), "k--", lw=0.8, label="Pareto front")
+    means = np.array([(p[0]["mean"], p[1]["mean"]) for p in points])
+    front = sorted(map(tuple, means[pareto_mask(means, ["min", "min"])]))
+    axes.plot(*zip(*front, strict=True), "k--", lw=0.8, label="Pareto front")
     axes.set_xlabel(f"{x} (lower is better)")
     axes.set_ylabel(f"{y} (lower is better)")
     axes.legend(fontsize=8)
@@ -100,8 +105,3 @@ def _half_widths(stat: dict[str, float]) -> list[list[float]] | None:
     if not (math.isfinite(stat["low"]) and math.isfinite(stat["high"])):
         return None
     return [[stat["mean"] - stat["low"]], [stat["high"] - stat["mean"]]]
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points no other point beats on both coordinates (both minimised)."""
-    return [p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)]

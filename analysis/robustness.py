@@ -7,13 +7,12 @@ import math
 import pandas as pd
 
 from analysis.runs import StudyRuns
+from analysis.stats import mean_interval
 
 
 def robust_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
     """Per variant: n, mean, std, 95% t-interval, and the robust score (mean - std for a
     metric to maximise, mean + std to minimise). Best robust score first."""
-    from scipy import stats
-
     trials = robust.trials
     trials = trials[
         (trials["status"] == "FINISHED")
@@ -24,7 +23,7 @@ def robust_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
         values = group[metric].astype(float)
         n, mean = len(values), values.mean()
         std = values.std(ddof=1) if n > 1 else 0.0
-        half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+        interval = mean_interval(list(values))
         score = mean - std if mode == "max" else mean + std
         rows.append(
             {
@@ -32,8 +31,8 @@ def robust_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
                 "n": n,
                 "mean": mean,
                 "std": std,
-                "ci95_low": mean - half,
-                "ci95_high": mean + half,
+                "ci95_low": interval["low"],
+                "ci95_high": interval["high"],
                 "robust_score": score,
                 "example_run": group.iloc[0]["run_id"],
             }

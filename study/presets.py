@@ -34,7 +34,7 @@ SWEEP_SETTINGS = {
     "precision": str,
     "space_file": str,
 }
-COMMON_KEYS = {"kind", "description", "family", "dataset", "params", "notes"}
+COMMON_KEYS = {"kind", "description", "family", "dataset", "params"}
 REPRODUCTION_KEYS = COMMON_KEYS | {
     "epochs",
     "seeds",

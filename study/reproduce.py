@@ -112,22 +112,10 @@ def summarise(
 
 
 def interval(values: list[float], bounds: tuple[float, float | None]) -> dict[str, Any]:
-    """Mean with a two-sided 95% Student-t interval over seeds, clipped to the metric's
-    range (a rate stays in [0, 1]). One seed gives no interval (NaN ends)."""
-    from scipy import stats
+    """Mean and 95% t-interval over seeds within the metric's range, with the values."""
+    from analysis.stats import mean_interval
 
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    n = len(finite)
-    mean = sum(finite) / n if n else math.nan
-    if n < 2:
-        low = high = math.nan
-    else:
-        sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1))
-        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-        lowest, highest = bounds
-        low = max(mean - half, lowest) if lowest is not None else mean - half
-        high = min(mean + half, highest) if highest is not None else mean + half
-    return {"mean": mean, "low": low, "high": high, "n": n, "values": values}
+    return {**mean_interval(values, bounds), "values": values}
 
 
 def markdown(summary: dict[str, Any]) -> str:
