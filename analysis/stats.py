@@ -4,8 +4,21 @@ and scipy only, so a reproduction's summary imports neither MLflow nor Ray."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+
+
+def finite_or_none(value: Any) -> float | None:
+    """`value` as a float when it is a finite number (bools are not), else None: what
+    every reader of results and metrics means by "has a value"."""
+    if isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def mean_interval(

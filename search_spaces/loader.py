@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna.distributions as od
-import yaml
 
 from trainables import get_family
 from trainables.errors import ConfigError
+from trainables.io import read_yaml
 
 SPACES_DIR = Path(__file__).parent
 KINDS = ("int", "float", "categorical")
@@ -103,19 +103,7 @@ def load_space(
     get_family(family)
     path = Path(path) if path else default_space_path(family)
     what = f"space {path}"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(
-            f"space: cannot read {path} ({error.strerror}); check the --space path"
-        ) from None
-    except yaml.constructor.ConstructorError as error:
-        # safe_load refuses tags like !!python/object/apply, which would run code.
-        raise ConfigError(
-            f"space: {path} has a YAML tag that is not plain data ({error.problem}); remove the tag"
-        ) from None
-    except yaml.YAMLError:
-        raise ConfigError(f"space: {path} is not valid YAML; fix its syntax") from None
+    data = read_yaml(path, "space", fix="check the --space path")
     if not isinstance(data, dict) or not isinstance(data.get("parameters"), dict):
         raise ConfigError(
             f"space: {path} needs a 'parameters:' mapping of name -> {{type, low, high}}"

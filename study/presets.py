@@ -14,9 +14,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from study.spec import TrainSpec, check_dataset, check_positive_int, load_yaml
+from study.spec import TrainSpec, check_dataset, check_positive_int
 from trainables import get_family
 from trainables.errors import ConfigError
+from trainables.io import read_yaml
 
 KINDS = ("reproduction", "sweep")
 FIGURE_KINDS = {"heatmap": ("x", "y", "metric"), "pareto": ("x", "y", "label")}
@@ -124,7 +125,7 @@ def load_preset(name: str) -> Preset:
             f"preset: unknown preset {name!r}; choose one of {', '.join(known)} (see `study presets`)"
         )
     path = presets_dir() / f"{name}.yaml"
-    return parse_preset(name, load_yaml(path, what=f"preset {name}"), path)
+    return parse_preset(name, read_yaml(path, what=f"preset {name}"), path)
 
 
 def parse_preset(name: str, data: dict[str, Any], path: Path) -> Preset:

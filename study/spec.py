@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -14,38 +13,9 @@ import yaml
 from trainables import DATASETS, get_family
 from trainables.errors import ConfigError
 from trainables.experiment import check_precision
+from trainables.io import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-
-
-def load_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
-    """Read a YAML mapping safely; every failure is a one-line ConfigError."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConfigError(
-            f"{what}: cannot read {path} ({error.strerror}); check the path"
-        ) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        if isinstance(error, yaml.constructor.ConstructorError):
-            # safe_load refuses tags like !!python/object/apply, which would run code.
-            raise ConfigError(
-                f"{what}: {path}{where} has a YAML tag that is not plain data "
-                f"({error.problem}); remove the tag"
-            ) from None
-        raise ConfigError(f"{what}: {path} is not valid YAML{where}; fix the syntax") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{what}: {path} must hold a mapping of keys to values, not {type(data).__name__}"
-        )
-    return data
 
 
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -122,7 +92,7 @@ class TrainSpec:
         """Merge, in rising priority: the YAML file, the CLI's settings, `--set` overrides."""
         data: dict[str, Any] = {}
         if config_file:
-            data = load_yaml(config_file)
+            data = read_yaml(config_file)
             allowed = {f.name for f in dataclasses.fields(cls)} | set(cls.INFO_KEYS)
             unknown = sorted(set(data) - allowed)
             if unknown:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import yaml
 from study.spec import TrainSpec
 from trainables import Dataset, Experiment, load_dataset, pick_device
 from trainables.images import save_images
+from trainables.io import atomic_directory
 
 
 def default_out_dir(spec: TrainSpec) -> Path:
@@ -46,6 +45,23 @@ def train_once(
         spec.family, spec.params, dataset, spec.seed, precision=spec.precision
     )
 
+    _train_epochs(experiment, spec, progress)
+    metrics = experiment.evaluate()
+    metrics["train_seconds"] = experiment.train_seconds
+    metrics["eval_seconds"] = experiment.eval_seconds
+
+    with atomic_directory(out_dir) as staging:
+        experiment.save(staging)
+        (staging / "config.yaml").write_text(
+            yaml.safe_dump({**spec.to_dict(), "metrics": metrics}, sort_keys=False)
+        )
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        save_images(experiment.image_grids(), staging / "images")
+    return metrics, out_dir
+
+
+def _train_epochs(experiment: Experiment, spec: TrainSpec, progress: bool) -> None:
+    """Train to `spec.epochs` with a progress bar, stopping at a divergence."""
     from tqdm import tqdm
 
     bar = tqdm(
@@ -64,23 +80,3 @@ def train_once(
                 file=sys.stderr,
             )
             break
-    metrics = experiment.evaluate()
-    metrics["train_seconds"] = experiment.train_seconds
-    metrics["eval_seconds"] = experiment.eval_seconds
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        experiment.save(staging)
-        (staging / "config.yaml").write_text(
-            yaml.safe_dump({**spec.to_dict(), "metrics": metrics}, sort_keys=False)
-        )
-        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        save_images(experiment.image_grids(), staging / "images")
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return metrics, out_dir

@@ -1,10 +1,28 @@
-"""Model families, data and metrics: everything a trial computes, with no Ray or MLflow."""
+"""Model families, data and metrics: everything a trial computes, with no Ray or MLflow.
 
-from trainables.data import DATASETS, Dataset, load_dataset
-from trainables.errors import ConfigError, DataError, UserError
-from trainables.experiment import Experiment, pick_device
-from trainables.family import Family, FamilyConfig
-from trainables.registry import all_families, get_family
+The names below load on first use, so `trainables.io` (YAML and directories) can be
+imported without torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "DATASETS": "trainables.data",
+    "Dataset": "trainables.data",
+    "load_dataset": "trainables.data",
+    "ConfigError": "trainables.errors",
+    "DataError": "trainables.errors",
+    "UserError": "trainables.errors",
+    "Experiment": "trainables.experiment",
+    "pick_device": "trainables.experiment",
+    "Family": "trainables.family",
+    "FamilyConfig": "trainables.family",
+    "all_families": "trainables.registry",
+    "get_family": "trainables.registry",
+}
 
 __all__ = [
     "DATASETS",
@@ -20,3 +38,16 @@ __all__ = [
     "load_dataset",
     "pick_device",
 ]
+
+if TYPE_CHECKING:
+    from trainables.data import DATASETS, Dataset, load_dataset
+    from trainables.errors import ConfigError, DataError, UserError
+    from trainables.experiment import Experiment, pick_device
+    from trainables.family import Family, FamilyConfig
+    from trainables.registry import all_families, get_family
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trainables' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
