@@ -3,8 +3,8 @@ costs one line and exit status 2, and nothing is written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import os
 import sys
 
@@ -207,224 +207,141 @@ def presets(name):
         click.echo(f"{'':<22} {preset.description.splitlines()[0]}")
 
 
-def sweep_options(command):
-    for option in reversed(
-        [
-            click.option(
-                "--storage",
-                default=None,
-                help="Ray results: a path or URI such as s3://bucket/dir (default ./ray_results).",
-            ),
-            click.option(
-                "--tracking-uri",
-                default=None,
-                help="MLflow store (default sqlite:///mlflow.db or $MLFLOW_TRACKING_URI).",
-            ),
-            click.option(
-                "--address",
-                default=None,
-                help="Ray cluster: 'auto', host:port or ray://host:port (default: start Ray locally).",
-            ),
-            click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress."),
+def spec_option(name: str, **overrides):
+    """The `study run` option for StudySpec field `name`: its flag, type, choices and help
+    come from the spec's field. The option's own default is None, so a value the user gave
+    can be told from one they did not (a preset fills those); the help shows the spec's."""
+    from study.spec import StudySpec, setting_type
+
+    spec_field = StudySpec.settings()[name]
+    meta = spec_field.metadata
+    default = None if spec_field.default is dataclasses.MISSING else spec_field.default
+    shown = f" [default: {default}]" if default not in (None, "") else ""
+    multiple = spec_field.default_factory is not dataclasses.MISSING
+    kind = str if multiple else setting_type(name)
+    settings = {
+        "type": click.Choice(meta["choices"]) if "choices" in meta else kind,
+        "multiple": multiple,
+        "default": None,
+        "metavar": meta.get("metavar"),
+        "envvar": meta.get("envvar"),
+        "help": meta["help"] + shown,
+        **overrides,
+    }
+    flag = meta.get("flag") or "--" + name.replace("_", "-")
+    return click.option(flag, name, **settings)
+
+
+def spec_options(*names: str):
+    """Decorate a command with the StudySpec options `names` (all that have a flag if none)."""
+
+    def decorate(command):
+        from study.spec import StudySpec
+
+        chosen = names or [
+            n for n, f in StudySpec.settings().items() if f.metadata.get("flag", "") is not None
         ]
-    ):
-        command = option(command)
-    return command
+        for name in reversed(chosen):
+            command = spec_option(name)(command)
+        return command
+
+    return decorate
+
+
+VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress.")
 
 
 @cli.command()
 @click.argument("family", required=False)
-@click.option("--dataset", type=click.Choice(DATASETS), default="digits", show_default=True)
-@click.option(
-    "--trials", type=int, default=8, show_default=True, help="Number of trials Optuna proposes."
-)
-@click.option(
-    "--epochs",
-    type=int,
-    default=10,
-    show_default=True,
-    help="Epochs per trial (ASHA may stop a trial sooner).",
-)
-@click.option(
-    "--objective",
-    "objectives",
-    multiple=True,
-    metavar="METRIC:max|min",
-    help="Repeatable; default: the family's.",
-)
-@click.option("--scheduler", type=click.Choice(["asha", "none"]), default="asha", show_default=True)
-@click.option(
-    "--grace-period",
-    type=int,
-    default=2,
-    show_default=True,
-    help="ASHA: epochs before a trial may be stopped.",
-)
-@click.option(
-    "--concurrency",
-    type=int,
-    default=None,
-    help="Trials running at once (default: as resources allow).",
-)
-@click.option("--cpus-per-trial", type=float, default=1.0, show_default=True)
-@click.option(
-    "--gpus-per-trial",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Fractions share a GPU (e.g. 0.25).",
-)
-@click.option("--name", default=None, help="Study name (default <family>-<dataset>-<time>).")
-@click.option(
-    "--space",
-    "space_file",
-    default=None,
-    help="Search-space YAML (default search_spaces/<family>.yaml).",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Hold a parameter fixed; repeatable.",
-)
-@click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seed of the sampler and of every trial."
-)
-@click.option(
-    "--experiment", default="latent-studies", show_default=True, help="MLflow experiment."
-)
-@click.option(
-    "--eval-every", type=int, default=1, show_default=True, help="Epochs between full evaluations."
-)
-@click.option(
-    "--max-failures",
-    type=int,
-    default=2,
-    show_default=True,
-    help="Retries of a crashed trial from its checkpoint.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default="fp32",
-    show_default=True,
-    help="Training arithmetic; bf16 = bfloat16 autocast, for GPU trials.",
-)
 @click.option(
     "--preset", help="Take the settings of a sweep preset (see `study presets`); flags override."
 )
-@data_options
-@sweep_options
-@click.pass_context
-def run(ctx: click.Context, **given):
+@click.option("--download", is_flag=True, help="Fetch MNIST-style data with torchvision.")
+@VERBOSE
+@spec_options()
+def run(family, preset, download, verbose, **given):
     """Sweep FAMILY's hyperparameters with Optuna on Ray Tune, recording every trial in MLflow."""
-    from study.sweep import DEFAULT_STORAGE, StudySpec, run_study
+    from study.execute import execute
+    from study.plan import plan_search
 
-    options = preset_sweep_settings(ctx, given["preset"]) if given["preset"] else given
-    if not options["family"]:
-        raise UserError("family: name one (e.g. `study run mlvae`) or use --preset NAME")
-    spec = StudySpec(
-        family=options["family"],
-        name=options["name"] or "",
-        objectives=list(options["objectives"]),
-        storage=options["storage"] or DEFAULT_STORAGE,
-        tracking_uri=options["tracking_uri"] or "",
-        fixed=parse_overrides(options["overrides"]),
-        **{key: options[key] for key in STUDY_OPTIONS},
-    )
-    if options["download"]:  # after the spec is valid: a typo must not cost a download
+    spec = study_spec(family, preset, given)
+    if download:  # after the spec is valid: a typo must not cost a download
         from trainables import load_dataset
 
         load_dataset(spec.dataset, spec.data_dir, download=True)
-    outcome = run_study(spec, verbose=options["verbose"])
-    print_where(outcome)
+    print_where(execute(plan_search(spec, verbose), verbose))
 
 
-# `study run` options that go into the StudySpec under their own names.
-STUDY_OPTIONS = (
-    "dataset",
-    "trials",
-    "epochs",
-    "scheduler",
-    "grace_period",
-    "concurrency",
-    "cpus_per_trial",
-    "gpus_per_trial",
-    "address",
-    "experiment",
-    "space_file",
-    "seed",
-    "data_dir",
-    "eval_every",
-    "max_failures",
-    "precision",
-)
+def study_spec(family: str | None, preset: str | None, given: dict):
+    """The StudySpec of `study run`: the spec's defaults, then a sweep preset's settings,
+    then the flags given; `--set` values are held fixed over the preset's `params`."""
+    from study.spec import StudySpec
+
+    values = {k: v for k, v in given.items() if v not in (None, ())}
+    fixed = parse_overrides(values.pop("fixed", ()))
+    if preset:
+        family, settings, preset_fixed = sweep_preset(preset, family)
+        values = {**settings, **values}
+        fixed = {**preset_fixed, **fixed}
+    if not family:
+        raise UserError("family: name one (e.g. `study run mlvae`) or use --preset NAME")
+    if "objectives" in values:
+        values["objectives"] = list(values["objectives"])
+    return StudySpec(family=family, fixed=fixed, **values)
 
 
-def preset_sweep_settings(ctx: click.Context, name: str) -> dict:
-    """`study run`'s options with a sweep preset's values wherever the command line left
-    the default; the preset's `params` are held fixed, and `--set` overrides them."""
-    from study.presets import load_preset
+def sweep_preset(name: str, family: str | None) -> tuple[str, dict, dict]:
+    """A sweep preset's family, StudySpec settings and fixed parameters."""
+    from study.presets import load_preset, presets_dir
 
     preset = load_preset(name)
     if preset.kind != "sweep":
         raise UserError(
             f"preset: {name} is a {preset.kind} preset; run it with `study train --preset {name}`"
         )
-    settings = dict(ctx.params)
-    if settings["family"] not in (None, preset.family):
+    if family not in (None, preset.family):
         raise UserError(
-            f"family: preset {name} is for {preset.family!r}, not {settings['family']!r}; drop FAMILY"
+            f"family: preset {name} is for {preset.family!r}, not {family!r}; drop FAMILY"
         )
-    settings["family"] = preset.family
-    from_preset = {"dataset": preset.dataset, **preset.sweep}
-    if "space_file" in from_preset:
-        from study.presets import presets_dir
-
-        from_preset["space_file"] = str(presets_dir() / from_preset["space_file"])
-    for key, value in from_preset.items():
-        if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT:
-            settings[key] = tuple(value) if key == "objectives" else value
-    fixed = [f"{k}={json.dumps(v)}" for k, v in preset.params.items()]
-    settings["overrides"] = (*fixed, *settings["overrides"])
-    return settings
+    settings = {"dataset": preset.dataset, **preset.sweep}
+    if "space_file" in settings:
+        settings["space_file"] = str(presets_dir() / settings["space_file"])
+    return preset.family, settings, dict(preset.params)
 
 
 def print_where(outcome) -> None:
     from study.tracking import redact
 
-    spec = outcome["spec"]
+    spec = outcome.spec
     click.echo(f"results: {spec.path}")
     click.echo(
-        f"mlflow:  {redact(spec.tracking_uri)} (experiment {spec.experiment!r}, parent run {outcome['parent_run_id']})"
+        f"mlflow:  {redact(spec.tracking_uri)} (experiment {spec.experiment!r}, parent run {outcome.parent_run_id})"
     )
     click.echo(f"next:    study ui   |   study status {spec.name}   |   study export {spec.name}")
 
 
 @cli.command()
 @click.argument("name")
-@click.option("--storage", default="ray_results", show_default=True)
-@click.option(
-    "--address", default=None, help="Ray cluster to resume on (default: the study's own)."
-)
-@click.option("-v", "--verbose", is_flag=True)
+@spec_options("storage", "address")
+@VERBOSE
 def resume(name, storage, address, verbose):
-    """Continue the interrupted study NAME to its requested trial count."""
-    from study.sweep import resume_study
+    """Continue the interrupted study NAME to its requested trial count (on --address when
+    given, else on the study's own cluster)."""
+    from study.execute import resume as resume_study
+    from study.spec import DEFAULT_STORAGE
 
-    print_where(resume_study(name, storage, address, verbose))
+    print_where(resume_study(name, storage or DEFAULT_STORAGE, address, verbose))
 
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--storage", default="ray_results", show_default=True)
-@click.option("--tracking-uri", default=None)
-@click.option("--experiment", default="latent-studies", show_default=True)
+@spec_options("storage", "tracking_uri", "experiment")
 def status(name, storage, tracking_uri, experiment):
     """List studies, or show NAME's trials by status and its best results so far."""
-    from study.sweep import list_studies, read_spec
+    from study.spec import DEFAULT_EXPERIMENT, DEFAULT_STORAGE
+    from study.storage import list_studies, read_spec
 
+    storage, experiment = storage or DEFAULT_STORAGE, experiment or DEFAULT_EXPERIMENT
     if not name:
         studies = list_studies(storage)
         if not studies:
@@ -463,15 +380,15 @@ def status(name, storage, tracking_uri, experiment):
     "--top", type=int, default=1, show_default=True, help="Also export the K best trials."
 )
 @click.option("--out", default=None, help="Directory (default exports/<name>).")
-@click.option("--tracking-uri", default=None)
-@click.option("--experiment", default="latent-studies", show_default=True)
+@spec_options("tracking_uri", "experiment")
 def export(name, top, out, tracking_uri, experiment):
     """Write the best trials of study NAME as configs `study train --config` accepts."""
     from analysis.export import export_study
     from analysis.runs import load_study
-    from study.spec import check_study_name
+    from study.spec import DEFAULT_EXPERIMENT, check_study_name
 
     check_study_name(name)
+    experiment = experiment or DEFAULT_EXPERIMENT
     if top < 1:
         raise UserError(f"top: expected a whole number >= 1, got {top}")
     study = load_study(name, tracking_uri, experiment)
@@ -500,18 +417,18 @@ def export(name, top, out, tracking_uri, experiment):
     default=None,
     help="Name of the robustness study (default <name>-robust).",
 )
-@sweep_options
+@spec_options("storage", "tracking_uri", "address")
+@VERBOSE
 def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri, address, verbose):
     """Re-run the best configs of study NAME with new seeds (and neighbours)."""
     from study.robustness import run_robustness
-    from study.sweep import DEFAULT_STORAGE
 
     outcome = run_robustness(
         name,
         top,
         seeds,
         neighbours,
-        storage or DEFAULT_STORAGE,
+        storage,
         tracking_uri,
         address,
         robust_name,
@@ -524,20 +441,20 @@ def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri,
 @cli.command()
 @click.argument("name")
 @click.option("--out", default=None, help="Directory (default reports/<name>).")
-@click.option("--tracking-uri", default=None)
-@click.option("--experiment", default="latent-studies", show_default=True)
+@spec_options("tracking_uri", "experiment")
 def report(name, out, tracking_uri, experiment):
     """Write an HTML report (importance, slices with seed bands, Pareto front, degeneracy, images)."""
     from analysis.report import build_report
-    from study.spec import check_study_name
+    from study.spec import DEFAULT_EXPERIMENT, check_study_name
 
     check_study_name(name)
+    experiment = experiment or DEFAULT_EXPERIMENT
     path = build_report(name, tracking_uri, experiment, out or f"reports/{name}")
     click.echo(f"wrote {path}")
 
 
 @cli.command()
-@click.option("--tracking-uri", default=None)
+@spec_options("tracking_uri")
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -598,7 +515,9 @@ def demo(trials, epochs, verbose):
     """The main job on the embedded defaults: a short sweep of each family on digits."""
     import time
 
-    from study.sweep import StudySpec, run_study
+    from study.execute import execute
+    from study.plan import plan_search
+    from study.spec import StudySpec
     from trainables import all_families
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -608,11 +527,11 @@ def demo(trials, epochs, verbose):
         click.echo(
             f"\n== {family}: {trials} trials x {epochs} epochs on digits ({', '.join(spec.objectives)})"
         )
-        outcome = run_study(spec, verbose=verbose)
+        outcome = execute(plan_search(spec, verbose), verbose)
         names.append(spec.name)
     click.echo("\nDone. Results:")
-    click.echo(f"  ray results: {outcome['spec'].storage}/{{{','.join(names)}}}")
-    click.echo(f"  mlflow:      {outcome['spec'].tracking_uri}")
+    click.echo(f"  ray results: {outcome.spec.storage}/{{{','.join(names)}}}")
+    click.echo(f"  mlflow:      {outcome.spec.tracking_uri}")
     click.echo("  open the UI: .venv/bin/study ui   (then http://127.0.0.1:5000)")
     click.echo(
         f"  best config: .venv/bin/study export {names[0]}  &&  .venv/bin/study train --config exports/{names[0]}/best.yaml"
@@ -625,30 +544,14 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 
 def main() -> None:
+    from study.cluster import exit_after_ray
+
     try:
         cli(prog_name="study")
     except SystemExit as done:
-        _exit_after_ray(done.code)
+        exit_after_ray(done.code)
         raise
-    _exit_after_ray(0)
-
-
-def _exit_after_ray(code: int | str | None) -> None:
-    """After a command that started or joined Ray: stop Ray, flush, and end the process
-    without the interpreter's teardown (Ray's core worker, torch, hundreds of modules),
-    which took 2 s of every sweep's exit. By now every write is made: MLflow's calls are
-    synchronous, and Tuner.fit returns after saving and syncing its experiment state."""
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return
-    if isinstance(code, str):
-        print(code, file=sys.stderr)
-        code = 1
-    ray.shutdown()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code or 0)
+    exit_after_ray(0)
 
 
 if __name__ == "__main__":

@@ -14,27 +14,28 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from study.spec import TrainSpec, check_dataset, check_positive_int
+from study.spec import TrainSpec, check_dataset, check_positive_int, setting_type
 from trainables import get_family
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
 
 KINDS = ("reproduction", "sweep")
 FIGURE_KINDS = {"heatmap": ("x", "y", "metric"), "pareto": ("x", "y", "label")}
-# `study run` settings a sweep preset may hold, with their types.
-SWEEP_SETTINGS = {
-    "trials": int,
-    "epochs": int,
-    "concurrency": int,
-    "cpus_per_trial": float,
-    "gpus_per_trial": float,
-    "eval_every": int,
-    "grace_period": int,
-    "objectives": list,
-    "scheduler": str,
-    "precision": str,
-    "space_file": str,
-}
+# `study run` settings (StudySpec fields) a sweep preset may hold; where the study is
+# stored, recorded and run stays the user's choice.
+SWEEP_SETTINGS = (
+    "trials",
+    "epochs",
+    "concurrency",
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "eval_every",
+    "grace_period",
+    "objectives",
+    "scheduler",
+    "precision",
+    "space_file",
+)
 COMMON_KEYS = {"kind", "description", "family", "dataset", "params"}
 REPRODUCTION_KEYS = COMMON_KEYS | {
     "epochs",
@@ -171,10 +172,10 @@ def parse_preset(name: str, data: dict[str, Any], path: Path) -> Preset:
 
 def _sweep_fields(data: dict[str, Any], fail) -> dict[str, Any]:
     sweep = {}
-    for key, kind in SWEEP_SETTINGS.items():
+    for key in SWEEP_SETTINGS:
         if key not in data:
             continue
-        value = data[key]
+        kind, value = setting_type(key), data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):

@@ -14,19 +14,12 @@ from typing import Any
 import optuna.distributions as od
 
 from analysis.runs import load_study, params_of_row, ranked
+from search_spaces.loader import load_space
 from study.errors import UserError
-from study.spec import check_positive_int
-from study.sweep import (
-    DEFAULT_STORAGE,
-    RUN_KEY,
-    StudySpec,
-    _fit,
-    make_tuner,
-    preflight,
-    read_spec,
-    run_settings,
-    start_study,
-)
+from study.execute import StudyOutcome, execute
+from study.plan import plan_rerun
+from study.spec import StudySpec, check_positive_int
+from study.storage import read_spec
 
 FIRST_NEW_SEED = 1000  # far from the sweep's seeds, so "new seeds" are really new
 
@@ -68,26 +61,18 @@ def run_robustness(
     top: int = 3,
     seeds: int = 3,
     with_neighbours: bool = False,
-    storage: str = DEFAULT_STORAGE,
+    storage: str | None = None,
     tracking_uri: str | None = None,
     address: str | None = None,
     name: str | None = None,
     verbose: bool = False,
-) -> dict[str, Any]:
+) -> StudyOutcome:
     check_positive_int("top", top)
     check_positive_int("seeds", seeds)
-    source_spec = read_spec(source, storage)
-    study = load_study(source, tracking_uri or source_spec.tracking_uri, source_spec.experiment)
-    best_rows = ranked(study).head(top)
-    if best_rows.empty:
-        raise UserError(
-            f"name: study {source!r} has no finished trial with a finite objective to re-run"
-        )
-    variants = {
-        f"top{i}": params_of_row(row) for i, (_, row) in enumerate(best_rows.iterrows(), start=1)
-    }
-    space = source_spec.space()
+    source_spec = read_spec(source, storage) if storage else read_spec(source)
+    variants = best_configs(source_spec, top, tracking_uri)
     if with_neighbours:
+        space = load_space(source_spec.family, source_spec.space_file, source_spec.fixed)
         variants.update(neighbours(variants["top1"], space.distributions))
     spec = StudySpec(
         **{
@@ -99,29 +84,19 @@ def run_robustness(
             "tracking_uri": tracking_uri or source_spec.tracking_uri,
         }
     )
-    preflight(spec)
-    run = run_settings(spec)
-    points = [
-        {**params, RUN_KEY: {**run, "seed": FIRST_NEW_SEED + s, "variant": variant}}
-        for variant, params in variants.items()
-        for s in range(seeds)
-    ]
-    # Preset points may only set keys the param space has: give every key a placeholder.
-    keys = {k for p in points for k in p if k != RUN_KEY}
-    param_space = {**{k: points[0].get(k) for k in keys}, RUN_KEY: {**run, "variant": ""}}
-    queue, parent_id = start_study(
-        spec, {"latent_studies.source_study": source, "latent_studies.mode": "robustness"}, verbose
-    )
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+    tags = {"latent_studies.source_study": source, "latent_studies.mode": "robustness"}
+    new_seeds = [FIRST_NEW_SEED + s for s in range(seeds)]
+    return execute(plan_rerun(spec, variants, new_seeds, tags), verbose)
 
-    tuner = make_tuner(
-        spec,
-        space,
-        parent_id,
-        BasicVariantGenerator(points_to_evaluate=points),
-        None,
-        len(points),
-        verbose,
-        param_space=param_space,
-    )
-    return _fit(tuner, spec, space, queue, parent_id)
+
+def best_configs(source: StudySpec, top: int, tracking_uri: str | None) -> dict[str, dict]:
+    """The `top` best finished trials' parameters, as variants "top1", "top2", ..."""
+    study = load_study(source.name, tracking_uri or source.tracking_uri, source.experiment)
+    best_rows = ranked(study).head(top)
+    if best_rows.empty:
+        raise UserError(
+            f"name: study {source.name!r} has no finished trial with a finite objective to re-run"
+        )
+    return {
+        f"top{i}": params_of_row(row) for i, (_, row) in enumerate(best_rows.iterrows(), start=1)
+    }

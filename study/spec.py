@@ -1,18 +1,25 @@
 """Validated specifications: what the CLI and YAML files say, checked once, flowing one way
-into the code. A bad value fails here with one line naming the field and the fix."""
+into the code. A bad value fails here with one line naming the field and the fix.
+
+`StudySpec` is a sweep's whole definition. Its fields carry their command-line help, so the
+`study run` options are generated from it (cli.py) and each default is written once, here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import re
+import time
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from trainables import DATASETS, get_family
 from trainables.errors import ConfigError
-from trainables.experiment import check_precision
+from trainables.experiment import PRECISIONS, check_precision
 from trainables.io import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -117,3 +124,149 @@ class TrainSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def parse_objective(text: str, family: str) -> tuple[str, str]:
+    """ "METRIC:max|min", checked against the metrics `family` declares."""
+    metric, _, mode = text.partition(":")
+    names = get_family(family).metric_names
+    if metric not in names:
+        raise ConfigError(
+            f"objective: {family} has no metric {metric!r}; choose from {', '.join(names)}"
+        )
+    if mode not in ("max", "min"):
+        raise ConfigError(f"objective: write METRIC:max or METRIC:min, got {text!r}")
+    return metric, mode
+
+
+def setting(default: Any, help: str, **cli: Any) -> Any:
+    """A StudySpec field with its command-line help. `cli` may hold `flag` (when not
+    --field-name), `choices`, `metavar`, `envvar`; `flag=None` keeps it off the CLI."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(), metadata={"help": help, **cli})
+    return field(default=default, metadata={"help": help, **cli})
+
+
+def setting_type(name: str) -> type:
+    """The type a StudySpec setting takes: int, float, str, or list (`objectives`) and
+    dict (`fixed`); `int | None` is int."""
+    annotation = typing.get_type_hints(StudySpec)[name]
+    for kind in (int, float, list, dict):
+        if annotation is kind or typing.get_origin(annotation) is kind:
+            return kind
+        if kind in typing.get_args(annotation):
+            return kind
+    return str
+
+
+SCHEDULERS = ("asha", "none")
+DEFAULT_STORAGE = "ray_results"
+DEFAULT_EXPERIMENT = "latent-studies"
+
+
+@dataclass
+class StudySpec:
+    """Everything a sweep needs; saved beside Ray's results so `resume` can rebuild it."""
+
+    family: str = field(metadata={"help": "Model family to sweep.", "flag": None})
+    name: str = setting("", "Study name (default <family>-<dataset>-<time>).")
+    dataset: str = setting("digits", "Dataset.", choices=DATASETS)
+    trials: int = setting(8, "Number of trials Optuna proposes.")
+    epochs: int = setting(10, "Epochs per trial (ASHA may stop a trial sooner).")
+    objectives: list[str] = setting(
+        [], "Repeatable; default: the family's.", flag="--objective", metavar="METRIC:max|min"
+    )
+    scheduler: str = setting("asha", "Early stopping of poor trials.", choices=SCHEDULERS)
+    grace_period: int = setting(2, "ASHA: epochs before a trial may be stopped.")
+    concurrency: int | None = setting(None, "Trials running at once (default: as resources allow).")
+    cpus_per_trial: float = setting(1.0, "CPUs each trial needs on one node.")
+    gpus_per_trial: float = setting(0.0, "GPUs each trial needs; fractions share a GPU (0.25).")
+    address: str | None = setting(
+        None, "Ray cluster: 'auto', host:port or ray://host:port (default: start Ray locally)."
+    )
+    storage: str = setting(DEFAULT_STORAGE, "Ray results: a path or URI such as s3://bucket/dir.")
+    tracking_uri: str = setting(
+        "", "MLflow store (default sqlite:///mlflow.db or $MLFLOW_TRACKING_URI)."
+    )
+    experiment: str = setting(DEFAULT_EXPERIMENT, "MLflow experiment.")
+    space_file: str | None = setting(
+        None, "Search-space YAML (default search_spaces/<family>.yaml).", flag="--space"
+    )
+    fixed: dict[str, Any] = setting(
+        {}, "Hold a parameter fixed; repeatable.", flag="--set", metavar="KEY=VALUE"
+    )
+    seed: int = setting(0, "Seed of the sampler and of every trial.")
+    data_dir: str | None = setting(
+        None,
+        "Directory holding the idx .gz files (or $LATENT_STUDIES_DATA_DIR).",
+        envvar="LATENT_STUDIES_DATA_DIR",
+    )
+    eval_every: int = setting(1, "Epochs between full evaluations.")
+    max_failures: int = setting(2, "Retries of a crashed trial from its checkpoint.")
+    precision: str = setting(
+        "fp32", "Training arithmetic; bf16 = bfloat16 autocast, for GPU trials.", choices=PRECISIONS
+    )
+
+    def __post_init__(self) -> None:
+        family = get_family(self.family)
+        check_dataset(self.dataset)
+        self.name = check_study_name(
+            self.name or f"{self.family}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+        self._check_counts()
+        check_precision(self.precision)
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(
+                f"scheduler: {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}"
+            )
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"cpus-per-trial: must be > 0, got {self.cpus_per_trial}")
+        if not self.gpus_per_trial >= 0:
+            raise ConfigError(f"gpus-per-trial: must be >= 0, got {self.gpus_per_trial}")
+        self.objectives = list(self.objectives or family.default_objectives)
+        for text in self.objectives:
+            parse_objective(text, self.family)
+        if "://" not in self.storage:
+            self.storage = str(Path(self.storage).expanduser().resolve())
+        from study import tracking  # TODO records
+
+        self.tracking_uri = tracking.resolve_tracking_uri(self.tracking_uri or None)
+
+    def _check_counts(self) -> None:
+        for name, minimum in (
+            ("trials", 1),
+            ("epochs", 1),
+            ("eval_every", 1),
+            ("grace_period", 1),
+            ("seed", 0),
+            ("max_failures", 0),
+        ):
+            check_positive_int(name.replace("_", "-"), getattr(self, name), minimum)
+        if self.concurrency is not None:
+            check_positive_int("concurrency", self.concurrency)
+
+    @property
+    def parsed_objectives(self) -> list[tuple[str, str]]:
+        return [parse_objective(text, self.family) for text in self.objectives]
+
+    @property
+    def path(self) -> str:
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec for logs and MLflow params, with credentials removed."""
+        from study import tracking  # TODO records
+
+        values = self.to_dict()
+        for key in ("address", "storage", "tracking_uri"):
+            if values[key]:
+                values[key] = tracking.redact(values[key])
+        return values
+
+    @classmethod
+    def settings(cls) -> dict[str, dataclasses.Field]:
+        """The fields a user sets, by name (what the CLI and sweep presets may give)."""
+        return {f.name: f for f in dataclasses.fields(cls)}

@@ -168,7 +168,14 @@ class Processes:
 
 # --- the CLI forked from a preloaded process ---------------------------------------------
 _FORKSERVER = None
-PRELOAD = ["study.cli", "study.sweep", "study.train", "analysis.export", "analysis.report"]
+PRELOAD = [
+    "study.cli",
+    "study.execute",
+    "study.plan",
+    "study.train",
+    "analysis.export",
+    "analysis.report",
+]
 
 
 def _cli_child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str]) -> None:

@@ -89,6 +89,16 @@ CASES = [
         script=True,
     ),
     case("run-malformed-ray-address", "run mlvae --address nowhere", "address:", "host:port"),
+    # --- study run: per-trial resources no node has (Ray would wait for them forever) ---
+    case("run-gpus-no-node-has", "run mlvae --gpus-per-trial 2", "gpus-per-trial:", "GPUs"),
+    case("run-cpus-no-node-has", "run mlvae --cpus-per-trial 4096", "cpus-per-trial:", "or less"),
+    case(
+        "run-gpus-script",
+        "run mlvae --dataset digits --trials 2 --gpus-per-trial 2",
+        "gpus-per-trial:",
+        "--gpus-per-trial",
+        script=True,
+    ),
     case(
         "run-unreachable-tracking",
         "run mlvae --tracking-uri http://127.0.0.1:{closed}",
@@ -243,7 +253,8 @@ def _prepare(row: Case, cwd: Path, template: Path) -> None:
     if row.setup in ("store", "study"):
         shutil.copy(template, cwd / "mlflow.db")
     if row.setup in ("spec", "study"):
-        from study.sweep import SPEC_FILE, StudySpec
+        from study.spec import StudySpec
+        from study.storage import SPEC_FILE
 
         spec = StudySpec(
             family="mlvae",

@@ -1,0 +1,264 @@
+"""The execute step of a study: claim its name, record it in MLflow, run the plan's trials
+on Ray Tune, and return what happened. `resume` continues an interrupted one.
+
+Everything that can be checked without a write was checked by the plan (plan.py); this
+step is where the study's directory and MLflow runs come into being.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from analysis.stats import finite_or_none
+from study import cluster, tracking
+from study.errors import UserError
+from study.plan import StudyPlan, check_cluster, check_inputs
+from study.spec import StudySpec
+from study.storage import read_spec, study_exists, write_spec
+from study.trainable import RUN_KEY
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    spec: StudySpec
+    rows: list[dict[str, Any]]  # one per trial: its last result, params and status
+    summary: dict[str, float]  # what the parent run records: trial counts, best objectives
+    parent_run_id: str
+    lost_writes: int  # MLflow writes that could not be made (the server stayed away)
+
+
+def execute(plan: StudyPlan, verbose: bool = False) -> StudyOutcome:
+    """Claim the study's name, create its MLflow parent run and run the plan's trials."""
+    spec = plan.spec
+    # Announced only once the plan holds: a bad input prints just its error.
+    print(
+        f"study {spec.name}: {plan.num_samples} trials of {spec.family} on {spec.dataset}, "
+        f"objectives {', '.join(spec.objectives)}",
+        flush=True,
+    )
+    queue, parent_id = _start(spec, plan.tags, verbose)
+    return _fit(_tuner(plan, parent_id, verbose), plan, queue, parent_id)
+
+
+def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
+    """Claim the study name, join Ray, create the MLflow parent run and save the spec.
+    Returns the tracking queue and the parent run id."""
+    if study_exists(spec):
+        raise UserError(
+            f"name: study {spec.name!r} already exists in {tracking.redact(spec.storage)}; "
+            f"choose another --name or continue it with `study resume {spec.name}`"
+        )
+    cluster.quiet_logs(verbose)
+    queue = tracking.TrackingQueue(spec.tracking_uri)
+    # Ray's start (4-5 s, mostly waiting on its processes) overlaps opening the store (a
+    # new SQLite store runs MLflow's migrations: 2-3 s of Python). If Ray then fails, the
+    # store is complete (the pool waits for it), if empty.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        opened = pool.submit(lambda: queue.client)
+        cluster.connect(spec.address, verbose)
+        opened.result()
+    experiment = tracking.experiment_id(queue.client, spec.experiment)
+    parent = queue.client.create_run(experiment, run_name=spec.name, tags=_parent_tags(spec, tags))
+    parent_id = parent.info.run_id
+    try:
+        queue.client.log_batch(parent_id, params=tracking.params_of(spec.public_dict()))
+        write_spec(spec)
+    except BaseException:
+        # Nothing half-made: no orphan parent run when the study cannot even start.
+        queue.client.delete_run(parent_id)
+        raise
+    return queue, parent_id
+
+
+def _parent_tags(spec: StudySpec, tags: dict[str, str]) -> dict[str, str]:
+    return {
+        tracking.TAG_STUDY: spec.name,
+        tracking.TAG_KIND: "study",
+        "latent_studies.family": spec.family,
+        "latent_studies.dataset": spec.dataset,
+        "latent_studies.code_version": tracking.code_version(),
+        "latent_studies.objectives": ",".join(spec.objectives),
+        **tags,
+    }
+
+
+def _trainable(spec: StudySpec):
+    from ray import tune
+
+    from study.trainable import train_trial
+
+    return tune.with_resources(
+        train_trial, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    )
+
+
+def _tuner(plan: StudyPlan, parent_id: str, verbose: bool):
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
+
+    spec = plan.spec
+    return tune.Tuner(
+        _trainable(spec),
+        param_space=plan.param_space,
+        tune_config=TuneConfig(
+            search_alg=plan.search_alg,
+            scheduler=plan.scheduler,
+            num_samples=plan.num_samples,
+            reuse_actors=True,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=RunConfig(
+            name=spec.name,
+            storage_path=spec.storage,
+            callbacks=_callbacks(plan, parent_id),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            verbose=2 if verbose else 0,
+        ),
+    )
+
+
+# Module-level, not lambdas: Tune pickles them with the experiment state `resume` restores.
+def trial_name(trial) -> str:
+    return trial.trial_id
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def _callbacks(plan: StudyPlan, parent_id: str):
+    from study.progress import TrialPrinter
+    from trainables import get_family
+
+    spec = plan.spec
+    queue = tracking.TrackingQueue(spec.tracking_uri)
+    logger = tracking.MlflowTrialLogger(
+        queue,
+        tracking.experiment_id(queue.client, spec.experiment),
+        parent_id,
+        spec.name,
+        {*get_family(spec.family).metric_names, "diverged", "train_seconds"},
+    )
+    searched = list(plan.space.distributions)
+    return [logger, TrialPrinter(plan.num_samples, spec.parsed_objectives, searched)]
+
+
+def resume(
+    name: str, storage: str, address: str | None = None, verbose: bool = False
+) -> StudyOutcome:
+    """Continue an interrupted study to its requested trial count (Tuner.restore keeps the
+    searcher's state, so Optuna picks up where it stopped)."""
+    from ray import tune
+
+    spec = read_spec(name, storage)
+    if address is not None:
+        spec.address = address
+    space = check_inputs(spec)
+    parent_id = _existing_parent(spec)
+    check_cluster(spec, verbose)
+    print(f"resuming study {spec.name}: {spec.trials} trials of {spec.family}", flush=True)
+    cluster.quiet_logs(verbose)
+    cluster.connect(spec.address, verbose)
+    queue = tracking.TrackingQueue(spec.tracking_uri)
+    queue.client.update_run(parent_id, status="RUNNING")
+    tuner = tune.Tuner.restore(
+        spec.path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True
+    )
+    plan = StudyPlan(spec, space, None, None, spec.trials, {})
+    return _fit(tuner, plan, queue, parent_id)
+
+
+def _existing_parent(spec: StudySpec) -> str:
+    """The parent run of a study to resume, looked up without creating anything (no store
+    file, no experiment): a study whose run is missing fails before any write."""
+    queue = tracking.TrackingQueue(spec.tracking_uri)
+    found = (
+        queue.client.get_experiment_by_name(spec.experiment)
+        if tracking.store_exists(spec.tracking_uri)
+        else None
+    )
+    parent = (
+        tracking.find_study_run(queue.client, found.experiment_id, spec.name) if found else None
+    )
+    if parent is None:
+        raise UserError(
+            f"name: study {spec.name!r} has no MLflow run in {tracking.redact(spec.tracking_uri)} "
+            f"(experiment {spec.experiment!r}); restore that store or start a new study"
+        )
+    return parent.info.run_id
+
+
+def _fit(tuner, plan: StudyPlan, queue: tracking.TrackingQueue, parent_id: str) -> StudyOutcome:
+    """Run the trials; record the study's summary and end its parent run either way."""
+    from study.progress import summary_table
+
+    spec = plan.spec
+    started = time.time()
+    status = "FAILED"
+    try:
+        results = tuner.fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        if status != "FINISHED":
+            queue.submit("end study run", lambda: queue.client.set_terminated(parent_id, status))
+            queue.drain(timeout=10)
+    rows = [_row(result, spec) for result in results]
+    summary = study_summary(rows, spec.parsed_objectives)
+    summary["wall_seconds"] = time.time() - started
+    queue.submit("log study summary", lambda: _log_summary(queue, parent_id, summary))
+    queue.submit("end study run", lambda: queue.client.set_terminated(parent_id, "FINISHED"))
+    complete = queue.drain(timeout=60)
+    print(summary_table(rows, spec.parsed_objectives, list(plan.space.distributions)))
+    if not complete:
+        print(
+            f"warning: {len(queue.pending)} MLflow writes could not be made to "
+            f"{tracking.redact(spec.tracking_uri)}; the trials' results are intact in "
+            f"{spec.path} (Ray's result files)"
+        )
+    return StudyOutcome(spec, rows, summary, parent_id, len(queue.pending))
+
+
+def _row(result, spec: StudySpec) -> dict[str, Any]:
+    from study.progress import trial_status
+
+    metrics = dict(result.metrics or {})
+    config = metrics.get("config", {})
+    return {
+        **{k: v for k, v in metrics.items() if k != "config"},
+        **{k: v for k, v in config.items() if k != RUN_KEY},
+        "trial_id": metrics.get("trial_id", "?"),
+        "status": trial_status(result.error, metrics, spec.epochs),
+    }
+
+
+def _log_summary(queue: tracking.TrackingQueue, parent_id: str, summary: dict[str, float]):
+    stamp = int(time.time() * 1000)
+    metrics = [
+        tracking.Metric(key, value, stamp, 0)
+        for key, value in ((k, finite_or_none(v)) for k, v in summary.items())
+        if value is not None
+    ]
+    queue.client.log_batch(parent_id, metrics=metrics)
+
+
+def study_summary(
+    rows: list[dict[str, Any]], objectives: list[tuple[str, str]]
+) -> dict[str, float]:
+    summary: dict[str, float] = {
+        "trials_total": len(rows),
+        "trials_error": sum(r["status"] == "error" for r in rows),
+        "trials_diverged": sum(r["status"] == "diverged" for r in rows),
+    }
+    for metric, mode in objectives:
+        values = [v for v in (finite_or_none(r.get(metric)) for r in rows) if v is not None]
+        if values:
+            summary[f"best_{metric}"] = max(values) if mode == "max" else min(values)
+    return summary

@@ -1,0 +1,170 @@
+"""The plan step of a study: from a validated spec to the Tune pieces that run it, checked
+against the data, the tracking store and the cluster before anything is written.
+
+`plan_search` is a sweep (Optuna proposes the trials); `plan_rerun` is a fixed list of
+configs (the robustness re-runs). Either way, a plan that cannot run on the cluster (a
+trial needs more CPUs or GPUs than any node has, where Ray would wait forever) fails here,
+in seconds, with no store, results directory or MLflow run created.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+from analysis.stats import finite_or_none
+from search_spaces.loader import SearchSpace, load_space
+from study import cluster
+from study.spec import StudySpec
+from study.trainable import RUN_KEY
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    """What `execute` runs: the spec, its space, and the Tune pieces built from them."""
+
+    spec: StudySpec
+    space: SearchSpace
+    search_alg: Any
+    scheduler: Any
+    num_samples: int
+    param_space: dict[str, Any]
+    # Extra tags of the study's MLflow parent run (the sampler, the source of a re-run).
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def plan_search(spec: StudySpec, verbose: bool = False) -> StudyPlan:
+    """A sweep of `spec`'s search space: TPE (NSGA-II for several objectives) and ASHA."""
+    space = check_inputs(spec)
+    check_cluster(spec, verbose)
+    return StudyPlan(
+        spec,
+        space,
+        _searcher(spec, space),
+        _scheduler(spec),
+        spec.trials,
+        param_space(spec),
+        {"latent_studies.space": space.to_json(), "latent_studies.sampler": sampler_name(spec)},
+    )
+
+
+def plan_rerun(
+    spec: StudySpec, configs: dict[str, dict[str, Any]], seeds: list[int], tags: dict[str, str]
+) -> StudyPlan:
+    """Each config (by variant name) once per seed, no search and no early stopping. Each
+    trial carries `variant` in its run settings, so analysis can group its seeds."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    space = check_inputs(spec)
+    check_cluster(spec, verbose=False)
+    run = run_settings(spec)
+    points = [
+        {**params, RUN_KEY: {**run, "seed": seed, "variant": variant}}
+        for variant, params in configs.items()
+        for seed in seeds
+    ]
+    # Tune's preset points may only set keys the param space has: give every key a placeholder.
+    keys = {k for point in points for k in point if k != RUN_KEY}
+    placeholders = {**{k: points[0].get(k) for k in keys}, RUN_KEY: {**run, "variant": ""}}
+    searcher = BasicVariantGenerator(points_to_evaluate=points)
+    return StudyPlan(spec, space, searcher, None, len(points), placeholders, tags)
+
+
+def check_inputs(spec: StudySpec, check_data: bool = True) -> SearchSpace:
+    """Every check of the inputs that needs no write: space, tracking store, data."""
+    from study import tracking  # TODO records
+
+    space = load_space(spec.family, spec.space_file, spec.fixed)
+    tracking.check_tracking_uri(spec.tracking_uri)
+    if check_data:
+        from trainables import load_dataset
+
+        load_dataset(spec.dataset, spec.data_dir)
+    return space
+
+
+def check_cluster(spec: StudySpec, verbose: bool) -> None:
+    """Refuse a trial no node can hold. A local run is checked against this machine
+    without starting Ray; `--address` joins the cluster (which writes nothing) to ask."""
+    if spec.address:
+        cluster.quiet_logs(verbose)
+        cluster.connect(spec.address, verbose)
+        nodes, where = cluster.cluster_nodes(), f"the cluster at {spec.address}"
+    else:
+        nodes, where = cluster.local_nodes(), "this machine"
+    cluster.check_trial_fits(spec.cpus_per_trial, spec.gpus_per_trial, nodes, where)
+
+
+def run_settings(spec: StudySpec) -> dict[str, Any]:
+    """What a trial needs besides the family parameters (config[RUN_KEY])."""
+    return {
+        "family": spec.family,
+        "dataset": spec.dataset,
+        "epochs": spec.epochs,
+        "seed": spec.seed,
+        "data_dir": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
+        "eval_every": spec.eval_every,
+        "precision": spec.precision,
+        "study": spec.name,
+    }
+
+
+def param_space(spec: StudySpec) -> dict[str, Any]:
+    return {RUN_KEY: run_settings(spec), **spec.fixed}
+
+
+def sampler_name(spec: StudySpec) -> str:
+    """TPE for one objective; NSGA-II when there are several."""
+    return "TPESampler" if len(spec.objectives) == 1 else "NSGAIISampler"
+
+
+class FiniteOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna a trial whose objective is not finite (a diverged
+    one) as PRUNED.
+
+    Ray tells it as COMPLETE with NaN, which Optuna refuses; Ray only logs that, and the
+    Optuna trial stays RUNNING for good, so the sampler never learns the region is bad.
+    TPE counts PRUNED trials, ranked below every completed one.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if result and any(finite_or_none(result.get(m)) is None for m in metrics):
+            result = None  # no value: Ray tells PRUNED (FAIL when the trial errored)
+        super().on_trial_complete(trial_id, result, error)
+
+
+def _searcher(spec: StudySpec, space: SearchSpace):
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+
+    objectives = spec.parsed_objectives
+    sampler = getattr(optuna.samplers, sampler_name(spec))(seed=spec.seed)
+    if len(objectives) == 1:
+        metric, mode = objectives[0]
+    else:
+        metric, mode = [m for m, _ in objectives], [d for _, d in objectives]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = FiniteOptunaSearch(space.search_space(), metric=metric, mode=mode, sampler=sampler)
+    if spec.concurrency:
+        return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
+    return searcher
+
+
+def _scheduler(spec: StudySpec):
+    if spec.scheduler == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    metric, mode = spec.parsed_objectives[0]
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=metric,
+        mode=mode,
+        max_t=spec.epochs,
+        grace_period=min(spec.grace_period, spec.epochs),
+        reduction_factor=3,
+    )
