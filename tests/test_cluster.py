@@ -70,3 +70,23 @@ def test_trials_run_on_both_nodes(cluster, tmp_path):
     # One CPU per node and one per trial: the two trials ran at once, one on each node.
     nodes = {c.data.tags[tracking.TAG_NODE] for c in children}
     assert nodes == cluster.node_ids()
+
+
+def test_a_trial_no_node_can_hold_is_refused_in_seconds(cluster, tmp_path):
+    """Each node has one CPU: two CPUs per trial would leave Ray waiting forever. The plan
+    must refuse it after joining, naming the flag and what the nodes have, and write
+    nothing (no store, results directory or run)."""
+    done = run_study(
+        ["run", "mlvae", "--trials", "2", "--cpus-per-trial", "2", "--address", cluster.address],
+        cwd=tmp_path,
+        env=cluster.env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.describe()
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: cpus-per-trial: "), done.describe()
+    assert "2 nodes, the largest with 1 CPU and 0 GPUs" in error[0], done.describe()
+    assert "--cpus-per-trial 1 or less" in error[0], done.describe()
+    assert list(tmp_path.iterdir()) == [], "a refused study wrote files"
+    assert done.seconds < 30, done.describe()
