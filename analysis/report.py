@@ -7,8 +7,7 @@ from __future__ import annotations
 import contextlib
 import html
 import json
-import shutil
-import tempfile
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,13 @@ import optuna
 import optuna.distributions as od
 import pandas as pd
 
+from analysis import records
+from analysis.records import param_column, param_name, run_column
 from analysis.robustness import robust_summary
-from analysis.runs import PARAM_PREFIX, StudyRuns, finite, load_study, ranked
-from analysis.stats import pareto_mask
-from study.errors import UserError
+from analysis.runs import StudyRuns, has_value, load_study, ranked
+from analysis.stats import finite_or_none, pareto_mask
+from trainables.errors import UserError
+from trainables.io import atomic_directory
 
 GROUPED_NOTE = (
     "content_acc_grouped accumulates class evidence over test groups whose members share a "
@@ -38,7 +40,7 @@ def _plt():
 
 
 def distributions_of(study: StudyRuns) -> dict[str, od.BaseDistribution]:
-    text = study.parent.data.tags.get("latent_studies.space")
+    text = study.parent.space
     if not text:
         return {}
     try:
@@ -58,11 +60,11 @@ def optuna_study(study: StudyRuns, distributions) -> optuna.Study | None:
     ostudy = optuna.create_study(directions=directions)
     for _, row in done.iterrows():
         values = [row.get(metric) for metric, _ in objectives]
-        if not all(finite(v) for v in values):
+        if any(finite_or_none(v) is None for v in values):
             continue
         params = {}
         for name, dist in distributions.items():
-            value = row.get(PARAM_PREFIX + name)
+            value = row.get(param_column(name))
             if value is not None and dist._contains(dist.to_internal_repr(value)):
                 params[name] = value
         if len(params) != len(distributions):
@@ -97,7 +99,7 @@ def slice_plot(
     from matplotlib.ticker import NullFormatter
 
     params = [
-        p for p in study.searched_params() if p.removeprefix(PARAM_PREFIX) in distributions
+        p for p in study.searched_params() if param_name(p) in distributions
     ] or study.searched_params()
     objectives = study.objectives
     done = ranked(study)
@@ -112,7 +114,7 @@ def slice_plot(
     for r, (metric, mode) in enumerate(objectives):
         for c, column in enumerate(params):
             ax = axes[r][c]
-            name = column.removeprefix(PARAM_PREFIX)
+            name = param_name(column)
             x = done[column]
             numeric = pd.api.types.is_numeric_dtype(x)
             xs = x if numeric else x.astype(str)
@@ -121,7 +123,7 @@ def slice_plot(
                 # Seed bands: mean +- std of each re-run config, at its parameter value.
                 for _, variant in robust_summary(robust_runs, metric, mode).iterrows():
                     runs = robust_runs.trials[
-                        robust_runs.trials["study.variant"] == variant["variant"]
+                        robust_runs.trials[run_column("variant")] == variant["variant"]
                     ]
                     value = runs.iloc[0][column]
                     ax.errorbar(
@@ -159,17 +161,13 @@ def degeneracy_table(study: StudyRuns, importance: pd.DataFrame) -> pd.DataFrame
         order = importance.iloc[:, 0].sort_values(ascending=False).index
         numeric = sorted(
             numeric,
-            key=lambda c: (
-                list(order).index(c.removeprefix(PARAM_PREFIX))
-                if c.removeprefix(PARAM_PREFIX) in order
-                else 99
-            ),
+            key=lambda c: list(order).index(param_name(c)) if param_name(c) in order else 99,
         )
     a, b = numeric[:2]
     frame = pd.DataFrame(
         {
-            a.removeprefix(PARAM_PREFIX): pd.qcut(done[a].astype(float), 3, duplicates="drop"),
-            b.removeprefix(PARAM_PREFIX): pd.qcut(done[b].astype(float), 3, duplicates="drop"),
+            param_name(a): pd.qcut(done[a].astype(float), 3, duplicates="drop"),
+            param_name(b): pd.qcut(done[b].astype(float), 3, duplicates="drop"),
             "degenerate": done["degenerate"].astype(float),
         }
     )
@@ -188,7 +186,7 @@ def pareto_plot(study: StudyRuns, path: Path) -> Path | None:
         return None
     done = ranked(study)
     (m1, d1), (m2, d2) = objectives
-    done = done[done[m2].map(finite)]
+    done = done[has_value(done[m2])]
     if done.empty:
         return None
     plt = _plt()
@@ -231,78 +229,86 @@ def build_report(name: str, tracking_uri: str | None, experiment: str, out_dir: 
         robust_runs = load_study(f"{name}-robust", tracking_uri, experiment)
     except UserError:
         robust_runs = None
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_directory(out_dir) as staging:
         _write_report(study, robust_runs, staging)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out_dir / "index.html"
+    return Path(out_dir) / "index.html"
 
 
 def _write_report(study: StudyRuns, robust_runs: StudyRuns | None, out: Path) -> None:
-    import os
-
-    from mlflow import MlflowClient
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-    objectives = study.objectives
-    metric, mode = objectives[0]
+    metric, mode = study.objectives[0]
     distributions = distributions_of(study)
-    importance = importances(optuna_study(study, distributions), objectives)
+    importance = importances(optuna_study(study, distributions), study.objectives)
     robust = robust_summary(robust_runs, metric, mode) if robust_runs is not None else None
-    sections: list[str] = []
+    sections = [
+        *_overview(study),
+        _best_trials(study),
+        *_robustness(robust_runs, robust, metric, mode),
+        *_figures(study, distributions, importance, robust_runs, out),
+        *_best_images(study, out),
+    ]
+    (out / "index.html").write_text(_page(study, sections))
 
+
+def _overview(study: StudyRuns) -> list[str]:
     trials = study.trials
-    done = ranked(study)
     counts = trials["status"].value_counts().to_dict()
     diverged = int(trials.get("diverged", pd.Series(dtype=float)).fillna(0).sum())
     degenerate = trials.get("degenerate", pd.Series(dtype=float))
-    sections.append(
+    sections = [
         f"<p>{len(trials)} trials ({', '.join(f'{k.lower()} {v}' for k, v in counts.items())}); "
         f"diverged {diverged}; degenerate {int(degenerate.fillna(0).sum())}. "
-        f"Objectives: {', '.join(f'{m} ({d})' for m, d in objectives)}.</p>"
-    )
+        f"Objectives: {', '.join(f'{m} ({d})' for m, d in study.objectives)}.</p>"
+    ]
     if "content_acc_grouped" in trials:
         sections.append(f"<p class=note>{html.escape(GROUPED_NOTE)}</p>")
+    return sections
 
+
+def _best_trials(study: StudyRuns) -> str:
+    done = ranked(study)
     columns = [
         "trial_id",
-        *[m for m, _ in objectives],
+        *[m for m, _ in study.objectives],
         *[c for c in ("degenerate", "diverged", "epoch") if c in done],
         *study.searched_params(),
     ]
-    sections.append(
-        "<h2>Best trials</h2>"
-        + _table(
-            done[columns]
-            .head(10)
-            .rename(columns=lambda c: c.removeprefix(PARAM_PREFIX))
-            .set_index("trial_id")
-        )
+    table = (
+        done[columns].head(10).rename(columns=lambda c: param_name(c) or c).set_index("trial_id")
     )
+    return "<h2>Best trials</h2>" + _table(table)
 
-    if robust is not None:
+
+def _robustness(
+    robust_runs: StudyRuns | None, robust: pd.DataFrame | None, metric: str, mode: str
+) -> list[str]:
+    if robust_runs is None or robust is None:
+        return []
+    sections = [
+        f"<h2>Seed robustness ({html.escape(robust_runs.name)})</h2><p>Each config re-run with new seeds; "
+        f"robust score = mean {'−' if mode == 'max' else '+'} std of {metric}; 95% t-interval.</p>"
+        + _table(robust.drop(columns=["example_run"]))
+    ]
+    if not robust.empty:
+        best = robust.iloc[0]
         sections.append(
-            f"<h2>Seed robustness ({html.escape(robust_runs.name)})</h2><p>Each config re-run with new seeds; "
-            f"robust score = mean {'−' if mode == 'max' else '+'} std of {metric}; 95% t-interval.</p>"
-            + _table(robust.drop(columns=["example_run"]))
+            f"<p><b>robust-best:</b> {html.escape(str(best['variant']))} (score {best['robust_score']:.4f})</p>"
         )
-        if not robust.empty:
-            sections.append(
-                f"<p><b>robust-best:</b> {html.escape(str(robust.iloc[0]['variant']))} (score {robust.iloc[0]['robust_score']:.4f})</p>"
-            )
+    return sections
 
-    sections.append(
+
+def _figures(
+    study: StudyRuns,
+    distributions: dict[str, od.BaseDistribution],
+    importance: pd.DataFrame,
+    robust_runs: StudyRuns | None,
+    out: Path,
+) -> list[str]:
+    """Importance, slices, the Pareto front and degeneracy; a figure the data cannot fill
+    is left out."""
+    sections = [
         "<h2>Hyperparameter importance</h2><p>Optuna's fANOVA evaluator on the finished trials.</p>"
         + _table(importance)
-    )
+    ]
     if slice_plot(study, distributions, robust_runs, out / "slices.png"):
         sections.append(
             "<h2>Slices</h2><p>Objective against each searched parameter (blue: trials; red: mean ± std over seeds of re-run configs).</p><img src='slices.png'>"
@@ -315,29 +321,38 @@ def _write_report(study: StudyRuns, robust_runs: StudyRuns | None, out: Path) ->
             "<h2>Degeneracy rate by region</h2><p>Share of trials flagged degenerate, by quantile bins of the two most important parameters.</p>"
             + _table(degeneracy, "{:.2f}")
         )
+    return sections
 
-    if not done.empty:
-        best = done.iloc[0]
-        client = MlflowClient(study.tracking_uri)
-        images = out / "images"
-        images.mkdir()
-        # A report without pictures is still a report.
-        with contextlib.suppress(Exception):
-            client.download_artifacts(best["run_id"], "images", str(out))
-        pictures = sorted(p.name for p in images.glob("*.png"))
-        if pictures:
-            tags = "".join(
-                f"<figure><img src='images/{p}'><figcaption>{p[:-4]}</figcaption></figure>"
-                for p in pictures
-            )
-            sections.append(
-                f"<h2>Best trial {html.escape(str(best['trial_id']))}</h2><div class=row>{tags}</div>"
-            )
 
-    page = f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(study.name)} – Latent Studies report</title>
+def _best_images(study: StudyRuns, out: Path) -> list[str]:
+    """The best trial's image grids, downloaded from its run's artifacts."""
+    done = ranked(study)
+    if done.empty:
+        return []
+    best = done.iloc[0]
+    images = out / "images"
+    images.mkdir()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    client = records.open_client(study.tracking_uri)
+    # A report without pictures is still a report.
+    with contextlib.suppress(Exception):
+        client.download_artifacts(best["run_id"], "images", str(out))
+    pictures = sorted(p.name for p in images.glob("*.png"))
+    if not pictures:
+        return []
+    figures = "".join(
+        f"<figure><img src='images/{p}'><figcaption>{p[:-4]}</figcaption></figure>"
+        for p in pictures
+    )
+    return [
+        f"<h2>Best trial {html.escape(str(best['trial_id']))}</h2><div class=row>{figures}</div>"
+    ]
+
+
+def _page(study: StudyRuns, sections: list[str]) -> str:
+    return f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(study.name)} – Latent Studies report</title>
 <style>body{{font:14px system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}table.t{{border-collapse:collapse}}
 table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}.note{{color:#865}}
 img{{max-width:100%}}.row{{display:flex;gap:1em;flex-wrap:wrap}}figure{{margin:0}}</style></head><body>
 <h1>{html.escape(study.name)}: {html.escape(study.family)}</h1>{"".join(sections)}
-<p><small>Generated by latent-studies from MLflow run {html.escape(study.parent.info.run_id)}.</small></p></body></html>"""
-    (out / "index.html").write_text(page)
+<p><small>Generated by latent-studies from MLflow run {html.escape(study.parent.run_id)}.</small></p></body></html>"""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
-from analysis.runs import StudyRuns
+from analysis.records import run_column
+from analysis.runs import StudyRuns, has_value
 from analysis.stats import mean_interval
 
 
@@ -14,12 +13,9 @@ def robust_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
     """Per variant: n, mean, std, 95% t-interval, and the robust score (mean - std for a
     metric to maximise, mean + std to minimise). Best robust score first."""
     trials = robust.trials
-    trials = trials[
-        (trials["status"] == "FINISHED")
-        & trials[metric].map(lambda v: isinstance(v, float) and math.isfinite(v))
-    ]
+    trials = trials[(trials["status"] == "FINISHED") & has_value(trials[metric])]
     rows = []
-    for variant, group in trials.groupby("study.variant"):
+    for variant, group in trials.groupby(run_column("variant")):
         values = group[metric].astype(float)
         n, mean = len(values), values.mean()
         std = values.std(ddof=1) if n > 1 else 0.0

@@ -7,81 +7,51 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import yaml
 
-from study import tracking
-from study.errors import UserError
-
-PARAM_PREFIX = "param."
-RUN_PREFIX = "study."
+from analysis import records
+from analysis.records import StudyRecord, is_metric_column, param_name
+from analysis.stats import finite_or_none
 
 
 @dataclass
 class StudyRuns:
     name: str
-    parent: Any  # mlflow Run
-    trials: pd.DataFrame  # one row per trial run: run_id, status, param.*, metrics
+    parent: StudyRecord
+    trials: pd.DataFrame  # one row per trial run: records.TrialRecord.row()
     tracking_uri: str = ""
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
-        text = self.parent.data.tags.get("latent_studies.objectives", "")
-        return [tuple(item.split(":")) for item in text.split(",") if item]
+        return self.parent.objectives
 
     @property
     def family(self) -> str:
-        return self.parent.data.tags["latent_studies.family"]
+        return self.parent.family
 
     @property
     def param_columns(self) -> list[str]:
-        return [c for c in self.trials.columns if c.startswith(PARAM_PREFIX)]
+        return [c for c in self.trials.columns if param_name(c) is not None]
+
+    @property
+    def metric_columns(self) -> list[str]:
+        return [c for c in self.trials.columns if is_metric_column(c)]
 
     def searched_params(self) -> list[str]:
         """Parameters that vary across trials (the searched ones)."""
         return [c for c in self.param_columns if self.trials[c].astype(str).nunique() > 1]
 
 
-def _value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def load_study(
-    name: str, tracking_uri: str | None = None, experiment: str = tracking.DEFAULT_EXPERIMENT
+    name: str, tracking_uri: str | None = None, experiment: str = records.DEFAULT_EXPERIMENT
 ) -> StudyRuns:
-    uri = tracking.resolve_tracking_uri(tracking_uri)
-    tracking.check_tracking_uri(uri)
-    # A missing SQLite file holds no study; opening it (even making the client) would
-    # create it, so don't.
-    client = tracking.open_client(uri) if tracking.store_exists(uri) else None
-    found = client.get_experiment_by_name(experiment) if client else None
-    parent = tracking.find_study_run(client, found.experiment_id, name) if found else None
-    if parent is None:
-        raise UserError(
-            f"name: no study {name!r} in {tracking.redact(uri)} (experiment {experiment!r}); "
-            f"check the name with `study status` or pass --tracking-uri"
-        )
-    rows = []
-    for run in tracking.trial_runs(client, found.experiment_id, parent.info.run_id):
-        row: dict[str, Any] = {
-            "run_id": run.info.run_id,
-            "run_name": run.info.run_name,
-            "status": run.info.status,
-            "trial_id": run.data.tags.get(tracking.TAG_TRIAL),
-            "trial_status": run.data.tags.get("latent_studies.trial_status"),
-        }
-        for key, value in run.data.params.items():
-            row[key if key.startswith(RUN_PREFIX) else PARAM_PREFIX + key] = _value(value)
-        row.update(run.data.metrics)
-        rows.append(row)
-    trials = pd.DataFrame(rows)
-    return StudyRuns(name, parent, trials, uri)
+    found = records.read_study(name, tracking_uri, experiment)
+    trials = pd.DataFrame([trial.row() for trial in found.trials])
+    return StudyRuns(name, found.parent, trials, found.tracking_uri)
 
 
-def finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def has_value(values: pd.Series) -> pd.Series:
+    """Which entries are finite numbers."""
+    return values.map(lambda v: finite_or_none(v) is not None).astype(bool)
 
 
 def ranked(study: StudyRuns, metric: str | None = None, mode: str | None = None) -> pd.DataFrame:
@@ -91,17 +61,18 @@ def ranked(study: StudyRuns, metric: str | None = None, mode: str | None = None)
     trials = study.trials
     if trials.empty or metric not in trials.columns:
         return trials.iloc[0:0]
-    ok = trials[(trials["status"] == "FINISHED") & trials[metric].map(finite)]
+    ok = trials[(trials["status"] == "FINISHED") & has_value(trials[metric])]
     if "diverged" in ok.columns:
         ok = ok[ok["diverged"].fillna(0) == 0]
     return ok.sort_values(metric, ascending=(mode == "min"), kind="stable")
 
 
 def params_of_row(row: pd.Series) -> dict[str, Any]:
+    """The family parameters of one trial row (those it has a value for)."""
     return {
-        key.removeprefix(PARAM_PREFIX): _plain(value)
+        param_name(key): _plain(value)
         for key, value in row.items()
-        if key.startswith(PARAM_PREFIX) and not (isinstance(value, float) and math.isnan(value))
+        if param_name(key) is not None and not (isinstance(value, float) and math.isnan(value))
     }
 
 

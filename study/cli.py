@@ -310,7 +310,7 @@ def sweep_preset(name: str, family: str | None) -> tuple[str, dict, dict]:
 
 
 def print_where(outcome) -> None:
-    from study.tracking import redact
+    from analysis.records import redact
 
     spec = outcome.spec
     click.echo(f"results: {spec.path}")
@@ -338,7 +338,8 @@ def resume(name, storage, address, verbose):
 @spec_options("storage", "tracking_uri", "experiment")
 def status(name, storage, tracking_uri, experiment):
     """List studies, or show NAME's trials by status and its best results so far."""
-    from study.spec import DEFAULT_EXPERIMENT, DEFAULT_STORAGE
+    from analysis.records import DEFAULT_EXPERIMENT
+    from study.spec import DEFAULT_STORAGE
     from study.storage import list_studies, read_spec
 
     storage, experiment = storage or DEFAULT_STORAGE, experiment or DEFAULT_EXPERIMENT
@@ -384,8 +385,9 @@ def status(name, storage, tracking_uri, experiment):
 def export(name, top, out, tracking_uri, experiment):
     """Write the best trials of study NAME as configs `study train --config` accepts."""
     from analysis.export import export_study
+    from analysis.records import DEFAULT_EXPERIMENT
     from analysis.runs import load_study
-    from study.spec import DEFAULT_EXPERIMENT, check_study_name
+    from study.spec import check_study_name
 
     check_study_name(name)
     experiment = experiment or DEFAULT_EXPERIMENT
@@ -444,8 +446,9 @@ def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri,
 @spec_options("tracking_uri", "experiment")
 def report(name, out, tracking_uri, experiment):
     """Write an HTML report (importance, slices with seed bands, Pareto front, degeneracy, images)."""
+    from analysis.records import DEFAULT_EXPERIMENT
     from analysis.report import build_report
-    from study.spec import DEFAULT_EXPERIMENT, check_study_name
+    from study.spec import check_study_name
 
     check_study_name(name)
     experiment = experiment or DEFAULT_EXPERIMENT
@@ -467,7 +470,7 @@ def ui(tracking_uri, host, port):
     import os
     import shutil
 
-    from study.tracking import check_tracking_uri, resolve_tracking_uri
+    from analysis.records import check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)

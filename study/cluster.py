@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis.records import redact
 from study.errors import UserError
-from study.tracking import redact  # TODO records
 
 CONNECT_FIX = "start the cluster (ray start --head) or fix --address"
 

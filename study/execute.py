@@ -12,13 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from analysis import records
+from analysis.records import TrialConfig
 from analysis.stats import finite_or_none
 from study import cluster, tracking
 from study.errors import UserError
 from study.plan import StudyPlan, check_cluster, check_inputs
 from study.spec import StudySpec
 from study.storage import read_spec, study_exists, write_spec
-from study.trainable import RUN_KEY
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
     Returns the tracking queue and the parent run id."""
     if study_exists(spec):
         raise UserError(
-            f"name: study {spec.name!r} already exists in {tracking.redact(spec.storage)}; "
+            f"name: study {spec.name!r} already exists in {records.redact(spec.storage)}; "
             f"choose another --name or continue it with `study resume {spec.name}`"
         )
     cluster.quiet_logs(verbose)
@@ -60,29 +61,20 @@ def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
         opened = pool.submit(lambda: queue.client)
         cluster.connect(spec.address, verbose)
         opened.result()
-    experiment = tracking.experiment_id(queue.client, spec.experiment)
-    parent = queue.client.create_run(experiment, run_name=spec.name, tags=_parent_tags(spec, tags))
+    experiment = records.experiment_id(queue.client, spec.experiment)
+    study_tags = records.study_tags(
+        spec.name, spec.family, spec.dataset, spec.objectives, tracking.code_version()
+    )
+    parent = queue.client.create_run(experiment, run_name=spec.name, tags={**study_tags, **tags})
     parent_id = parent.info.run_id
     try:
-        queue.client.log_batch(parent_id, params=tracking.params_of(spec.public_dict()))
+        queue.client.log_batch(parent_id, params=records.params_of(spec.public_dict()))
         write_spec(spec)
     except BaseException:
         # Nothing half-made: no orphan parent run when the study cannot even start.
         queue.client.delete_run(parent_id)
         raise
     return queue, parent_id
-
-
-def _parent_tags(spec: StudySpec, tags: dict[str, str]) -> dict[str, str]:
-    return {
-        tracking.TAG_STUDY: spec.name,
-        tracking.TAG_KIND: "study",
-        "latent_studies.family": spec.family,
-        "latent_studies.dataset": spec.dataset,
-        "latent_studies.code_version": tracking.code_version(),
-        "latent_studies.objectives": ",".join(spec.objectives),
-        **tags,
-    }
 
 
 def _trainable(spec: StudySpec):
@@ -139,7 +131,7 @@ def _callbacks(plan: StudyPlan, parent_id: str):
     queue = tracking.TrackingQueue(spec.tracking_uri)
     logger = tracking.MlflowTrialLogger(
         queue,
-        tracking.experiment_id(queue.client, spec.experiment),
+        records.experiment_id(queue.client, spec.experiment),
         parent_id,
         spec.name,
         {*get_family(spec.family).metric_names, "diverged", "train_seconds"},
@@ -179,15 +171,13 @@ def _existing_parent(spec: StudySpec) -> str:
     queue = tracking.TrackingQueue(spec.tracking_uri)
     found = (
         queue.client.get_experiment_by_name(spec.experiment)
-        if tracking.store_exists(spec.tracking_uri)
+        if records.store_exists(spec.tracking_uri)
         else None
     )
-    parent = (
-        tracking.find_study_run(queue.client, found.experiment_id, spec.name) if found else None
-    )
+    parent = records.find_study_run(queue.client, found.experiment_id, spec.name) if found else None
     if parent is None:
         raise UserError(
-            f"name: study {spec.name!r} has no MLflow run in {tracking.redact(spec.tracking_uri)} "
+            f"name: study {spec.name!r} has no MLflow run in {records.redact(spec.tracking_uri)} "
             f"(experiment {spec.experiment!r}); restore that store or start a new study"
         )
     return parent.info.run_id
@@ -220,7 +210,7 @@ def _fit(tuner, plan: StudyPlan, queue: tracking.TrackingQueue, parent_id: str) 
     if not complete:
         print(
             f"warning: {len(queue.pending)} MLflow writes could not be made to "
-            f"{tracking.redact(spec.tracking_uri)}; the trials' results are intact in "
+            f"{records.redact(spec.tracking_uri)}; the trials' results are intact in "
             f"{spec.path} (Ray's result files)"
         )
     return StudyOutcome(spec, rows, summary, parent_id, len(queue.pending))
@@ -233,16 +223,18 @@ def _row(result, spec: StudySpec) -> dict[str, Any]:
     config = metrics.get("config", {})
     return {
         **{k: v for k, v in metrics.items() if k != "config"},
-        **{k: v for k, v in config.items() if k != RUN_KEY},
+        **TrialConfig.from_tune(config).params,
         "trial_id": metrics.get("trial_id", "?"),
         "status": trial_status(result.error, metrics, spec.epochs),
     }
 
 
 def _log_summary(queue: tracking.TrackingQueue, parent_id: str, summary: dict[str, float]):
+    from mlflow.entities import Metric
+
     stamp = int(time.time() * 1000)
     metrics = [
-        tracking.Metric(key, value, stamp, 0)
+        Metric(key, value, stamp, 0)
         for key, value in ((k, finite_or_none(v)) for k, v in summary.items())
         if value is not None
     ]

@@ -15,11 +15,12 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from analysis import records
+from analysis.records import TrialConfig
 from analysis.stats import finite_or_none
 from search_spaces.loader import SearchSpace, load_space
 from study import cluster
 from study.spec import StudySpec
-from study.trainable import RUN_KEY
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ def plan_search(spec: StudySpec, verbose: bool = False) -> StudyPlan:
         _scheduler(spec),
         spec.trials,
         param_space(spec),
-        {"latent_studies.space": space.to_json(), "latent_studies.sampler": sampler_name(spec)},
+        records.search_tags(space.to_json(), sampler_name(spec)),
     )
 
 
@@ -62,23 +63,22 @@ def plan_rerun(
     check_cluster(spec, verbose=False)
     run = run_settings(spec)
     points = [
-        {**params, RUN_KEY: {**run, "seed": seed, "variant": variant}}
+        TrialConfig({**run, "seed": seed, "variant": variant}, params)
         for variant, params in configs.items()
         for seed in seeds
     ]
     # Tune's preset points may only set keys the param space has: give every key a placeholder.
-    keys = {k for point in points for k in point if k != RUN_KEY}
-    placeholders = {**{k: points[0].get(k) for k in keys}, RUN_KEY: {**run, "variant": ""}}
-    searcher = BasicVariantGenerator(points_to_evaluate=points)
-    return StudyPlan(spec, space, searcher, None, len(points), placeholders, tags)
+    keys = {k for point in points for k in point.params}
+    first = points[0].params
+    placeholders = TrialConfig({**run, "variant": ""}, {k: first.get(k) for k in keys})
+    searcher = BasicVariantGenerator(points_to_evaluate=[p.to_tune() for p in points])
+    return StudyPlan(spec, space, searcher, None, len(points), placeholders.to_tune(), tags)
 
 
 def check_inputs(spec: StudySpec, check_data: bool = True) -> SearchSpace:
     """Every check of the inputs that needs no write: space, tracking store, data."""
-    from study import tracking  # TODO records
-
     space = load_space(spec.family, spec.space_file, spec.fixed)
-    tracking.check_tracking_uri(spec.tracking_uri)
+    records.check_tracking_uri(spec.tracking_uri)
     if check_data:
         from trainables import load_dataset
 
@@ -99,7 +99,7 @@ def check_cluster(spec: StudySpec, verbose: bool) -> None:
 
 
 def run_settings(spec: StudySpec) -> dict[str, Any]:
-    """What a trial needs besides the family parameters (config[RUN_KEY])."""
+    """What a trial needs besides the family parameters (TrialConfig.run)."""
     return {
         "family": spec.family,
         "dataset": spec.dataset,
@@ -113,7 +113,7 @@ def run_settings(spec: StudySpec) -> dict[str, Any]:
 
 
 def param_space(spec: StudySpec) -> dict[str, Any]:
-    return {RUN_KEY: run_settings(spec), **spec.fixed}
+    return TrialConfig(run_settings(spec), dict(spec.fixed)).to_tune()
 
 
 def sampler_name(spec: StudySpec) -> str:

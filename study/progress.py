@@ -8,7 +8,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from study.trainable import RUN_KEY
+from analysis.records import TrialConfig
 
 
 def short(value: Any) -> str:
@@ -41,7 +41,9 @@ class TrialPrinter(Callback):
     def _line(self, trial, error: bool) -> None:
         self.done += 1
         result = trial.last_result or {}
-        status = trial_status(error, result, trial.config.get(RUN_KEY, {}).get("epochs", 0))
+        status = trial_status(
+            error, result, TrialConfig.from_tune(trial.config).run.get("epochs", 0)
+        )
         scores = "  ".join(f"{m}={fmt_metric(result.get(m))}" for m, _ in self.objectives)
         params = " ".join(f"{k}={short(trial.config.get(k))}" for k in self.searched)
         seconds = result.get("time_total_s", 0.0)

@@ -13,6 +13,7 @@ from typing import Any
 
 import optuna.distributions as od
 
+from analysis import records
 from analysis.runs import load_study, params_of_row, ranked
 from search_spaces.loader import load_space
 from study.errors import UserError
@@ -84,7 +85,7 @@ def run_robustness(
             "tracking_uri": tracking_uri or source_spec.tracking_uri,
         }
     )
-    tags = {"latent_studies.source_study": source, "latent_studies.mode": "robustness"}
+    tags = records.robustness_tags(source)
     new_seeds = [FIRST_NEW_SEED + s for s in range(seeds)]
     return execute(plan_rerun(spec, variants, new_seeds, tags), verbose)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from analysis import records
 from trainables import DATASETS, get_family
 from trainables.errors import ConfigError
 from trainables.experiment import PRECISIONS, check_precision
@@ -161,7 +162,6 @@ def setting_type(name: str) -> type:
 
 SCHEDULERS = ("asha", "none")
 DEFAULT_STORAGE = "ray_results"
-DEFAULT_EXPERIMENT = "latent-studies"
 
 
 @dataclass
@@ -188,7 +188,7 @@ class StudySpec:
     tracking_uri: str = setting(
         "", "MLflow store (default sqlite:///mlflow.db or $MLFLOW_TRACKING_URI)."
     )
-    experiment: str = setting(DEFAULT_EXPERIMENT, "MLflow experiment.")
+    experiment: str = setting(records.DEFAULT_EXPERIMENT, "MLflow experiment.")
     space_file: str | None = setting(
         None, "Search-space YAML (default search_spaces/<family>.yaml).", flag="--space"
     )
@@ -228,9 +228,7 @@ class StudySpec:
             parse_objective(text, self.family)
         if "://" not in self.storage:
             self.storage = str(Path(self.storage).expanduser().resolve())
-        from study import tracking  # TODO records
-
-        self.tracking_uri = tracking.resolve_tracking_uri(self.tracking_uri or None)
+        self.tracking_uri = records.resolve_tracking_uri(self.tracking_uri or None)
 
     def _check_counts(self) -> None:
         for name, minimum in (
@@ -258,12 +256,10 @@ class StudySpec:
 
     def public_dict(self) -> dict[str, Any]:
         """The spec for logs and MLflow params, with credentials removed."""
-        from study import tracking  # TODO records
-
         values = self.to_dict()
         for key in ("address", "storage", "tracking_uri"):
             if values[key]:
-                values[key] = tracking.redact(values[key])
+                values[key] = records.redact(values[key])
         return values
 
     @classmethod

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from analysis.records import redact
 from study.errors import UserError
 from study.spec import DEFAULT_STORAGE, StudySpec, check_study_name
 
@@ -38,8 +39,6 @@ def write_spec(spec: StudySpec) -> None:
 
 
 def read_spec(name: str, storage: str = DEFAULT_STORAGE) -> StudySpec:
-    from study.tracking import redact  # TODO records
-
     check_study_name(name)
     storage = resolve_storage(storage)
     fs, path = _filesystem(f"{storage.rstrip('/')}/{name}")

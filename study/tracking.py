@@ -1,19 +1,17 @@
-"""MLflow records: one parent run per study, one nested child run per trial.
+"""Writing MLflow records: one parent run per study, one nested child run per trial.
 
 The driver does every MLflow write (trials on other nodes never touch the store), so the
 embedded SQLite store works on a cluster. Writes go through a FIFO queue: when the
 tracking server is down, they wait and are replayed in order when it is back; whatever
 is still unwritten at the end is reported, never silently dropped.
+
+The names and conversions of the records themselves are `analysis.records`, shared with
+the readers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import logging
-import math
-import os
-import re
 import subprocess
 import tempfile
 import time
@@ -26,21 +24,18 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray.tune import Callback
 
-from study.errors import UserError
+from analysis.records import (
+    RESULT_TAGS,
+    TAG_TRIAL,
+    TrialConfig,
+    find_trial_run,
+    finish_tags,
+    open_client,
+    redact,
+    trial_runs,
+    trial_tags,
+)
 
-log = logging.getLogger(__name__)
-
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "latent-studies"
-TAG_STUDY = "latent_studies.study"
-TAG_KIND = "latent_studies.kind"  # "study" (parent) or "trial" (child)
-TAG_TRIAL = "latent_studies.trial_id"
-TAG_NODE = "latent_studies.node_id"  # Ray node the trial last reported from
-TAG_DEVICE = "latent_studies.device"  # "cpu" or "cuda", as the trial last reported
-# String values of a trial's results, recorded as tags (MLflow metrics are numbers).
-RESULT_TAGS = {"node_id": TAG_NODE, "device": TAG_DEVICE}
-TAG_PARENT = "mlflow.parentRunId"
-PARAM_VALUE_LIMIT = 6000
 DRAIN_SECONDS = 60  # how long the end of a sweep waits for an unreachable tracking server
 METRICS_EVERY_SECONDS = 5.0  # a trial's epoch metrics are written at most this often
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch
@@ -54,54 +49,6 @@ RAY_BOOKKEEPING = {
     "pid",
     "done",
 }
-
-
-def redact(text: str) -> str:
-    """Hide credentials in URIs (scheme://user:password@host -> scheme://***@host)."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # Pin a relative SQLite path to the working directory now, so Ray's workers and
-        # later commands agree on the file.
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    return uri
-
-
-def check_tracking_uri(uri: str) -> None:
-    """Fail fast, with one line, when the store cannot be reached or created."""
-    if uri.startswith(("http://", "https://")):
-        import requests
-
-        try:
-            requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
-        except requests.RequestException as error:
-            reason = type(error).__name__
-            raise UserError(
-                f"tracking-uri: cannot reach the MLflow server at {redact(uri)} ({reason}); "
-                f"start it (mlflow server --host 127.0.0.1) or pass another --tracking-uri"
-            ) from None
-    elif uri.startswith("sqlite:///"):
-        parent = Path(uri.removeprefix("sqlite:///")).parent
-        if not parent.is_dir():
-            raise UserError(
-                f"tracking-uri: directory {parent} does not exist; create it or pass another --tracking-uri"
-            )
-    elif uri.startswith("file:") or "://" not in uri:
-        raise UserError(
-            f"tracking-uri: {redact(uri)} is a file store, which MLflow 3 refuses; "
-            f"use sqlite:///mlflow.db or an http:// server"
-        )
-
-
-def store_exists(uri: str) -> bool:
-    """False for an SQLite store whose file is missing: opening it would create it, so
-    read-only commands check this first and write nothing."""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).is_file()
-    return True
 
 
 def code_version() -> str:
@@ -124,68 +71,21 @@ def code_version() -> str:
     return f"{package}+{sha}" if sha else package
 
 
-def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def params_of(values: dict[str, Any]) -> list[Param]:
-    return [Param(k, redact(str(v))[:PARAM_VALUE_LIMIT]) for k, v in flatten(values).items()]
-
-
-# MLflow's HTTP client retries a failed request 7 times with exponential backoff (about 4
-# minutes) and waits up to 120 s for an answer; meanwhile the driver's loop, which makes
-# every write, would stall. TrackingQueue keeps a failed write and retries it itself, so
-# one quick retry is enough. It also prints "View run ... at <tracking URI>" for every
-# run it ends, credentials included. Settings the user made in the environment win.
-HTTP_SETTINGS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-}
-
-
-def configure_http_client() -> None:
-    for key, value in HTTP_SETTINGS.items():
-        os.environ.setdefault(key, value)
-
-
-def open_client(uri: str) -> MlflowClient:
-    """An MlflowClient for `uri`. Opening a new SQLite store creates its tables; two
-    processes doing that at once (two studies started together in one directory) break
-    each other's schema migration, leaving a store no one can open. So SQLite stores are
-    opened under an exclusive lock on their directory (no lock file is left behind)."""
-    configure_http_client()
-    if not uri.startswith("sqlite:///"):
-        return MlflowClient(uri)
-    directory = os.open(Path(uri.removeprefix("sqlite:///")).parent, os.O_RDONLY)
-    try:
-        fcntl.flock(directory, fcntl.LOCK_EX)
-        return MlflowClient(uri)
-    finally:
-        os.close(directory)  # releases the lock
-
-
-def resolved_config(config: dict[str, Any]) -> dict[str, Any]:
+def resolved_config(config: dict[str, Any]) -> TrialConfig:
     """A trial's config with every family default filled in, so its MLflow params are the
     whole config that ran (and an export does not depend on defaults staying the same)."""
-    from study.trainable import RUN_KEY
     from trainables import UserError as InvalidConfig
     from trainables import get_family
 
-    run = config.get(RUN_KEY, {})
-    params = {k: v for k, v in config.items() if k != RUN_KEY}
+    trial = TrialConfig.from_tune(config)
     # An invalid config: the trial itself will fail and say why; log what it was given.
     with contextlib.suppress(KeyError, InvalidConfig):
-        params = get_family(run["family"]).make_config(params).to_dict()
-    return {**params, RUN_KEY: run}
+        trial.params = get_family(trial.run["family"]).make_config(trial.params).to_dict()
+    return trial
+
+
+def _trial_params(config: dict[str, Any]) -> list[Param]:
+    return [Param(k, v) for k, v in resolved_config(config).to_mlflow_params().items()]
 
 
 class TrackingQueue:
@@ -225,21 +125,24 @@ class TrackingQueue:
             try:
                 operation()
             except Exception as error:  # noqa: BLE001 - any store error means "try later"
-                self.failures += 1
-                self._next_retry = time.monotonic() + 5.0
-                if not self._warned:
-                    self._warned = True
-                    print(
-                        f"warning: MLflow at {redact(self.uri)} failed ({type(error).__name__}: "
-                        f"{redact(str(error))[:200]}); queueing writes and retrying",
-                        flush=True,
-                    )
+                self._failed(error)
                 return False
             self.pending.popleft()
         if self._warned:
             self._warned = False
             print(f"MLflow at {redact(self.uri)} is back; queued writes were replayed", flush=True)
         return True
+
+    def _failed(self, error: Exception) -> None:
+        self.failures += 1
+        self._next_retry = time.monotonic() + 5.0
+        if not self._warned:
+            self._warned = True
+            print(
+                f"warning: MLflow at {redact(self.uri)} failed ({type(error).__name__}: "
+                f"{redact(str(error))[:200]}); queueing writes and retrying",
+                flush=True,
+            )
 
     def drain(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -250,45 +153,182 @@ class TrackingQueue:
         return True
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # noqa: BLE001 - another study created it first
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+class TrialRuns:
+    """Trial id -> MLflow run id. A trial's run is created on its first event, or found
+    again by its tags when a resumed or retried trial already has one; it then continues
+    after the last epoch that run logged."""
 
+    def __init__(self, queue: TrackingQueue, experiment: str, parent_run_id: str, study: str):
+        self.queue = queue
+        self.experiment = experiment
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.ids: dict[str, str] = {}
+        self.last_step: dict[str, int] = {}
 
-def find_study_run(client: MlflowClient, experiment: str, study: str):
-    runs = client.search_runs(
-        [experiment],
-        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = 'study'",
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    def ensure(self, trial) -> None:
+        """Queue the creation of the trial's run unless it exists already."""
+        if trial.trial_id not in self.ids:
+            self.queue.submit(f"create run for {trial.trial_id}", lambda: self._open(trial))
 
+    def run_id(self, trial_id: str) -> str:
+        if trial_id not in self.ids:
+            raise RuntimeError(f"run for trial {trial_id} not created yet")
+        return self.ids[trial_id]
 
-def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment],
-            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_KIND}` = 'trial'",
-            max_results=1000,
-            page_token=token,
+    def new_step(self, trial_id: str, step: int) -> bool:
+        """Whether `step` is past what the trial's run logged; if so it is the new last."""
+        if step <= self.last_step.get(trial_id, 0):
+            return False
+        self.last_step[trial_id] = step
+        return True
+
+    def _open(self, trial) -> None:
+        # Several creations may be queued while the store is down; the first one wins.
+        if trial.trial_id in self.ids:
+            return
+        client = self.queue.client
+        existing = find_trial_run(client, self.experiment, self.parent_run_id, trial.trial_id)
+        if existing:
+            self.ids[trial.trial_id] = self._continue(client, existing, trial)
+        else:
+            self.ids[trial.trial_id] = self._create(client, trial)
+
+    def _continue(self, client: MlflowClient, run, trial) -> str:
+        run_id = run.info.run_id
+        if not run.data.params:  # created, but the server went before its params
+            client.log_batch(run_id, params=_trial_params(trial.config))
+        steps = client.get_metric_history(run_id, "epoch")
+        self.last_step[trial.trial_id] = max((int(m.step) for m in steps), default=0)
+        if run.info.status != "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def _create(self, client: MlflowClient, trial) -> str:
+        run = client.create_run(
+            self.experiment,
+            run_name=f"{self.study}-{trial.trial_id}",
+            tags=trial_tags(self.parent_run_id, self.study, trial.trial_id),
         )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+        client.log_batch(run.info.run_id, params=_trial_params(trial.config))
+        return run.info.run_id
+
+    def delete_lost(self, known: set[str]) -> None:
+        """Delete the runs of trials the experiment does not know (MLflow keeps them among
+        its deleted runs)."""
+        client = self.queue.client
+        for run in trial_runs(client, self.experiment, self.parent_run_id):
+            if run.data.tags.get(TAG_TRIAL) not in known:
+                client.set_terminated(run.info.run_id, "KILLED")
+                client.delete_run(run.info.run_id)
+
+
+def result_metrics(result: dict[str, Any], names: set[str], step: int) -> list[Metric]:
+    """The metrics of one result worth recording: the family's, training's, the epoch."""
+    stamp = int(time.time() * 1000)
+    metrics = []
+    for key, value in result.items():
+        if key in RAY_BOOKKEEPING or not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if key in names or key.startswith("train_") or key in ("epoch", "eval_seconds"):
+            metrics.append(Metric(key, float(value), stamp, step))
+    return metrics
+
+
+class ResultTags:
+    """The string values of results (RESULT_TAGS) as tags, each only when it changed: a
+    retried trial may move to another node or device."""
+
+    def __init__(self) -> None:
+        self.logged: dict[str, dict[str, str]] = {}  # trial id -> tags last logged
+
+    def changed(self, trial_id: str, result: dict[str, Any]) -> list[RunTag]:
+        logged = self.logged.setdefault(trial_id, {})
+        tags = []
+        for key, tag in RESULT_TAGS.items():
+            value = result.get(key)
+            if isinstance(value, str) and value != logged.get(tag):
+                logged[tag] = value
+                tags.append(RunTag(tag, value))
+        return tags
+
+
+class MetricBuffer:
+    """Epoch metrics and tags wait here and go out in one write per trial every
+    METRICS_EVERY_SECONDS (and when the trial ends): one SQLite transaction per epoch per
+    trial cost the driver ~20 s of CPU in a 3-minute sweep, taken from the trials on a
+    small machine, and as many HTTP calls on a server."""
+
+    def __init__(self, queue: TrackingQueue, runs: TrialRuns):
+        self.queue = queue
+        self.runs = runs
+        self.unsent: dict[str, tuple[list[Metric], list[RunTag]]] = {}
+        self.last_sent: dict[str, float] = {}
+
+    def add(self, trial_id: str, metrics: list[Metric], tags: list[RunTag]) -> None:
+        pending_metrics, pending_tags = self.unsent.setdefault(trial_id, ([], []))
+        pending_metrics += metrics
+        pending_tags += tags
+        if self._due(trial_id, time.monotonic()):
+            self.send(trial_id)
+
+    def send_due(self, everything: bool = False) -> None:
+        now = time.monotonic()
+        for trial_id in list(self.unsent):
+            if everything or self._due(trial_id, now):
+                self.send(trial_id)
+
+    def send(self, trial_id: str) -> None:
+        """Queue the trial's waiting metrics and tags (the latest value of each tag)."""
+        metrics, tags = self.unsent.pop(trial_id, ([], []))
+        self.last_sent[trial_id] = time.monotonic()
+        tags = list({tag.key: tag for tag in tags}.values())
+        if not (metrics or tags):
+            return
+        # MLflow takes at most 1000 metrics (and 100 tags) per batch.
+        for start in range(0, max(len(metrics), 1), MAX_BATCH_METRICS):
+            chunk = metrics[start : start + MAX_BATCH_METRICS]
+            chunk_tags = tags if start == 0 else []
+            last_step = int(chunk[-1].step) if chunk else 0
+            self.queue.submit(
+                f"metrics of {trial_id} to epoch {last_step}",
+                lambda chunk=chunk, chunk_tags=chunk_tags: self.queue.client.log_batch(
+                    self.runs.run_id(trial_id), metrics=chunk, tags=chunk_tags
+                ),
+            )
+
+    def _due(self, trial_id: str, now: float) -> bool:
+        return now - self.last_sent.get(trial_id, 0.0) >= METRICS_EVERY_SECONDS
+
+
+def finish_run(
+    client: MlflowClient,
+    run_id: str,
+    status: str,
+    trial_status: str,
+    result: dict[str, Any],
+    checkpoint,
+    image_dir: str,
+) -> None:
+    """End a trial's run: its final tags, the image grids of its last checkpoint, its
+    status."""
+    tags = [RunTag(key, value) for key, value in finish_tags(trial_status, result).items()]
+    client.log_batch(run_id, tags=tags)
+    if checkpoint is not None:
+        with tempfile.TemporaryDirectory() as local:
+            checkpoint.to_directory(local)
+            images = Path(local) / image_dir
+            if images.is_dir() and any(images.iterdir()):
+                client.log_artifacts(run_id, str(images), artifact_path="images")
+    client.set_terminated(run_id, status=status)
 
 
 class MlflowTrialLogger(Callback):
     """Ray Tune callback that mirrors every trial into a nested MLflow run."""
+
+    # Per-session bookkeeping, rebuilt on unpickling: a resumed driver finds its trials'
+    # runs again by tag.
+    SESSION = ("runs", "buffer", "result_tags", "finished")
 
     def __init__(
         self,
@@ -305,138 +345,34 @@ class MlflowTrialLogger(Callback):
         self.study = study
         self.metric_names = metric_names
         self.image_dir = image_dir
-        self.run_ids: dict[str, str] = {}
-        self.last_step: dict[str, int] = {}
-        self.result_tags: dict[str, dict[str, str]] = {}  # trial id -> tags last logged
-        # Epoch metrics wait here and go out in one write per trial every
-        # METRICS_EVERY_SECONDS (and when the trial ends): one SQLite transaction per
-        # epoch per trial cost the driver ~20 s of CPU in a 3-minute sweep, taken from the
-        # trials on a small machine, and as many HTTP calls on a server.
-        self.unsent: dict[str, tuple[list[Metric], list[RunTag]]] = {}
-        self.last_sent: dict[str, float] = {}
+        self._new_session()
+
+    def _new_session(self) -> None:
+        self.runs = TrialRuns(self.queue, self.experiment, self.parent_run_id, self.study)
+        self.buffer = MetricBuffer(self.queue, self.runs)
+        self.result_tags = ResultTags()
         self.finished: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
-        # Pickled into the Tuner's state for `study resume`: a resumed driver finds its
-        # trials' runs again by tag, so per-session bookkeeping is not kept.
-        state = self.__dict__.copy()
-        state.update(
-            run_ids={}, last_step={}, result_tags={}, unsent={}, last_sent={}, finished=set()
-        )
-        return state
+        # Pickled into the Tuner's state for `study resume`.
+        return {k: v for k, v in self.__dict__.items() if k not in self.SESSION}
 
-    # -- helpers ------------------------------------------------------------------------
-    def _run_id(self, trial_id: str) -> str:
-        if trial_id not in self.run_ids:
-            raise RuntimeError(f"run for trial {trial_id} not created yet")
-        return self.run_ids[trial_id]
-
-    def _ensure_run(self, trial) -> None:
-        trial_id = trial.trial_id
-        if trial_id in self.run_ids:
-            return
-
-        def create() -> None:
-            if trial_id in self.run_ids:
-                return
-            client = self.queue.client
-            existing = client.search_runs(
-                [self.experiment],
-                filter_string=f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'",
-                max_results=1,
-            )
-            if existing:  # a resumed or retried trial continues its run
-                run_id = existing[0].info.run_id
-                if not existing[0].data.params:  # created, but the server went before params
-                    client.log_batch(run_id, params=params_of(resolved_config(trial.config)))
-                steps = client.get_metric_history(run_id, "epoch")
-                self.last_step[trial_id] = max((int(m.step) for m in steps), default=0)
-                if existing[0].info.status != "RUNNING":
-                    client.update_run(run_id, status="RUNNING")
-            else:
-                run = client.create_run(
-                    self.experiment,
-                    run_name=f"{self.study}-{trial_id}",
-                    tags={
-                        TAG_PARENT: self.parent_run_id,
-                        TAG_STUDY: self.study,
-                        TAG_KIND: "trial",
-                        TAG_TRIAL: trial_id,
-                    },
-                )
-                run_id = run.info.run_id
-                client.log_batch(run_id, params=params_of(resolved_config(trial.config)))
-            self.run_ids[trial_id] = run_id
-
-        self.queue.submit(f"create run for {trial_id}", create)
-
-    def _metrics(self, result: dict[str, Any], step: int) -> list[Metric]:
-        stamp = int(time.time() * 1000)
-        metrics = []
-        for key, value in result.items():
-            if (
-                key in RAY_BOOKKEEPING
-                or not isinstance(value, int | float)
-                or isinstance(value, bool)
-            ):
-                continue
-            if (
-                key in self.metric_names
-                or key.startswith("train_")
-                or key in ("epoch", "eval_seconds")
-            ):
-                metrics.append(Metric(key, float(value), stamp, step))
-        return metrics
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._new_session()
 
     # -- Ray Tune hooks -----------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._ensure_run(trial)
+        self.runs.ensure(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._ensure_run(trial)
+        self.runs.ensure(trial)
         trial_id = trial.trial_id
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self.last_step.get(trial_id, 0):
+        if not self.runs.new_step(trial_id, step):
             return  # a retried trial repeating epochs already logged
-        self.last_step[trial_id] = step
-        metrics = self._metrics(result, step)
-        # Only changes: a retried trial may move to another node or device.
-        logged = self.result_tags.setdefault(trial_id, {})
-        tags = []
-        for key, tag in RESULT_TAGS.items():
-            value = result.get(key)
-            if isinstance(value, str) and value != logged.get(tag):
-                logged[tag] = value
-                tags.append(RunTag(tag, value))
-        pending_metrics, pending_tags = self.unsent.setdefault(trial_id, ([], []))
-        pending_metrics += metrics
-        pending_tags += tags
-        if time.monotonic() - self.last_sent.get(trial_id, 0.0) >= METRICS_EVERY_SECONDS:
-            self._send_metrics(trial_id)
-
-    def _send_metrics(self, trial_id: str) -> None:
-        metrics, tags = self.unsent.pop(trial_id, ([], []))
-        self.last_sent[trial_id] = time.monotonic()
-        tags = list({tag.key: tag for tag in tags}.values())  # the latest value of each
-        if not (metrics or tags):
-            return
-        # MLflow takes at most 1000 metrics (and 100 tags) per batch.
-        for start in range(0, max(len(metrics), 1), MAX_BATCH_METRICS):
-            chunk = metrics[start : start + MAX_BATCH_METRICS]
-            chunk_tags = tags if start == 0 else []
-            last_step = int(chunk[-1].step) if chunk else 0
-            self.queue.submit(
-                f"metrics of {trial_id} to epoch {last_step}",
-                lambda chunk=chunk, chunk_tags=chunk_tags: self.queue.client.log_batch(
-                    self._run_id(trial_id), metrics=chunk, tags=chunk_tags
-                ),
-            )
-
-    def _send_due_metrics(self, everything: bool = False) -> None:
-        now = time.monotonic()
-        for trial_id in list(self.unsent):
-            if everything or now - self.last_sent.get(trial_id, 0.0) >= METRICS_EVERY_SECONDS:
-                self._send_metrics(trial_id)
+        metrics = result_metrics(result, self.metric_names, step)
+        self.buffer.add(trial_id, metrics, self.result_tags.changed(trial_id, result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, RunStatus.to_string(RunStatus.FINISHED))
@@ -445,22 +381,20 @@ class MlflowTrialLogger(Callback):
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
 
     def on_step_end(self, iteration, trials, **info):
-        self._send_due_metrics()
+        self.buffer.send_due()
         self.queue.flush()
 
     def on_experiment_end(self, trials, **info):
-        self._send_due_metrics(everything=True)
+        self.buffer.send_due(everything=True)
         # Trials Ray restored as already finished get no hooks: settle their runs here.
         for trial in trials:
             if trial.trial_id not in self.finished and trial.status in ("TERMINATED", "ERROR"):
-                status = "FINISHED" if trial.status == "TERMINATED" else "FAILED"
-                self._finish(trial, status)
+                self._finish(trial, "FINISHED" if trial.status == "TERMINATED" else "FAILED")
         # A driver killed between starting a trial and saving its experiment state loses
         # that trial: the resumed study proposes another in its place. The lost trial's run
-        # would be an extra, half-done copy left RUNNING, so delete it (MLflow keeps it in
-        # its deleted runs).
+        # would be an extra, half-done copy left RUNNING, so delete it.
         known = {trial.trial_id for trial in trials}
-        self.queue.submit("delete runs of lost trials", lambda: self._delete_lost_runs(known))
+        self.queue.submit("delete runs of lost trials", lambda: self.runs.delete_lost(known))
         # This queue is the logger's own (Ray pickles its callbacks): nothing else drains
         # it, so writes still waiting for the server are made now, or reported.
         if not self.queue.drain(timeout=DRAIN_SECONDS):
@@ -471,47 +405,25 @@ class MlflowTrialLogger(Callback):
                 flush=True,
             )
 
-    def _delete_lost_runs(self, known: set[str]) -> None:
-        client = self.queue.client
-        for run in trial_runs(client, self.experiment, self.parent_run_id):
-            if run.data.tags.get(TAG_TRIAL) not in known:
-                client.set_terminated(run.info.run_id, "KILLED")
-                client.delete_run(run.info.run_id)
-
     def _finish(self, trial, status: str) -> None:
-        self._ensure_run(trial)
+        self.runs.ensure(trial)
         trial_id = trial.trial_id
-        self._send_metrics(trial_id)  # before the run is marked finished
+        self.buffer.send(trial_id)  # before the run is marked finished
         self.finished.add(trial_id)
         result = trial.last_result or {}
         checkpoint = trial.checkpoint
         image_dir = self.image_dir
         # Ray calls the completion hooks before it changes trial.status (still RUNNING here).
         trial_status = {"FINISHED": "TERMINATED", "FAILED": "ERROR"}.get(status, trial.status)
-
-        def finish() -> None:
-            client = self.queue.client
-            run_id = self._run_id(trial_id)
-            tags = [RunTag("latent_studies.trial_status", trial_status)]
-            if result.get("diverged"):
-                tags.append(RunTag("latent_studies.diverged", "true"))
-            if "time_total_s" in result:
-                tags.append(RunTag("latent_studies.time_total_s", f"{result['time_total_s']:.2f}"))
-            client.log_batch(run_id, tags=tags)
-            if checkpoint is not None:
-                with tempfile.TemporaryDirectory() as local:
-                    checkpoint.to_directory(local)
-                    images = Path(local) / image_dir
-                    if images.is_dir() and any(images.iterdir()):
-                        client.log_artifacts(run_id, str(images), artifact_path="images")
-            client.set_terminated(run_id, status=status)
-
-        self.queue.submit(f"finish run of {trial_id}", finish)
-
-
-def finite_or_none(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
+        self.queue.submit(
+            f"finish run of {trial_id}",
+            lambda: finish_run(
+                self.queue.client,
+                self.runs.run_id(trial_id),
+                status,
+                trial_status,
+                result,
+                checkpoint,
+                image_dir,
+            ),
+        )

@@ -18,10 +18,10 @@ import ray
 import torch
 from ray import tune
 
+from analysis.records import TrialConfig
 from trainables import Experiment, load_dataset
 from trainables.images import save_images
 
-RUN_KEY = "study"  # trial config key holding the run settings; the rest are family params
 IMAGES_DIR = "images"
 CHECKPOINT_SECONDS = 10.0
 
@@ -41,10 +41,11 @@ def _allocated_device_and_threads() -> tuple[str, int]:
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable. `config[RUN_KEY]` holds family, dataset, epochs, seed,
-    data_dir, eval_every; every other key is a family parameter."""
-    run = config[RUN_KEY]
-    params = {k: v for k, v in config.items() if k != RUN_KEY}
+    """Ray Tune function trainable. `config` is a trial-config envelope (records.TrialConfig):
+    run settings (family, dataset, epochs, seed, data_dir, eval_every, precision) and the
+    family parameters."""
+    trial = TrialConfig.from_tune(config)
+    run, params = trial.run, trial.params
     device, threads = _allocated_device_and_threads()
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)

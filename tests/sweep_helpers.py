@@ -28,7 +28,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from reliability_support import BIN, STUDY, clean_env, kill_session
 
-from study import tracking
+from analysis import records
 
 STUDY_TIMEOUT_S = 300
 
@@ -242,19 +242,19 @@ class StudyRecord:
     experiment_id: str = ""
 
 
-def study_record(tracking_uri: str, name: str, experiment: str = tracking.DEFAULT_EXPERIMENT):
+def study_record(tracking_uri: str, name: str, experiment: str = records.DEFAULT_EXPERIMENT):
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     assert found is not None, f"no experiment {experiment!r} in {tracking_uri}"
     parents = client.search_runs(
-        [found.experiment_id], filter_string=f"tags.`{tracking.TAG_STUDY}` = '{name}'"
+        [found.experiment_id], filter_string=f"tags.`{records.TAG_STUDY}` = '{name}'"
     )
-    parents = [r for r in parents if r.data.tags.get(tracking.TAG_KIND) == "study"]
+    parents = [r for r in parents if r.data.tags.get(records.TAG_KIND) == records.KIND_STUDY]
     assert len(parents) == 1, f"expected one parent run for {name}, found {len(parents)}"
     parent = parents[0]
     children = client.search_runs(
         [found.experiment_id],
-        filter_string=f"tags.`{tracking.TAG_PARENT}` = '{parent.info.run_id}'",
+        filter_string=f"tags.`{records.TAG_PARENT}` = '{parent.info.run_id}'",
     )
     return StudyRecord(client, parent, children, found.experiment_id)
 

@@ -227,22 +227,22 @@ def _template_store(directory: Path) -> Path:
     """An MLflow store holding study KEPT's parent run (made in this process, once)."""
     from mlflow import MlflowClient
 
-    from study import tracking
+    from analysis import records
 
     db = directory / "mlflow.db"
     client = MlflowClient(f"sqlite:///{db}")
     experiment = client.create_experiment(
-        tracking.DEFAULT_EXPERIMENT, artifact_location=str(directory / "artifacts")
+        records.DEFAULT_EXPERIMENT, artifact_location=str(directory / "artifacts")
     )
     run = client.create_run(
         experiment,
         run_name=KEPT,
         tags={
-            tracking.TAG_STUDY: KEPT,
-            tracking.TAG_KIND: "study",
-            "latent_studies.family": "mlvae",
-            "latent_studies.dataset": "digits",
-            "latent_studies.objectives": "swap_acc:max",
+            records.TAG_STUDY: KEPT,
+            records.TAG_KIND: "study",
+            records.TAG_FAMILY: "mlvae",
+            records.TAG_DATASET: "digits",
+            records.TAG_OBJECTIVES: "swap_acc:max",
         },
     )
     client.set_terminated(run.info.run_id, "KILLED")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from sweep_helpers import ray_cluster, run_study, study_record
 
-from study import tracking
+from analysis import records
 
 pytestmark = pytest.mark.cluster
 
@@ -68,7 +68,7 @@ def test_trials_run_on_both_nodes(cluster, tmp_path):
         names = {a.path for a in record.client.list_artifacts(child.info.run_id, "images")}
         assert "images/swaps.png" in names
     # One CPU per node and one per trial: the two trials ran at once, one on each node.
-    nodes = {c.data.tags[tracking.TAG_NODE] for c in children}
+    nodes = {c.data.tags[records.TAG_NODE] for c in children}
     assert nodes == cluster.node_ids()
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from sweep_helpers import base_env, ray_tmpdir, run_study, study_record
 
-from study import tracking
+from analysis import records
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -48,8 +48,8 @@ def test_four_quarter_gpu_trials_share_one_card(tmp_path):
     runs = record.children
     assert len(runs) == TRIALS, done.describe()
     assert {r.info.status for r in runs} == {"FINISHED"}, done.describe()
-    assert {r.data.tags.get(tracking.TAG_DEVICE) for r in runs} == {"cuda"}
-    assert {r.data.params.get("study.precision") for r in runs} == {"bf16"}
+    assert {r.data.tags.get(records.TAG_DEVICE) for r in runs} == {"cuda"}
+    assert {r.data.params.get(records.run_column("precision")) for r in runs} == {"bf16"}
     # All four ran at the same time: each started before any finished (one card, so one
     # quarter each; a whole-GPU request would have run them one by one).
     assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)

@@ -31,7 +31,9 @@ from reliability_support import (
     wait_for,
 )
 
-EXPERIMENT = "latent-studies"
+from analysis import records
+
+EXPERIMENT = records.DEFAULT_EXPERIMENT
 SWEEP_TIMEOUT = 420  # seconds a sweep may take on a loaded 2-core machine
 
 
@@ -80,21 +82,19 @@ def client(uri: str):
 
 def study_runs(uri: str, study: str) -> tuple[object, list]:
     """The study's parent run and its active trial runs (all of each; none may be missing)."""
-    from study import tracking
-
     mlflow = client(uri)
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     parents = mlflow.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.`{tracking.TAG_STUDY}` = '{study}' and tags.`{tracking.TAG_KIND}` = 'study'",
+        filter_string=f"tags.`{records.TAG_STUDY}` = '{study}' and tags.`{records.TAG_KIND}` = '{records.KIND_STUDY}'",
     )
     assert len(parents) == 1, f"expected one parent run for {study}, got {len(parents)}"
     parent = parents[0]
-    return parent, tracking.trial_runs(mlflow, experiment.experiment_id, parent.info.run_id)
+    return parent, records.trial_runs(mlflow, experiment.experiment_id, parent.info.run_id)
 
 
 def trial_id(run) -> str:
-    return run.data.tags["latent_studies.trial_id"]
+    return run.data.tags[records.TAG_TRIAL]
 
 
 def epoch_steps(uri: str, run) -> list[int]:
@@ -113,7 +113,7 @@ def sqlite_count(db: Path, query: str) -> int:
 
 
 TRIAL_RUNS = (
-    "select count(*) from tags where key = 'latent_studies.kind' and value = 'trial'"
+    f"select count(*) from tags where key = '{records.TAG_KIND}' and value = '{records.KIND_TRIAL}'"
     " and run_uuid in (select run_uuid from runs where lifecycle_stage = 'active')"
 )
 
@@ -173,11 +173,11 @@ def test_diverging_trial_ends_as_diverged_and_optuna_learns(tmp_path, procs, ray
     assert parent.data.metrics["trials_diverged"] == len(diverged)
     for run in diverged:
         assert run.data.params["lr"] == "10.0"
-        assert run.data.tags.get("latent_studies.diverged") == "true"
+        assert run.data.tags.get(records.TAG_DIVERGED) == "true"
         assert math.isnan(run.data.metrics["recon_mse"])
     for run in healthy:
         assert math.isfinite(run.data.metrics["recon_mse"])
-        assert "latent_studies.diverged" not in run.data.tags
+        assert records.TAG_DIVERGED not in run.data.tags
     assert sum("diverged" in line for line in output.splitlines() if line.startswith("[")) == len(
         diverged
     )
@@ -303,18 +303,11 @@ def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, 
 
 def record_lost_trial_run(uri: str, study: str) -> str:
     """A trial run like one a killed driver leaves for a trial its saved state lacks."""
-    from study import tracking
-
     parent, _runs = study_runs(uri, study)
     run = client(uri).create_run(
         parent.info.experiment_id,
         run_name=f"{study}-lost0000",
-        tags={
-            tracking.TAG_PARENT: parent.info.run_id,
-            tracking.TAG_STUDY: study,
-            tracking.TAG_KIND: "trial",
-            tracking.TAG_TRIAL: "lost0000",
-        },
+        tags=records.trial_tags(parent.info.run_id, study, "lost0000"),
     )
     client(uri).log_metric(run.info.run_id, "epoch", 1.0, step=1)
     return run.info.run_id
@@ -383,11 +376,11 @@ def test_two_studies_at_once_share_one_sqlite_store(tmp_path, procs, ray_env):
         assert "database is locked" not in outputs[name]
         parent, runs = study_runs(uri, name)
         assert parent.info.status == "FINISHED"
-        assert parent.data.tags["latent_studies.family"] == family
+        assert parent.data.tags[records.TAG_FAMILY] == family
         assert len(runs) == 3, outputs[name]
         for run in runs:
-            assert run.data.tags["latent_studies.study"] == name
-            assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+            assert run.data.tags[records.TAG_STUDY] == name
+            assert run.data.tags[records.TAG_PARENT] == parent.info.run_id
             assert own_params[family] in run.data.params
             other = own_params["icvae" if family == "mlvae" else "mlvae"]
             assert other not in run.data.params

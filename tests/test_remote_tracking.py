@@ -10,7 +10,7 @@ import pytest
 from reliability_support import MlflowServer, Processes
 from sweep_helpers import base_env, load_searcher_state, ray_tmpdir, run_study, study_record
 
-from study import tracking
+from analysis import records
 from trainables import get_family
 
 pytestmark = pytest.mark.cluster
@@ -59,20 +59,20 @@ def test_sweep_records_to_a_tracking_server(server, tmp_path):
     record = study_record(uri, NAME)
     client, parent = record.client, record.parent
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags[tracking.TAG_KIND] == "study"
+    assert parent.data.tags[records.TAG_KIND] == records.KIND_STUDY
     assert parent.data.params["tracking_uri"] == uri
     assert parent.data.metrics["trials_total"] == TRIALS
     objectives = get_family("mlvae").default_objectives
-    assert parent.data.tags["latent_studies.objectives"] == ",".join(objectives)
+    assert parent.data.tags[records.TAG_OBJECTIVES] == ",".join(objectives)
     assert len(objectives) == 2
-    assert parent.data.tags["latent_studies.sampler"] == "NSGAIISampler"
+    assert parent.data.tags[records.TAG_SAMPLER] == "NSGAIISampler"
 
     assert len(record.children) == TRIALS
     metric_names = set(get_family("mlvae").metric_names)
     for child in record.children:
         run_id = child.info.run_id
         assert child.info.status == "FINISHED"
-        assert child.data.tags[tracking.TAG_PARENT] == parent.info.run_id
+        assert child.data.tags[records.TAG_PARENT] == parent.info.run_id
         assert metric_names <= set(child.data.metrics)
         assert child.data.metrics["epoch"] == EPOCHS
         steps = [m.step for m in client.get_metric_history(run_id, "recon_mse")]

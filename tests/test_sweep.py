@@ -20,8 +20,8 @@ from sweep_helpers import (
     study_record,
 )
 
+from analysis import records
 from search_spaces.loader import load_space
-from study import tracking
 from trainables import get_family
 
 NAME = "s1"
@@ -71,9 +71,9 @@ def test_one_parent_run_with_one_child_per_trial(sweep):
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name == NAME
     tags = parent.data.tags
-    assert tags[tracking.TAG_KIND] == "study"
-    assert tags["latent_studies.family"] == "mlvae"
-    assert tags["latent_studies.objectives"] == ":".join(OBJECTIVE)
+    assert tags[records.TAG_KIND] == "study"
+    assert tags[records.TAG_FAMILY] == "mlvae"
+    assert tags[records.TAG_OBJECTIVES] == ":".join(OBJECTIVE)
     assert parent.data.params["name"] == NAME
     assert parent.data.params["trials"] == str(TRIALS)
     assert parent.data.metrics["trials_total"] == TRIALS
@@ -82,12 +82,12 @@ def test_one_parent_run_with_one_child_per_trial(sweep):
     children = record.children
     assert len(children) == TRIALS
     for child in children:
-        assert child.data.tags[tracking.TAG_PARENT] == parent.info.run_id
-        assert child.data.tags[tracking.TAG_KIND] == "trial"
-        assert child.data.tags[tracking.TAG_STUDY] == NAME
+        assert child.data.tags[records.TAG_PARENT] == parent.info.run_id
+        assert child.data.tags[records.TAG_KIND] == "trial"
+        assert child.data.tags[records.TAG_STUDY] == NAME
         assert child.info.status == "FINISHED"
-        assert child.data.tags["latent_studies.trial_status"] == "TERMINATED"
-    trial_ids = {c.data.tags[tracking.TAG_TRIAL] for c in children}
+        assert child.data.tags[records.TAG_TRIAL_STATUS] == "TERMINATED"
+    trial_ids = {c.data.tags[records.TAG_TRIAL] for c in children}
     assert len(trial_ids) == TRIALS
     # Every trial printed one line, and the driver said where things went.
     for trial_id in trial_ids:
@@ -100,11 +100,11 @@ def test_children_hold_family_and_study_params(sweep):
     for child in sweep.record.children:
         params = child.data.params
         assert searched <= set(params), sorted(params)
-        assert params["study.family"] == "mlvae"
-        assert params["study.dataset"] == "digits"
-        assert params["study.epochs"] == str(EPOCHS)
-        assert params["study.seed"] == "0"
-        assert params["study.study"] == NAME
+        assert params[records.run_column("family")] == "mlvae"
+        assert params[records.run_column("dataset")] == "digits"
+        assert params[records.run_column("epochs")] == str(EPOCHS)
+        assert params[records.run_column("seed")] == "0"
+        assert params[records.run_column("study")] == NAME
         # Each value is one the family's config accepts.
         get_family("mlvae").config_cls(**{k: yaml.safe_load(params[k]) for k in searched})
 
@@ -143,16 +143,16 @@ def test_children_record_images_and_node(sweep):
         }
         assert all(a.file_size and a.file_size > 100 for a in images.values())
         # Runs here on the local single-node Ray: one node id, Ray's 56 hex digits.
-        assert len(child.data.tags[tracking.TAG_NODE]) == 56
+        assert len(child.data.tags[records.TAG_NODE]) == 56
     local = sweep.record.children[0].info.run_id
     path = Path(client.download_artifacts(local, "images/swaps.png", str(sweep.cwd)))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len({c.data.tags[tracking.TAG_NODE] for c in sweep.record.children}) == 1
+    assert len({c.data.tags[records.TAG_NODE] for c in sweep.record.children}) == 1
 
 
 def test_optuna_drives_the_trials(sweep, searcher_state):
     parent = sweep.record.parent
-    assert parent.data.tags["latent_studies.sampler"] == "TPESampler"
+    assert parent.data.tags[records.TAG_SAMPLER] == "TPESampler"
     searched = sorted(load_space("mlvae").distributions)
     proposed = {tuple(child.data.params[k] for k in searched) for child in sweep.record.children}
     assert len(proposed) == TRIALS, "trials got repeated parameters"
@@ -195,7 +195,7 @@ def test_export_then_train_reproduces_the_metrics(sweep):
     top = max(children.values(), key=lambda c: c.data.metrics[OBJECTIVE[0]])
     assert best["metrics"][OBJECTIVE[0]] == top.data.metrics[OBJECTIVE[0]]
     source = children[best["source"]["mlflow_run_id"]]
-    assert best["source"]["trial_id"] == source.data.tags[tracking.TAG_TRIAL]
+    assert best["source"]["trial_id"] == source.data.tags[records.TAG_TRIAL]
     assert best["epochs"] == int(source.data.metrics["epoch"])
     assert best["seed"] == 0
     for key, value in best["params"].items():

@@ -1,0 +1,493 @@
+"""The MLflow schema of a study, for both sides: `study/tracking.py` writes runs with these
+names and conversions, and `analysis/` reads them back with the same ones, so every tag and
+prefix is spelled here only.
+
+A study is one parent run (kind "study") and one nested run per trial (kind "trial").
+A trial's Tune config is an envelope: the run settings under RUN_KEY, every other key a
+family parameter. Its MLflow params are that config flattened: `study.<setting>` and the
+family parameters by their bare names (nested values as `name.key`). Readers' columns keep
+`study.<setting>` and prefix family parameters with `param.`.
+
+Standard library and MLflow only, and MLflow is imported when a function needs it: Ray
+workers import the envelope, and a notebook reading a study never needs Ray.
+"""
+
+from __future__ import annotations
+
+import ast
+import fcntl
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainables.errors import UserError
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, Run
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "latent-studies"
+
+# --- tags ---------------------------------------------------------------------------------
+# Stores written by earlier versions carry exactly these names: renaming one loses them.
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: its UI nests a trial under its study
+TAG_STUDY = "latent_studies.study"
+TAG_KIND = "latent_studies.kind"  # KIND_STUDY (parent) or KIND_TRIAL (child)
+# The parent run's.
+TAG_FAMILY = "latent_studies.family"
+TAG_DATASET = "latent_studies.dataset"
+TAG_CODE_VERSION = "latent_studies.code_version"
+TAG_OBJECTIVES = "latent_studies.objectives"  # "metric:mode,metric:mode"
+TAG_SPACE = "latent_studies.space"  # the search space as Optuna distributions, JSON
+TAG_SAMPLER = "latent_studies.sampler"
+TAG_SOURCE_STUDY = "latent_studies.source_study"  # a robustness study's source
+TAG_MODE = "latent_studies.mode"  # MODE_ROBUSTNESS for a robustness study
+# A trial run's.
+TAG_TRIAL = "latent_studies.trial_id"
+TAG_NODE = "latent_studies.node_id"  # Ray node the trial last reported from
+TAG_DEVICE = "latent_studies.device"  # "cpu" or "cuda", as the trial last reported
+TAG_TRIAL_STATUS = "latent_studies.trial_status"  # Ray's: TERMINATED or ERROR
+TAG_DIVERGED = "latent_studies.diverged"  # "true", only on a diverged trial
+TAG_TIME_TOTAL = "latent_studies.time_total_s"
+
+KIND_STUDY = "study"
+KIND_TRIAL = "trial"
+MODE_ROBUSTNESS = "robustness"
+# String values of a trial's results, recorded as tags (MLflow metrics are numbers).
+RESULT_TAGS = {"node_id": TAG_NODE, "device": TAG_DEVICE}
+
+# --- the trial-config envelope ------------------------------------------------------------
+RUN_KEY = "study"  # trial config key holding the run settings; the rest are family params
+RUN_PREFIX = RUN_KEY + "."  # MLflow param (and reader column) prefix of a run setting
+PARAM_PREFIX = "param."  # reader column prefix of a family parameter
+# Run settings that are names: read back as text even when they look like numbers.
+TEXT_SETTINGS = frozenset({"family", "dataset", "study", "variant", "precision"})
+PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
+# Reader columns that describe the run rather than a param or a metric.
+INFO_COLUMNS = ("run_id", "run_name", "status", "trial_id", "trial_status")
+
+
+def redact(text: str) -> str:
+    """Hide credentials in URIs (scheme://user:password@host -> scheme://***@host)."""
+    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of `flatten`."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *parents, last = key.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return nested
+
+
+def param_text(value: Any) -> str:
+    """How a value is stored as an MLflow param: its str(), credentials hidden, cut to
+    MLflow's limit."""
+    return redact(str(value))[:PARAM_VALUE_LIMIT]
+
+
+def parse_value(text: str) -> Any:
+    """A param value back as the Python value whose str() it is ("[64]" -> [64],
+    "1e-05" -> 1e-05, "None" -> None); text that is no Python literal stays text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if text in ("nan", "inf", "-inf"):
+        return float(text)
+    return text
+
+
+def parse_param(key: str, text: str) -> Any:
+    """A param of a trial run as its value (names among the run settings stay text)."""
+    if key.startswith(RUN_PREFIX) and key.removeprefix(RUN_PREFIX) in TEXT_SETTINGS:
+        return text
+    return parse_value(text)
+
+
+def mlflow_params(values: Mapping[str, Any]) -> dict[str, str]:
+    """`values` flattened into MLflow params."""
+    return {key: param_text(value) for key, value in flatten(values).items()}
+
+
+def params_of(values: Mapping[str, Any]) -> list[Param]:
+    """`values` as MLflow Param entities, ready for `log_batch`."""
+    from mlflow.entities import Param
+
+    return [Param(key, text) for key, text in mlflow_params(values).items()]
+
+
+@dataclass
+class TrialConfig:
+    """One trial's config: the run settings (family, dataset, epochs, seed, data_dir,
+    eval_every, precision, study and, in a robustness study, variant) and the family
+    parameters."""
+
+    run: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_tune(cls, config: Mapping[str, Any]) -> TrialConfig:
+        run = dict(config.get(RUN_KEY) or {})
+        return cls(run, {k: v for k, v in config.items() if k != RUN_KEY})
+
+    def to_tune(self) -> dict[str, Any]:
+        return {RUN_KEY: dict(self.run), **self.params}
+
+    def to_mlflow_params(self) -> dict[str, str]:
+        return mlflow_params(self.to_tune())
+
+    @classmethod
+    def from_mlflow_params(cls, params: Mapping[str, str]) -> TrialConfig:
+        values = {key: parse_param(key, text) for key, text in params.items()}
+        return cls.from_tune(unflatten(values))
+
+
+# --- reader columns -----------------------------------------------------------------------
+def column_of(key: str) -> str:
+    """The reader column of a trial's MLflow param."""
+    return key if key.startswith(RUN_PREFIX) else PARAM_PREFIX + key
+
+
+def run_column(setting: str) -> str:
+    """The column of a run setting ("epochs" -> "study.epochs")."""
+    return RUN_PREFIX + setting
+
+
+def param_column(name: str) -> str:
+    """The column of a family parameter ("lr" -> "param.lr")."""
+    return PARAM_PREFIX + name
+
+
+def param_name(column: str) -> str | None:
+    """The family parameter a column holds, or None for any other column."""
+    return column.removeprefix(PARAM_PREFIX) if column.startswith(PARAM_PREFIX) else None
+
+
+def is_metric_column(column: str) -> bool:
+    return column not in INFO_COLUMNS and not column.startswith((PARAM_PREFIX, RUN_PREFIX))
+
+
+# --- tags as the writers set them -----------------------------------------------------------
+def objectives_text(objectives: Iterable[str]) -> str:
+    return ",".join(objectives)
+
+
+def parse_objectives(text: str) -> list[tuple[str, str]]:
+    return [tuple(item.split(":")) for item in text.split(",") if item]
+
+
+def study_tags(
+    name: str, family: str, dataset: str, objectives: Iterable[str], code_version: str
+) -> dict[str, str]:
+    """The tags of a study's parent run."""
+    return {
+        TAG_STUDY: name,
+        TAG_KIND: KIND_STUDY,
+        TAG_FAMILY: family,
+        TAG_DATASET: dataset,
+        TAG_CODE_VERSION: code_version,
+        TAG_OBJECTIVES: objectives_text(objectives),
+    }
+
+
+def search_tags(space_json: str, sampler: str) -> dict[str, str]:
+    """The parent run's tags of a searched study."""
+    return {TAG_SPACE: space_json, TAG_SAMPLER: sampler}
+
+
+def robustness_tags(source_study: str) -> dict[str, str]:
+    """The parent run's tags of a robustness study."""
+    return {TAG_SOURCE_STUDY: source_study, TAG_MODE: MODE_ROBUSTNESS}
+
+
+def trial_tags(parent_run_id: str, study: str, trial_id: str) -> dict[str, str]:
+    """The tags a trial run is created with."""
+    return {TAG_PARENT: parent_run_id, TAG_STUDY: study, TAG_KIND: KIND_TRIAL, TAG_TRIAL: trial_id}
+
+
+def finish_tags(trial_status: str, result: Mapping[str, Any]) -> dict[str, str]:
+    """The tags a trial run ends with, from Ray's status and the trial's last result."""
+    tags = {TAG_TRIAL_STATUS: trial_status}
+    if result.get("diverged"):
+        tags[TAG_DIVERGED] = "true"
+    if "time_total_s" in result:
+        tags[TAG_TIME_TOTAL] = f"{result['time_total_s']:.2f}"
+    return tags
+
+
+# --- the store ----------------------------------------------------------------------------
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # Pin a relative SQLite path to the working directory now, so Ray's workers and
+        # later commands agree on the file.
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Fail fast, with one line, when the store cannot be reached or created."""
+    path = _sqlite_path(uri)
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    elif path is not None:
+        if not path.parent.is_dir():
+            raise UserError(
+                f"tracking-uri: directory {path.parent} does not exist; create it or pass another --tracking-uri"
+            )
+    elif uri.startswith("file:") or "://" not in uri:
+        raise UserError(
+            f"tracking-uri: {redact(uri)} is a file store, which MLflow 3 refuses; "
+            f"use sqlite:///mlflow.db or an http:// server"
+        )
+
+
+def _check_server(uri: str) -> None:
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=5).raise_for_status()
+    except requests.RequestException as error:
+        reason = type(error).__name__
+        raise UserError(
+            f"tracking-uri: cannot reach the MLflow server at {redact(uri)} ({reason}); "
+            f"start it (mlflow server --host 127.0.0.1) or pass another --tracking-uri"
+        ) from None
+
+
+def store_exists(uri: str) -> bool:
+    """False for an SQLite store whose file is missing: opening it would create it, so
+    read-only commands check this first and write nothing."""
+    path = _sqlite_path(uri)
+    return path.is_file() if path is not None else True
+
+
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff (about 4
+# minutes) and waits up to 120 s for an answer; meanwhile the driver's loop, which makes
+# every write, would stall. The writers' queue keeps a failed write and retries it itself,
+# so one quick retry is enough. MLflow also prints "View run ... at <tracking URI>" for
+# every run it ends, credentials included. Settings the user made in the environment win.
+HTTP_SETTINGS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
+
+
+def configure_http_client() -> None:
+    for key, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MlflowClient for `uri`. Opening a new SQLite store creates its tables; two
+    processes doing that at once (two studies started together in one directory) break
+    each other's schema migration, leaving a store no one can open. So SQLite stores are
+    opened under an exclusive lock on their directory (no lock file is left behind)."""
+    from mlflow import MlflowClient
+
+    configure_http_client()
+    path = _sqlite_path(uri)
+    if path is None:
+        return MlflowClient(uri)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        return MlflowClient(uri)
+    finally:
+        os.close(directory)  # releases the lock
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of experiment `name`, created when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name)
+    except Exception:  # noqa: BLE001 - another study created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def find_study_run(client: MlflowClient, experiment: str, study: str) -> Run | None:
+    runs = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = '{KIND_STUDY}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def find_trial_run(
+    client: MlflowClient, experiment: str, parent_run_id: str, trial_id: str
+) -> Run | None:
+    """The run a trial already has (a resumed or retried trial), if any."""
+    runs = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'",
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> list[Run]:
+    """Every active trial run of a study, all pages of them."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment],
+            filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'",
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+# --- runs as plain records ----------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's parent run."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    status: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+    @classmethod
+    def from_run(cls, run: Run) -> StudyRecord:
+        info, data = run.info, run.data
+        name = data.tags.get(TAG_STUDY, info.run_name)
+        return cls(
+            info.run_id,
+            name,
+            info.experiment_id,
+            info.status,
+            dict(data.tags),
+            dict(data.params),
+            dict(data.metrics),
+        )
+
+    @property
+    def family(self) -> str:
+        return self.tags[TAG_FAMILY]
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        return parse_objectives(self.tags.get(TAG_OBJECTIVES, ""))
+
+    @property
+    def space(self) -> str:
+        """The search space's JSON ("" for a study without one, such as a robustness one)."""
+        return self.tags.get(TAG_SPACE, "")
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial's run: its params as MLflow stores them (text) and its latest metrics."""
+
+    run_id: str
+    run_name: str
+    status: str
+    trial_id: str | None
+    trial_status: str | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @classmethod
+    def from_run(cls, run: Run) -> TrialRecord:
+        info, data = run.info, run.data
+        tags = dict(data.tags)
+        return cls(
+            info.run_id,
+            info.run_name,
+            info.status,
+            tags.get(TAG_TRIAL),
+            tags.get(TAG_TRIAL_STATUS),
+            dict(data.params),
+            dict(data.metrics),
+            tags,
+        )
+
+    @property
+    def config(self) -> TrialConfig:
+        return TrialConfig.from_mlflow_params(self.params)
+
+    def row(self) -> dict[str, Any]:
+        """One flat row: INFO_COLUMNS, `study.*` and `param.*` values, then the metrics."""
+        row: dict[str, Any] = {
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "status": self.status,
+            "trial_id": self.trial_id,
+            "trial_status": self.trial_status,
+        }
+        for key, text in self.params.items():
+            row[column_of(key)] = parse_param(key, text)
+        row.update(self.metrics)
+        return row
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    """What a store holds of one study."""
+
+    tracking_uri: str
+    parent: StudyRecord
+    trials: list[TrialRecord]
+
+
+def read_study(
+    name: str, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
+) -> StudyRecords:
+    """The study's parent run and its trial runs. Writes nothing, not even a new store."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)
+    # A missing SQLite file holds no study; opening it (even making the client) would
+    # create it, so don't.
+    client = open_client(uri) if store_exists(uri) else None
+    found = client.get_experiment_by_name(experiment) if client else None
+    parent = find_study_run(client, found.experiment_id, name) if found else None
+    if parent is None:
+        raise UserError(
+            f"name: no study {name!r} in {redact(uri)} (experiment {experiment!r}); "
+            f"check the name with `study status` or pass --tracking-uri"
+        )
+    runs = trial_runs(client, found.experiment_id, parent.info.run_id)
+    trials = [TrialRecord.from_run(run) for run in runs]
+    return StudyRecords(uri, StudyRecord.from_run(parent), trials)

@@ -1,0 +1,381 @@
+"""The MLflow schema both sides share (analysis/records.py): the trial-config envelope to
+MLflow params and back, the reading side's independence from Ray, stores written before
+the schema had a module of its own, the locked open of an SQLite store, and the tracking
+callback writing runs that the reading side loads."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from analysis import records
+from analysis.records import PARAM_VALUE_LIMIT, TrialConfig
+from trainables.errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RUN = {
+    "family": "mlvae",
+    "dataset": "digits",
+    "epochs": 3,
+    "seed": 0,
+    "data_dir": None,
+    "eval_every": 1,
+    "precision": "fp32",
+    "study": "s1",
+}
+
+
+# --- the envelope ---------------------------------------------------------------------------
+def test_tune_config_round_trips_through_mlflow_params():
+    config = {
+        records.RUN_KEY: {**RUN, "variant": "nbr:lr=0.005"},
+        "lr": 1e-05,
+        "hidden": [256, 64],
+        "freeze_class_heads": False,
+        "recon_loss": "bernoulli",
+        "noise_std": float("nan"),
+        "schedule": {"warmup": 2, "decay": {"every": 10, "factor": 0.5}},
+    }
+    params = TrialConfig.from_tune(config).to_mlflow_params()
+    assert params["study.family"] == "mlvae"
+    assert params["study.epochs"] == "3"
+    assert params["study.data_dir"] == "None"
+    assert params["lr"] == "1e-05"
+    assert params["hidden"] == "[256, 64]"
+    assert params["schedule.decay.factor"] == "0.5"
+    assert all(isinstance(v, str) for v in params.values())
+
+    back = TrialConfig.from_mlflow_params(params).to_tune()
+    nan = back.pop("noise_std")
+    assert nan != nan
+    assert back == {k: v for k, v in config.items() if k != "noise_std"}
+
+
+def test_names_among_the_run_settings_stay_text():
+    config = TrialConfig({**RUN, "study": "2024", "variant": "top1"}, {"z_dim": 16})
+    back = TrialConfig.from_mlflow_params(config.to_mlflow_params())
+    assert back.run["study"] == "2024"
+    assert back.run["epochs"] == 3
+    assert back.params == {"z_dim": 16}
+
+
+def test_params_hide_credentials_and_keep_to_the_value_limit():
+    config = TrialConfig(
+        {**RUN, "data_dir": "s3://user:secret@bucket/data"}, {"hidden": list(range(3000))}
+    )
+    params = config.to_mlflow_params()
+    assert params["study.data_dir"] == "s3://***@bucket/data"
+    assert len(params["hidden"]) == PARAM_VALUE_LIMIT
+    # What was cut short reads back as the text that was stored, not as an error.
+    assert TrialConfig.from_mlflow_params(params).params["hidden"] == params["hidden"]
+    assert records.redact("http://u:p@host:5000 and https://h/x") == (
+        "http://***@host:5000 and https://h/x"
+    )
+
+
+def test_reader_columns_of_mlflow_params():
+    assert records.column_of("study.seed") == "study.seed" == records.run_column("seed")
+    assert records.column_of("lr") == "param.lr" == records.param_column("lr")
+    assert records.param_name("param.lr") == "lr"
+    assert records.param_name("study.seed") is None
+    assert records.is_metric_column("recon_mse")
+    assert not records.is_metric_column("trial_id")
+    assert not records.is_metric_column("param.lr")
+
+
+# --- the reading side needs no Ray ----------------------------------------------------------
+def test_the_reading_side_imports_neither_ray_nor_study():
+    code = (
+        "import sys\n"
+        "import analysis, analysis.records\n"
+        "light = sorted(m for m in ('mlflow', 'torch', 'pandas') if m in sys.modules)\n"
+        "import analysis.runs, analysis.report, analysis.export, analysis.robustness\n"
+        "top = {m.split('.')[0] for m in sys.modules}\n"
+        "print(json.dumps({'light': light, 'loaded': sorted(top & {'ray', 'study', 'torch'})}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import json\n" + code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen == {"light": [], "loaded": []}
+
+
+# --- stores ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    from mlflow import MlflowClient
+
+    directory = tmp_path_factory.mktemp("records-store")
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(
+        records.DEFAULT_EXPERIMENT, artifact_location=str(directory / "artifacts")
+    )
+    return SimpleNamespace(uri=uri, client=client, experiment=experiment, directory=directory)
+
+
+def write_old_study(client, experiment: str, name: str) -> dict[str, str]:
+    """A study as the writers before analysis/records.py recorded it, every name spelled
+    out. Returns trial id -> run id."""
+    parent = client.create_run(
+        experiment,
+        run_name=name,
+        tags={
+            "latent_studies.study": name,
+            "latent_studies.kind": "study",
+            "latent_studies.family": "mlvae",
+            "latent_studies.dataset": "digits",
+            "latent_studies.objectives": "swap_acc:max,recon_mse:min",
+            "latent_studies.space": json.dumps({}),
+        },
+    )
+    parent_id = parent.info.run_id
+    runs = {}
+    for i, (lr, swap) in enumerate([(0.001, 0.9), (1e-05, 0.7), (0.01, 0.8)]):
+        trial_id = f"abc{i}_0000{i}"
+        run = client.create_run(
+            experiment,
+            run_name=f"{name}-{trial_id}",
+            tags={
+                "mlflow.parentRunId": parent_id,
+                "latent_studies.study": name,
+                "latent_studies.kind": "trial",
+                "latent_studies.trial_id": trial_id,
+            },
+        )
+        run_id = run.info.run_id
+        client.log_param(run_id, "study.family", "mlvae")
+        client.log_param(run_id, "study.dataset", "digits")
+        client.log_param(run_id, "study.epochs", "2")
+        client.log_param(run_id, "study.seed", "0")
+        client.log_param(run_id, "study.data_dir", "None")
+        client.log_param(run_id, "lr", str(lr))
+        client.log_param(run_id, "hidden", "[64]")
+        for step in (1, 2):
+            client.log_metric(run_id, "epoch", float(step), step=step)
+            client.log_metric(run_id, "swap_acc", swap, step=step)
+            client.log_metric(run_id, "recon_mse", 0.1 * (i + 1), step=step)
+        client.set_tag(run_id, "latent_studies.trial_status", "TERMINATED")
+        client.set_terminated(run_id, "FINISHED")
+        runs[trial_id] = run_id
+    client.set_terminated(parent_id, "FINISHED")
+    return runs
+
+
+def test_a_store_written_with_the_old_literal_names_reads_back(store, tmp_path):
+    from analysis.export import export_study
+    from analysis.runs import load_study, ranked
+
+    runs = write_old_study(store.client, store.experiment, "old")
+    found = records.read_study("old", store.uri)
+    assert found.parent.family == "mlvae"
+    assert found.parent.objectives == [("swap_acc", "max"), ("recon_mse", "min")]
+    assert {t.trial_id: t.run_id for t in found.trials} == runs
+    slow = next(t for t in found.trials if t.trial_id == "abc1_00001")
+    assert slow.trial_status == "TERMINATED"
+    assert slow.config.run["family"] == "mlvae"
+    assert slow.config.params == {"lr": 1e-05, "hidden": [64]}
+
+    study = load_study("old", store.uri)
+    best = ranked(study)
+    assert list(best["trial_id"]) == ["abc0_00000", "abc2_00002", "abc1_00001"]
+    assert list(best["param.lr"]) == [0.001, 0.01, 1e-05]
+    assert study.searched_params() == ["param.lr"]
+
+    written = export_study(study, tmp_path / "exports")
+    assert [p.name for p in written] == ["best.yaml", "rank-01.yaml"]
+    exported = yaml.safe_load(written[0].read_text())
+    assert exported["params"] == {"lr": 0.001, "hidden": [64]}
+    assert exported["family"] == "mlvae" and exported["epochs"] == 2
+    assert exported["metrics"] == {"swap_acc": 0.9, "recon_mse": pytest.approx(0.1)}
+    assert exported["source"]["mlflow_run_id"] == runs["abc0_00000"]
+
+
+def test_a_report_of_an_old_store(store, tmp_path):
+    from analysis.report import build_report
+
+    if records.find_study_run(store.client, store.experiment, "old") is None:
+        write_old_study(store.client, store.experiment, "old")
+    page = build_report("old", store.uri, records.DEFAULT_EXPERIMENT, tmp_path / "report")
+    text = page.read_text()
+    assert "<h1>old: mlvae</h1>" in text
+    assert "3 trials (finished 3)" in text
+    assert "<h2>Best trials</h2>" in text and "<h2>Pareto front</h2>" in text
+    assert (tmp_path / "report" / "pareto.png").stat().st_size > 1000
+    parent = records.find_study_run(store.client, store.experiment, "old")
+    assert parent.info.run_id in text
+
+
+def test_reading_a_missing_study_writes_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(UserError, match="no study 'nothing'"):
+        records.read_study("nothing", uri)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("sqlite:////no/such/directory/mlflow.db", "does not exist"),
+        ("file:///tmp/mlruns", "file store"),
+        ("mlruns", "file store"),
+    ],
+)
+def test_unusable_tracking_uris_fail_in_one_line(uri, message):
+    with pytest.raises(UserError, match=message):
+        records.check_tracking_uri(uri)
+
+
+def test_sqlite_store_opens_under_the_directory_lock(tmp_path):
+    import mlflow  # noqa: F401 - imported already, so only the lock can keep the opener waiting
+
+    db = tmp_path / "mlflow.db"
+    opened = []
+    directory = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(directory, fcntl.LOCK_EX)
+        opener = threading.Thread(
+            target=lambda: opened.append(records.open_client(f"sqlite:///{db}")), daemon=True
+        )
+        opener.start()
+        opener.join(timeout=3.0)
+        assert opener.is_alive() and not db.exists(), "opened the store without the lock"
+    finally:
+        os.close(directory)  # releases the lock
+    opener.join(timeout=120)
+    assert opened and db.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]  # no lock file left
+
+
+# --- the writing side -----------------------------------------------------------------------
+class FakeCheckpoint:
+    def __init__(self, images: dict[str, bytes]):
+        self.images = images
+
+    def to_directory(self, path: str) -> None:
+        (Path(path) / "images").mkdir()
+        for name, data in self.images.items():
+            (Path(path) / "images" / name).write_bytes(data)
+
+
+def fake_trial(trial_id: str, lr: float) -> SimpleNamespace:
+    config = TrialConfig({**RUN, "study": "w"}, {"lr": lr}).to_tune()
+    return SimpleNamespace(
+        trial_id=trial_id, config=config, last_result=None, checkpoint=None, status="RUNNING"
+    )
+
+
+def result(epoch: int, **values) -> dict:
+    return {
+        "epoch": epoch,
+        "swap_acc": 0.5 + epoch / 10,
+        "node_id": "n1",
+        "device": "cpu",
+        **values,
+    }
+
+
+def test_the_tracking_callback_writes_what_the_reading_side_loads(store, monkeypatch):
+    from study import tracking
+
+    parent = store.client.create_run(
+        store.experiment,
+        run_name="w",
+        tags=records.study_tags("w", "mlvae", "digits", ["swap_acc:max"], "test"),
+    )
+    parent_id = parent.info.run_id
+    queue = tracking.TrackingQueue(store.uri)
+    logger = tracking.MlflowTrialLogger(queue, store.experiment, parent_id, "w", {"swap_acc"})
+    trial = fake_trial("wt_00000", 0.003)
+
+    # The first result of a trial goes out at once, later ones wait for the throttle.
+    monkeypatch.setattr(tracking, "METRICS_EVERY_SECONDS", 3600.0)
+    logger.on_trial_start(0, [trial], trial)
+    logger.on_trial_result(0, [trial], trial, result(1))
+    logger.on_trial_result(0, [trial], trial, result(2, device="cuda"))
+    logger.on_step_end(0, [trial])
+    run_id = logger.runs.run_id(trial.trial_id)
+    assert epochs_of(store.client, run_id) == [1]
+    logger.buffer.send_due(everything=True)
+    assert epochs_of(store.client, run_id) == [1, 2]
+
+    # A resumed driver unpickles the callback: it finds the run again by its tags and
+    # skips the epochs that run logged.
+    resumed = pickle.loads(pickle.dumps(logger))
+    assert resumed.runs.ids == {} and resumed.buffer.unsent == {}
+    resumed.on_trial_result(0, [trial], trial, result(2, device="cuda"))
+    resumed.on_trial_result(0, [trial], trial, result(3, device="cuda"))
+    assert resumed.runs.run_id(trial.trial_id) == run_id
+
+    lost = store.client.create_run(
+        store.experiment, tags=records.trial_tags(parent_id, "w", "lost0000")
+    ).info.run_id
+    trial.last_result = {**result(3), "time_total_s": 12.5}
+    trial.checkpoint = FakeCheckpoint({"swaps.png": b"png"})
+    resumed.on_trial_complete(0, [trial], trial)
+    resumed.on_experiment_end([trial])
+
+    assert store.client.get_run(lost).info.lifecycle_stage == "deleted"
+    found = records.read_study("w", store.uri)
+    (written,) = found.trials
+    assert written.run_id == run_id and written.status == "FINISHED"
+    assert written.trial_status == "TERMINATED"
+    assert written.tags[records.TAG_DEVICE] == "cuda"
+    assert written.tags[records.TAG_TIME_TOTAL] == "12.50"
+    assert records.TAG_DIVERGED not in written.tags
+    assert written.config.run == {**RUN, "study": "w"}
+    # Every family default is recorded beside the searched value.
+    assert written.config.params["lr"] == 0.003
+    assert written.config.params["hidden"] == [500]
+    assert epochs_of(store.client, run_id) == [1, 2, 3]
+    images = [a.path for a in store.client.list_artifacts(run_id, "images")]
+    assert images == ["images/swaps.png"]
+
+
+def epochs_of(client, run_id: str) -> list[int]:
+    return sorted(int(m.step) for m in client.get_metric_history(run_id, "epoch"))
+
+
+def test_failed_writes_wait_in_order_and_are_replayed(monkeypatch, capsys):
+    from study import tracking
+
+    queue = tracking.TrackingQueue("http://user:secret@127.0.0.1:1")
+    done, down = [], [True]
+
+    def write(n: int):
+        def operation():
+            if down[0]:
+                raise ConnectionError("server down at http://user:secret@127.0.0.1:1")
+            done.append(n)
+
+        return operation
+
+    queue.submit("first", write(1))
+    queue.submit("second", write(2))
+    assert done == [] and [what for what, _ in queue.pending] == ["first", "second"]
+    down[0] = False
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    assert queue.drain(timeout=5)
+    assert done == [1, 2] and not queue.pending
+    printed = capsys.readouterr().out
+    assert "queueing writes and retrying" in printed and "queued writes were replayed" in printed
+    assert "secret" not in printed
+    # Pickled with Ray's callbacks: only where to write goes along.
+    queue.submit("third", lambda: 1 / 0)
+    restored = pickle.loads(pickle.dumps(queue))
+    assert restored.uri == queue.uri and not restored.pending
