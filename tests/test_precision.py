@@ -86,7 +86,8 @@ def assert_bf16_tracks_fp32(family: str, dataset) -> None:
     # +25% loss, twice the recon_mse and degenerate swaps.
     assert losses16["train_loss"] == pytest.approx(losses32["train_loss"], rel=0.1)
     assert metrics16["recon_mse"] == pytest.approx(metrics32["recon_mse"], rel=0.2)
-    assert metrics16["degenerate"] == metrics32["degenerate"] == 0.0
+    # Families that can find a degenerate solution report it; neither run may find it.
+    assert metrics16.get("degenerate", 0.0) == metrics32.get("degenerate", 0.0) == 0.0
     assert metrics16["diverged"] == 0.0
 
 

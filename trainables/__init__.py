@@ -14,12 +14,16 @@ _EXPORTS = {
     "Dataset": "trainables.data",
     "load_dataset": "trainables.data",
     "ConfigError": "trainables.errors",
+    "ContractError": "trainables.errors",
     "DataError": "trainables.errors",
     "UserError": "trainables.errors",
     "Experiment": "trainables.experiment",
     "pick_device": "trainables.experiment",
     "Family": "trainables.family",
     "FamilyConfig": "trainables.family",
+    "FamilyModel": "trainables.family",
+    "Metric": "trainables.family",
+    "Training": "trainables.family",
     "all_families": "trainables.registry",
     "get_family": "trainables.registry",
 }
@@ -27,11 +31,15 @@ _EXPORTS = {
 __all__ = [
     "DATASETS",
     "ConfigError",
+    "ContractError",
     "DataError",
     "Dataset",
     "Experiment",
     "Family",
     "FamilyConfig",
+    "FamilyModel",
+    "Metric",
+    "Training",
     "UserError",
     "all_families",
     "get_family",
@@ -41,9 +49,9 @@ __all__ = [
 
 if TYPE_CHECKING:
     from trainables.data import DATASETS, Dataset, load_dataset
-    from trainables.errors import ConfigError, DataError, UserError
+    from trainables.errors import ConfigError, ContractError, DataError, UserError
     from trainables.experiment import Experiment, pick_device
-    from trainables.family import Family, FamilyConfig
+    from trainables.family import Family, FamilyConfig, FamilyModel, Metric, Training
     from trainables.registry import all_families, get_family
 
 

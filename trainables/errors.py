@@ -1,4 +1,5 @@
-"""Errors a user can fix. The CLI prints them as one line and exits with status 2."""
+"""Errors a user can fix (the CLI prints them as one line and exits with status 2), and
+the error a family raises when it breaks its own declarations."""
 
 
 class UserError(Exception):
@@ -11,3 +12,9 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset is unknown, missing or damaged."""
+
+
+class ContractError(Exception):
+    """A family broke its own declarations (an undeclared metric, a value outside its
+    declared range, a model without the methods the base relies on): a bug in the family's
+    code, not bad input, so it is not a UserError and keeps its traceback."""

@@ -142,6 +142,9 @@ class Experiment:
                 self._quick_context = self.eval_context.quick()
             context = self._quick_context if quick else self.eval_context
             metrics = self.family.evaluate(self.model, self.dataset, self.config, context)
+            # An undeclared name or a value outside its declared range is a bug in the
+            # family: raise rather than log (or silently drop) it.
+            self.family.check_metrics(metrics)
             if not all(math.isfinite(v) for v in metrics.values()):
                 self.diverged = True
         metrics["diverged"] = float(self.diverged)

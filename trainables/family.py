@@ -1,183 +1,272 @@
-"""What every model family provides, and the pieces they share.
+"""The typed template every model family fills in, and the pieces families share.
 
-A family is one module in `trainables/families/` that defines a config dataclass (a
-subclass of `FamilyConfig`) and a module-level `FAMILY = Family(...)` record. The registry
-finds it there, so adding a family touches no other file.
+A family is one module in `trainables/families/` that subclasses `Family` and ends with
+`FAMILY = TheFamily()`; the registry finds it there, so adding a family touches no other
+file. The shape is disentanglement_lib's `BaseVAE.model_fn`: a family writes its model and
+one training step and declares what it reports; the base owns the epoch loop (and with it
+CUDA-graph replay), the metric bookkeeping, and the checks of every evaluation against
+the declarations. `trainables.contract` is the test suite every family must pass.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from collections.abc import Callable, Iterable
+import abc
+import contextlib
+import contextvars
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
 
 from trainables import cuda_graphs
-from trainables.data import Dataset
-from trainables.errors import ConfigError
+from trainables.config import FamilyConfig
+from trainables.data import Dataset, shuffled_batches
+from trainables.errors import ConfigError, ContractError
+from trainables.grids import Grid, MakeGrid
+from trainables.metrics import RUN_METRICS, EvalContext, Metric
+
+__all__ = [
+    "Family",
+    "FamilyConfig",
+    "FamilyModel",
+    "Grid",
+    "Metric",
+    "Training",
+    "adam",
+    "gradient_step",
+    "mlp",
+    "one_hot",
+    "run_batches",
+]
 
 Metrics = dict[str, float]
+Terms = dict[str, torch.Tensor]
 
 
-@dataclass
-class FamilyConfig:
-    """Fields every family has. Subclasses add theirs and extend `check()`.
+class FamilyModel(nn.Module, abc.ABC):
+    """A family's model. The shared image grids and the contract suite call these two, so a
+    model that lacks one fails when it is built rather than when a grid is first drawn."""
 
-    Values are type-checked against the annotations and range-checked by `check()` on
-    creation, so a bad setting fails here, before anything reaches Ray.
-    """
+    @abc.abstractmethod
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] decoded from the mean codes of `x` (the labels are for decoders
+        that read them)."""
 
-    lr: float = 1e-3
-    batch_size: int = 64
-
-    # Per-field (low, high) bounds, inclusive; a family adds its own.
-    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
-        "lr": (1e-7, 10.0),
-        "batch_size": (2, 65536),
-    }
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for field in dataclasses.fields(self):
-            value = _coerce(field.name, getattr(self, field.name), hints[field.name])
-            setattr(self, field.name, value)
-        for name, (low, high) in self.all_bounds().items():
-            value = getattr(self, name)
-            values = value if isinstance(value, tuple) else (value,)
-            for v in values:
-                if (low is not None and v < low) or (high is not None and v > high):
-                    raise ConfigError(
-                        f"{name}: {value!r} is out of range; use a value in {_range_text(low, high)}"
-                    )
-        self.check()
-
-    @classmethod
-    def all_bounds(cls) -> dict[str, tuple[float | None, float | None]]:
-        merged: dict[str, tuple[float | None, float | None]] = {}
-        for klass in reversed(cls.__mro__):
-            merged.update(vars(klass).get("bounds", {}))
-        return merged
-
-    def check(self) -> None:
-        """Constraints between fields; raise ConfigError naming the field and the fix."""
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> FamilyConfig:
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(
-                f"{unknown[0]}: unknown parameter for this family; valid parameters: "
-                f"{', '.join(cls.field_names())}"
-            )
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+    @abc.abstractmethod
+    def latent_codes(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The mean codes of `x` by name; the latent scatter draws one panel per code."""
 
 
-def _range_text(low, high) -> str:
-    if high is None:
-        return f"[{low}, inf)"
-    return f"[{low}, {high}]"
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Check `value` against a field annotation, converting only where nothing is lost
-    (an int where a float is wanted, a list where a tuple is)."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        if value not in choices:
-            raise ConfigError(
-                f"{name}: {value!r} is not a valid choice; choose one of {', '.join(map(str, choices))}"
-            )
-        return value
-    if origin in (types.UnionType, typing.Union):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return None if value is None else _coerce(name, value, args[0])
-    if origin is tuple:
-        (item_type, _ellipsis) = typing.get_args(annotation)
-        if not isinstance(value, list | tuple) or not value:
-            raise ConfigError(
-                f"{name}: expected a non-empty list of {item_type.__name__}, got {value!r}; write e.g. [256, 64]"
-            )
-        return tuple(_coerce(name, v, item_type) for v in value)
-    wrong = ConfigError(
-        f"{name}: expected {annotation.__name__}, got {value!r} ({type(value).__name__}); fix the value"
-    )
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if isinstance(value, bool):
-        raise wrong
-    if annotation is float:
-        if not isinstance(value, int | float):
-            raise wrong
-        return float(value)
-    if annotation is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if not isinstance(value, int):
-            raise wrong
-        return value
-    if annotation is str and not isinstance(value, str):
-        raise wrong
-    return value
+ConfigT = TypeVar("ConfigT", bound=FamilyConfig)
+ModelT = TypeVar("ModelT", bound=FamilyModel)
 
 
 @dataclass(frozen=True)
-class Family:
-    """The few functions a family provides; the trainable and CLI read only these."""
+class Training(Generic[ConfigT, ModelT]):
+    """What a training step works on besides its batch. `generator` is the experiment's
+    CPU generator, saved and restored with it."""
 
-    name: str
-    summary: str
-    config_cls: type[FamilyConfig]
-    build: Callable[[FamilyConfig, Dataset], nn.Module]
-    make_optimizers: Callable[[nn.Module, FamilyConfig], dict[str, torch.optim.Optimizer]]
-    train_epoch: Callable[..., Metrics]  # (model, optimizers, dataset, config, generator)
-    evaluate: Callable[..., Metrics]  # (model, dataset, config, EvalContext)
-    # "metric:max|min" pairs a sweep optimises unless told otherwise.
-    default_objectives: tuple[str, ...]
-    # Every metric evaluate() may return, for validating --objective.
-    metric_names: tuple[str, ...]
-    # Image grids to log: name -> function(model, dataset, config, ctx) -> (rows, cols, H, W) tensor
-    image_grids: dict[str, Callable[..., torch.Tensor]] = dataclasses.field(default_factory=dict)
-    # Whether train_epoch's step may be captured as a CUDA graph (see cuda_graphs.py).
-    cuda_graphs: bool = True
+    model: ModelT
+    optimizers: dict[str, torch.optim.Optimizer]
+    dataset: Dataset
+    config: ConfigT
+    generator: torch.Generator
 
-    def make_config(self, values: dict[str, Any] | None = None) -> FamilyConfig:
+
+class Family(abc.ABC, Generic[ConfigT, ModelT]):
+    """One model family. A subclass declares the class attributes below and writes
+    `make_model`, `step` and `evaluate`; it may override `make_optimizers` (default: one
+    Adam over all parameters), `batches` (default: shuffled full batches) and
+    `reported_metrics`. The base derives the rest from those: `build`, `train_epoch`,
+    `metric_names`, `default_objectives`, `image_grids`, `metric_range`, `check_metrics`
+    and `make_config`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line, shown by the CLI
+    config_cls: ClassVar[type[FamilyConfig]]
+    # Every metric evaluate() may return.
+    metrics: ClassVar[tuple[Metric, ...]]
+    # The declared metrics a sweep optimises unless told otherwise, in the direction of
+    # each one's goal.
+    objectives: ClassVar[tuple[str, ...]]
+    grids: ClassVar[tuple[Grid, ...]]
+    # Configs (changes to the defaults) whose step or evaluate() takes other branches; the
+    # contract suite runs each of them besides the defaults.
+    test_variants: ClassVar[tuple[dict[str, Any], ...]] = ()
+    # The sizes of the paper's reference implementation for MNIST-sized images at batch
+    # 256: what the benchmarks time.
+    reference_config: ClassVar[Mapping[str, Any]] = {}
+    # Whether the step may be recorded as a CUDA graph (cuda_graphs.py); the contract
+    # suite checks on the CPU that it can be.
+    cuda_graphs: ClassVar[bool] = True
+
+    _REQUIRED: ClassVar[tuple[str, ...]] = (
+        "name",
+        "summary",
+        "config_cls",
+        "metrics",
+        "objectives",
+        "grids",
+    )
+
+    def __init__(self) -> None:
+        self._check_declarations()
+        self._declared = {metric.name: metric for metric in self.metrics}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # --- what a family writes ------------------------------------------------------------
+    @abc.abstractmethod
+    def make_model(self, config: ConfigT, dataset: Dataset) -> ModelT:
+        """The model for `config` and the dataset's image and label sizes."""
+
+    @abc.abstractmethod
+    def step(self, training: Training[ConfigT, ModelT], index: torch.Tensor) -> Terms:
+        """One training step on the batch `training.dataset.x_train[index]`: forward pass,
+        backward pass and the optimisers' updates. Returns the loss terms, "loss" among
+        them, left on the device.
+
+        On a GPU the base records the step once as a CUDA graph and replays it for every
+        batch, so it must not wait for the device (no .item() or float() of a tensor, no
+        branch on a tensor's value, no boolean-mask indexing), must read its batch only
+        through `index`, and must build its tensors on the batch's device. The contract
+        suite checks the first of these on the CPU."""
+
+    @abc.abstractmethod
+    def evaluate(
+        self, model: ModelT, dataset: Dataset, config: ConfigT, ctx: EvalContext
+    ) -> Metrics:
+        """The metrics `reported_metrics(config)`, as Python floats, on the held-out
+        subsets `ctx` fixes. NaN where a value is undefined (codes that are not finite)."""
+
+    def make_optimizers(self, model: ModelT, config: ConfigT) -> dict[str, torch.optim.Optimizer]:
+        return {"model": adam(model.parameters(), lr=config.lr)}
+
+    def batches(
+        self, dataset: Dataset, config: ConfigT, generator: torch.Generator
+    ) -> Iterable[torch.Tensor]:
+        """One epoch's batches, as index tensors into the training split."""
+        return shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
+
+    def reported_metrics(self, config: ConfigT) -> tuple[str, ...]:
+        """The metrics evaluate() returns for `config`: all the declared ones, unless the
+        family's evaluate() reports some only under some settings."""
+        return self.metric_names
+
+    # --- what the base derives -----------------------------------------------------------
+    def make_config(self, values: Mapping[str, Any] | None = None) -> ConfigT:
         return self.config_cls.from_dict(dict(values or {}))
 
+    def build(self, config: ConfigT, dataset: Dataset) -> ModelT:
+        model = self.make_model(config, dataset)
+        if not isinstance(model, FamilyModel):
+            raise ContractError(
+                f"{self.name}: make_model() returned a {type(model).__name__}; the model must "
+                "subclass trainables.family.FamilyModel"
+            )
+        return model
 
-def mlp(sizes: Iterable[int], final_activation: nn.Module | None = None) -> nn.Sequential:
-    """Fully connected layers with ReLU between them (none after the last unless given)."""
-    sizes = list(sizes)
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    if final_activation is not None:
-        layers.append(final_activation)
-    return nn.Sequential(*layers)
+    def train_epoch(
+        self,
+        model: ModelT,
+        optimizers: dict[str, torch.optim.Optimizer],
+        dataset: Dataset,
+        config: ConfigT,
+        generator: torch.Generator,
+    ) -> Metrics:
+        """Train one epoch: every batch through `step` (a graph replay inside
+        `cuda_graphs.replaying`); returns each loss term's mean over the epoch."""
+        model.train()
+        training = Training(model, optimizers, dataset, config, generator)
+        step = functools.partial(self.step, training)
+        return run_batches(self.batches(dataset, config, generator), step)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(metric.name for metric in self.metrics)
+
+    @property
+    def default_objectives(self) -> tuple[str, ...]:
+        """ "metric:max|min" for each declared objective."""
+        return tuple(f"{name}:{self._declared[name].goal}" for name in self.objectives)
+
+    @property
+    def image_grids(self) -> dict[str, MakeGrid]:
+        """Grid name -> function(model, dataset, config, ctx) returning the grid (or None)."""
+        return {grid.name: grid.make for grid in self.grids}
+
+    def metric(self, name: str) -> Metric:
+        """The declaration of `name`, one of this family's metrics or of those every
+        experiment adds (diverged, train_seconds, eval_seconds)."""
+        for metric in (*self.metrics, *RUN_METRICS):
+            if metric.name == name:
+                return metric
+        raise KeyError(f"{self.name}: no metric {name!r}; declared: {', '.join(self.metric_names)}")
+
+    def metric_range(self, name: str) -> tuple[float, float | None]:
+        return self.metric(name).range
+
+    def check_metrics(self, metrics: Mapping[str, float]) -> None:
+        """Raise ContractError unless every value is a float of a declared metric and lies
+        in its declared range: either would be a bug in the family, not in its input."""
+        for name, value in metrics.items():
+            metric = self._declared.get(name)
+            if metric is None:
+                raise ContractError(
+                    f"{self.name}: evaluate() returned {name!r}, which "
+                    f"{type(self).__name__}.metrics does not declare"
+                )
+            if not isinstance(value, float):
+                raise ContractError(
+                    f"{self.name}: evaluate() returned {name}={value!r} "
+                    f"({type(value).__name__}); metrics are Python floats"
+                )
+            if not metric.admits(value):
+                low, high = metric.range
+                raise ContractError(
+                    f"{self.name}: evaluate() returned {name}={value!r}, outside its declared "
+                    f"range [{low}, {'inf' if high is None else high}]"
+                )
+
+    def _check_declarations(self) -> None:
+        owner = type(self).__name__
+        missing = [attribute for attribute in self._REQUIRED if not hasattr(self, attribute)]
+        if missing:
+            raise ContractError(f"{owner}: declare the class attribute(s) {', '.join(missing)}")
+        if not (isinstance(self.config_cls, type) and issubclass(self.config_cls, FamilyConfig)):
+            raise ContractError(f"{owner}.config_cls must be a subclass of FamilyConfig")
+        names = [metric.name for metric in self.metrics]
+        _no_repeats(owner, "metric", names)
+        added = set(names) & {metric.name for metric in RUN_METRICS}
+        if added:
+            raise ContractError(f"{owner}: Experiment reports {sorted(added)} itself; drop them")
+        declared = {metric.name: metric for metric in self.metrics}
+        for objective in self.objectives:
+            if objective not in declared or declared[objective].goal is None:
+                raise ContractError(
+                    f"{owner}: objective {objective!r} must name a declared metric with a goal"
+                )
+        _no_repeats(owner, "grid", [grid.name for grid in self.grids])
+        for values in (*self.test_variants, self.reference_config):
+            try:
+                self.make_config(values)
+            except ConfigError as error:
+                raise ContractError(
+                    f"{owner}: {dict(values)} is not a valid config ({error})"
+                ) from None
 
 
-def run_batches(
-    batches: Iterable[torch.Tensor],
-    step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-) -> Metrics:
+def _no_repeats(owner: str, what: str, names: list[str]) -> None:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ContractError(f"{owner}: {what}(s) {', '.join(repeated)} declared twice")
+
+
+def run_batches(batches: Iterable[torch.Tensor], step: Callable[[torch.Tensor], Terms]) -> Metrics:
     """Run `step(batch_index)` over an epoch and average the terms it returns.
 
     Terms stay on the device until the end of the epoch, so the loop never waits for a
@@ -205,54 +294,44 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         optimizer.step()
 
 
+# Set while the contract suite checks a step on the CPU: it must see the optimisers a GPU
+# run gets, whose update keeps its step count on the device, where the CPU's default Adam
+# reads it with .item() every step. The fused kernel runs on the CPU as well.
+_as_on_gpu: contextvars.ContextVar[bool] = contextvars.ContextVar("as_on_gpu", default=False)
+
+
+@contextlib.contextmanager
+def optimizers_as_on_gpu() -> Iterator[None]:
+    """Within this block `adam` builds the fused kernel on the CPU too (the contract's check)."""
+    token = _as_on_gpu.set(True)
+    try:
+        yield
+    finally:
+        _as_on_gpu.reset(token)
+
+
 def adam(params: Iterable[nn.Parameter], lr: float, betas=(0.9, 0.999)) -> torch.optim.Adam:
     """Adam with the fused kernel on CUDA: one launch updates every parameter, where the
     default takes several per step, and these small models are launch-bound on a GPU.
     `capturable` there keeps the step count on the GPU, so the step can be a CUDA graph."""
     params = list(params)
     cuda = params[0].is_cuda
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=cuda, capturable=cuda)
+    fused = cuda or _as_on_gpu.get()
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused, capturable=cuda)
+
+
+def mlp(sizes: Iterable[int], final_activation: nn.Module | None = None) -> nn.Sequential:
+    """Fully connected layers with ReLU between them (none after the last unless given)."""
+    sizes = list(sizes)
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    if final_activation is not None:
+        layers.append(final_activation)
+    return nn.Sequential(*layers)
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels, n_classes).float()
-
-
-@torch.no_grad()
-def reconstruction_grid(
-    model: nn.Module, dataset: Dataset, config: FamilyConfig, ctx
-) -> torch.Tensor:
-    """Ten test images (top row) over their reconstructions from mean codes (bottom row).
-    Every family's model provides `reconstruct(x, labels)`."""
-    model.eval()
-    x, y = ctx.x_test[:10], ctx.y_test[:10]
-    return torch.stack([x, model.reconstruct(x, y)]).view(2, len(x), *dataset.image_shape)
-
-
-SCATTER_POINTS = 1000
-
-
-@torch.no_grad()
-def latent_scatter(model: nn.Module, dataset: Dataset, config: FamilyConfig, ctx) -> torch.Tensor:
-    """Test codes coloured by label, one panel per code the model names in
-    `latent_codes(x, labels)`, projected on their first two principal axes when wider than
-    two: an RGB picture (H, W, 3) of uint8."""
-    from trainables.images import scatter_picture
-
-    model.eval()
-    x, y = ctx.x_test[:SCATTER_POINTS], ctx.y_test[:SCATTER_POINTS]
-    panels = {
-        name: (principal_plane(codes.float()).cpu().numpy(), codes.shape[1])
-        for name, codes in model.latent_codes(x, y).items()
-    }
-    return scatter_picture(panels, y.cpu().numpy())
-
-
-def principal_plane(codes: torch.Tensor) -> torch.Tensor:
-    """The codes themselves when 2-D (or 1-D, padded with zeros), else their projection on
-    the two leading principal axes."""
-    if codes.shape[1] <= 2:
-        return torch.nn.functional.pad(codes, (0, 2 - codes.shape[1]))
-    centred = codes - codes.mean(dim=0)
-    _, _, v = torch.linalg.svd(centred, full_matrices=False)
-    return centred @ v[:2].T

@@ -7,8 +7,10 @@ the dataset.
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,16 +25,88 @@ MAX_TEST_CODES = 2000
 QUICK_TRAIN_CODES = 1500
 QUICK_TEST_CODES = 1000
 ALL_PROBES = ("logreg", "mlp")
+# Values within this of a declared bound still count as inside it: float32 estimates that
+# are non-negative in exact arithmetic (the biased MMD's three means) can round a few ulps
+# below zero.
+RANGE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a family declares: the values it can take and which way is better.
+
+    `Experiment` checks every evaluation against these declarations, intervals over seeds
+    stay inside [low, high], and a sweep's default objectives take their direction from
+    `goal`.
+    """
+
+    name: str
+    low: float = 0.0
+    high: float | None = 1.0  # None: no upper bound
+    goal: Literal["max", "min"] | None = None  # None: neither direction is better
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.goal not in ("max", "min", None):
+            raise ValueError(f"{self.name}: goal must be 'max', 'min' or None, not {self.goal!r}")
+        if self.high is not None and self.high <= self.low:
+            raise ValueError(f"{self.name}: high {self.high} must exceed low {self.low}")
+
+    @property
+    def range(self) -> tuple[float, float | None]:
+        return (self.low, self.high)
+
+    def admits(self, value: float) -> bool:
+        """Whether `value` lies in the declared range. NaN always does: it is how a metric
+        says "undefined" (a diverged run, codes that are not finite)."""
+        if math.isnan(value):
+            return True
+        if value < self.low - RANGE_TOLERANCE:
+            return False
+        return self.high is None or value <= self.high + RANGE_TOLERANCE
+
+
+RECON_MSE = Metric(
+    "recon_mse", goal="min", note="mean per-pixel squared error of test reconstructions"
+)
+CONTENT_ACC = Metric(
+    "content_acc", goal="max", note="linear probe's accuracy reading the label from the code"
+)
 # What leakage_metrics returns; a family that reports leakage declares these.
-LEAKAGE_METRICS = ("leakage_acc", "leakage", *(f"leakage_acc_{name}" for name in ALL_PROBES))
-SWAP_METRICS = ("swap_acc", "swap_style_acc", "degenerate")
-# Every metric is a rate or an error in [0, 1] except these.
-UNBOUNDED_ABOVE = ("prior_mmd", "train_seconds", "eval_seconds")
+LEAKAGE_METRICS = (
+    Metric("leakage_acc", goal="min", note="best probe's accuracy reading the label from z"),
+    Metric("leakage", goal="min", note="leakage_acc rescaled: 0 is chance, 1 is perfect"),
+    *(
+        Metric(f"leakage_acc_{probe}", goal="min", note=f"the {probe} probe's accuracy")
+        for probe in ALL_PROBES
+    ),
+)
+# What swap_metrics returns.
+SWAP_METRICS = (
+    Metric("swap_acc", goal="max", note="decoded swaps read as the swapped-in class"),
+    Metric("swap_style_acc", goal="min", note="decoded swaps read as the style source's class"),
+    Metric("degenerate", goal="min", note="1 when the family's degenerate solution is found"),
+)
+# What Experiment adds to every family's metrics.
+RUN_METRICS = (
+    Metric("diverged", goal="min", note="1 once a loss or a weight is not finite"),
+    Metric("train_seconds", high=None, note="training time so far"),
+    Metric("eval_seconds", high=None, note="evaluation time so far"),
+)
 
 
 def metric_range(name: str) -> tuple[float, float | None]:
-    """The values a metric can take, so an interval over seeds never leaves them."""
-    return (0.0, None) if name in UNBOUNDED_ABOVE else (0.0, 1.0)
+    """The values a metric can take, as declared by the families that report it, so an
+    interval over seeds never leaves them."""
+    from trainables.registry import all_families
+
+    for metric in RUN_METRICS:
+        if metric.name == name:
+            return metric.range
+    for family in all_families().values():
+        if name in family.metric_names:
+            return family.metric_range(name)
+    raise KeyError(f"{name}: no registered family declares this metric")
 
 
 # swap_acc at or below this (chance is 0.1) means the decoder ignores the swapped code.

@@ -1,4 +1,5 @@
-"""Family name -> Family. Every module in `trainables/families/` with a `FAMILY` is one."""
+"""Family name -> Family. Every module in `trainables/families/` whose `FAMILY` is a
+`Family` instance is one, so adding a family is adding its module."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pkgutil
 from functools import cache
 
 from trainables import families as families_package
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, ContractError
 from trainables.family import Family
 
 
@@ -22,6 +23,11 @@ def all_families() -> dict[str, Family]:
         module = importlib.import_module(f"{families_package.__name__}.{module_info.name}")
         family = getattr(module, "FAMILY", None)
         if isinstance(family, Family):
+            if family.name in found:
+                raise ContractError(
+                    f"{module.__name__}: family name {family.name!r} is taken by "
+                    f"{type(found[family.name]).__module__}"
+                )
             found[family.name] = family
     return found
 

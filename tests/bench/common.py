@@ -19,7 +19,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from trainables import Dataset, load_dataset  # noqa: E402
+from trainables import Dataset, all_families, load_dataset  # noqa: E402
 from trainables.data import DATA_DIR_ENV, IDX_FILES  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,15 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MNIST_CANDIDATES = (REPO_ROOT.parent / "shared" / "data" / "mnist", Path("/work/shared/data/mnist"))
 SYNTHETIC_SEED = 1234
 
-# The layer sizes of the reference implementations, at batch 256.
-#   ML-VAE 784-500-(10+10)/20-500-784, ICVAE 784-512-512-16 / (16+10)-512-512-784,
-#   AAE 784-256-64-2 / 2-64-256-784 with a 2-128-128-1 discriminator.
-REFERENCE_CONFIGS: dict[str, dict[str, Any]] = {
-    "mlvae": {"hidden": [500], "style_dim": 10, "class_dim": 10, "batch_size": 256},
-    "icvae": {"hidden": [512, 512], "z_dim": 16, "batch_size": 256},
-    "aae": {"hidden": [256, 64], "z_dim": 2, "disc_width": 128, "batch_size": 256},
-}
-FAMILIES = tuple(REFERENCE_CONFIGS)
+
+def reference_configs() -> dict[str, dict[str, Any]]:
+    """Each family's `reference_config`: its paper's reference layer sizes at batch 256."""
+    return {name: dict(family.reference_config) for name, family in all_families().items()}
 
 
 # --- data ------------------------------------------------------------------------------

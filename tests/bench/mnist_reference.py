@@ -16,15 +16,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from trainables import Experiment, load_dataset, pick_device  # noqa: E402
+from trainables import (  # noqa: E402
+    Experiment,
+    all_families,
+    get_family,
+    load_dataset,
+    pick_device,
+)
 
 REPO = Path(__file__).resolve().parents[2]
-# The layer sizes of the reference implementations.
-REFERENCE = {
-    "mlvae": {"hidden": [500], "style_dim": 10, "class_dim": 10, "batch_size": 256},
-    "aae": {"hidden": [256, 64], "z_dim": 2, "disc_width": 128, "batch_size": 256},
-    "icvae": {"hidden": [512, 512], "z_dim": 16, "batch_size": 256},
-}
 
 
 def mnist_dir(given: str | None) -> str:
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--data-dir")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--families", default=",".join(REFERENCE))
+    parser.add_argument("--families", default=",".join(all_families()))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     device = pick_device(args.device)
@@ -54,7 +54,8 @@ def main() -> None:
     )
     figures = {}
     for family in args.families.split(","):
-        experiment = Experiment.create(family, REFERENCE[family], dataset, seed=0)
+        config = dict(get_family(family).reference_config)
+        experiment = Experiment.create(family, config, dataset, seed=0)
         experiment.evaluate()  # warm the cached reference classifier outside the timings
         epoch_seconds = []
         for _ in range(args.epochs):

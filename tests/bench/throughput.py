@@ -3,16 +3,16 @@ against the hardware limit (the step's matmuls as bare `torch.mm` calls).
 
 Ours is `Experiment.train_epoch` on a training split that holds exactly `steps` batches,
 timed as whole epochs (so its per-epoch work counts too). The plain loop trains the same
-model with the same loss and step, fed by a `DataLoader` the way the reference
+model with the family's own step, fed by a `DataLoader` the way the reference
 implementations feed theirs: a map-style dataset that builds a PIL image from a uint8
-array and applies `ToTensor` per sample, default collate, shuffle, batch 256, no workers.
+array and applies `ToTensor` per sample, batches of 256 in the family's own order
+(shuffled; same-label groups for ML-VAE), default collate, no workers.
 """
 
 from __future__ import annotations
 
-import random
+import dataclasses
 import statistics
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -24,9 +24,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from tests.bench.common import REFERENCE_CONFIGS, subset, timed, uint8_images
+from tests.bench.common import reference_configs, subset, timed, uint8_images
 from trainables import Dataset, Experiment, get_family
-from trainables.family import gradient_step
+from trainables.family import Family, Training
 
 TARGET_SPEEDUP = 3.0  # ours / DataLoader loop, samples per second
 TARGET_HW_RATIO = 1.5  # our step time / bare-mm time of the same matmuls
@@ -53,71 +53,42 @@ class ImageArrayDataset(TorchDataset):
         return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
-class GroupBatchSampler(Sampler[list[int]]):
-    """ML-VAE's grouping done in Python, as the reference does: each epoch, shuffle each
-    class's indices, cut them into groups of `group_size`, shuffle the groups and batch
-    `groups_per_batch` of them (group-major, like our GroupBatcher)."""
+class FamilyBatchSampler(Sampler[list[int]]):
+    """The family's own batch order (shuffled full batches, ML-VAE's same-label groups) as
+    lists of indices, which the DataLoader turns into samples one at a time. Drawn on the
+    CPU, like a reference implementation's sampler, from its own generator."""
 
-    def __init__(self, labels: np.ndarray, group_size: int, groups_per_batch: int, seed: int = 0):
-        self.by_class: dict[int, list[int]] = defaultdict(list)
-        for index, label in enumerate(labels.tolist()):
-            self.by_class[label].append(index)
-        self.group_size, self.groups_per_batch = group_size, groups_per_batch
-        self.rng = random.Random(seed)
+    def __init__(self, family: Family, config, dataset: Dataset, seed: int = 0):
+        self.family, self.config, self.dataset = family, config, dataset.to("cpu")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _epoch(self, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        return iter(self.family.batches(self.dataset, self.config, generator))
 
     def __iter__(self) -> Iterator[list[int]]:
-        k, g = self.group_size, self.groups_per_batch
-        groups = []
-        for indices in self.by_class.values():
-            indices = list(indices)
-            self.rng.shuffle(indices)
-            groups += [indices[i : i + k] for i in range(0, len(indices) - k + 1, k)]
-        self.rng.shuffle(groups)
-        for start in range(0, len(groups) - g + 1, g):
-            yield [i for group in groups[start : start + g] for i in group]
+        for index in self._epoch(self.generator):
+            yield index.tolist()
 
     def __len__(self) -> int:
-        groups = sum(len(v) // self.group_size for v in self.by_class.values())
-        return groups // self.groups_per_batch
+        return sum(1 for _ in self._epoch(torch.Generator().manual_seed(0)))
 
 
-def make_loader(family: str, config, images: np.ndarray, labels: np.ndarray) -> DataLoader:
-    dataset = ImageArrayDataset(images, labels)
-    if family == "mlvae":
-        groups = max(1, config.batch_size // config.group_size)
-        return DataLoader(
-            dataset, batch_sampler=GroupBatchSampler(labels, config.group_size, groups)
-        )
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=True, num_workers=0)
+def make_loader(family: Family, config, dataset: Dataset, images, labels) -> DataLoader:
+    sampler = FamilyBatchSampler(family, config, dataset)
+    return DataLoader(ImageArrayDataset(images, labels), batch_sampler=sampler)
 
 
-def plain_step(family: str, model, optimizers, config, generator) -> Callable[..., dict]:
-    """The family's own training step on a batch (x, y) already on the device."""
-    if family == "aae":
-        from trainables.families.aae import train_step
+def plain_step(family: Family, training: Training) -> Callable[..., dict]:
+    """The family's own training step on a batch (x, y) already on the device: the batch
+    stands in for the training split, read through an index of all of it."""
+    image_shape, n_classes = training.dataset.image_shape, training.dataset.n_classes
 
-        return lambda x, y: train_step(model, optimizers, x, y, config, generator)
-    optimizer = optimizers["model"]
-    if family == "icvae":
+    def step(x: torch.Tensor, y: torch.Tensor) -> dict:
+        batch = Dataset("batch", x, y, x, y, image_shape, n_classes)
+        on_batch = dataclasses.replace(training, dataset=batch)
+        return family.step(on_batch, torch.arange(len(x), device=x.device))
 
-        def icvae_step(x, y):
-            terms = model.loss(x, y)
-            gradient_step(optimizer, terms["loss"])
-            return terms
-
-        return icvae_step
-    if family == "mlvae":
-        k = config.group_size
-
-        def mlvae_step(x, y):
-            n_groups = len(x) // k
-            group_ids = torch.arange(n_groups, device=x.device).repeat_interleave(k)
-            terms = model.loss(x, group_ids, n_groups)
-            gradient_step(optimizer, terms["loss"])
-            return terms
-
-        return mlvae_step
-    raise ValueError(f"no plain-loop step for family {family!r}")
+    return step
 
 
 class PlainLoop:
@@ -131,10 +102,10 @@ class PlainLoop:
             torch.manual_seed(seed)
             self.model = fam.build(config, dataset).to(device)
         self.optimizers = fam.make_optimizers(self.model, config)
-        self.step = plain_step(
-            family, self.model, self.optimizers, config, torch.Generator().manual_seed(seed)
-        )
-        self.loader = make_loader(family, config, images, labels)
+        generator = torch.Generator().manual_seed(seed)
+        training = Training(self.model, self.optimizers, dataset, config, generator)
+        self.step = plain_step(fam, training)
+        self.loader = make_loader(fam, config, dataset, images, labels)
         self.device = device
 
     def load_only(self) -> int:
@@ -241,7 +212,7 @@ QUICK = Sizes(steps=8, warm_steps=3, repeats=3)
 def bench_family(
     family: str, dataset: Dataset, device: torch.device, sizes: Sizes
 ) -> dict[str, Any]:
-    config = get_family(family).make_config(REFERENCE_CONFIGS[family])
+    config = get_family(family).make_config(reference_configs()[family])
     batch = config.batch_size
     data = subset(dataset, sizes.steps * batch)
     warm = subset(dataset, sizes.warm_steps * batch)
@@ -370,7 +341,7 @@ def run(
 ) -> dict[str, dict[str, Any]]:
     results = {}
     on_device = dataset.to(device)
-    for family in REFERENCE_CONFIGS:
+    for family in reference_configs():
         log(f"  [{device}] {family}: {sizes.steps} steps x {sizes.repeats} repeats ...")
         results[family] = bench_family(family, on_device, device, sizes)
     return results

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tests.bench.common import FAMILIES, REFERENCE_CONFIGS, REPO_ROOT, load_bench_dataset, subset
+from tests.bench.common import REPO_ROOT, load_bench_dataset, reference_configs, subset
 
 TARGET_EVAL_SHARE = 0.10
 TIMEOUT_S = 1800
@@ -83,7 +83,7 @@ def _time_components(family: str, totals: dict[str, float]) -> None:
 
 def child_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="one benchmark trial (used by tests.bench.run)")
-    parser.add_argument("--family", required=True, choices=FAMILIES)
+    parser.add_argument("--family", required=True, choices=list(reference_configs()))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--train-samples", type=int, default=None)
@@ -106,7 +106,8 @@ def child_main(argv: list[str] | None = None) -> None:
         dataset = subset(dataset, args.train_samples)
     components: dict[str, float] = {}
     _time_components(args.family, components)
-    experiment = Experiment.create(args.family, REFERENCE_CONFIGS[args.family], dataset, seed=0)
+    config = reference_configs()[args.family]
+    experiment = Experiment.create(args.family, config, dataset, seed=0)
     train, evaluation = [], []
     for epoch in range(args.epochs):
         before = experiment.train_seconds
@@ -248,7 +249,7 @@ def run(
         if device == "cuda":
             torch.cuda.empty_cache()
         results["trials"][device] = {}
-        for family in FAMILIES:
+        for family in reference_configs():
             log(
                 f"  [{device}] {family}: {sizes.epochs} epoch(s) + evaluate() each, in a subprocess ..."
             )

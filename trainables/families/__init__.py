@@ -1,1 +1,2 @@
-"""Model families; each module defines one `FAMILY` (see trainables.family)."""
+"""Model families: each module subclasses `trainables.family.Family` and ends with
+`FAMILY = ItsFamily()`, which the registry finds."""

@@ -22,26 +22,28 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from trainables.data import Dataset, shuffled_batches
+from trainables.data import Dataset
 from trainables.errors import ConfigError
 from trainables.family import (
     Family,
     FamilyConfig,
+    FamilyModel,
+    Training,
     adam,
     gradient_step,
-    latent_scatter,
     mlp,
     one_hot,
-    reconstruction_grid,
-    run_batches,
 )
+from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
 from trainables.losses import bernoulli_recon, gaussian_kernel_mmd
 from trainables.metrics import (
+    CONTENT_ACC,
     LEAKAGE_METRICS,
+    RECON_MSE,
     SWAP_METRICS,
     EvalContext,
+    Metric,
     content_accuracy,
     derangement_targets,
     leakage_metrics,
@@ -116,7 +118,7 @@ def sample_prior(
     return mixture_means(device)[modes] + MIXTURE_STD * noise
 
 
-class AAE(nn.Module):
+class AAE(FamilyModel):
     def __init__(self, config: AAEConfig, n_pixels: int, n_classes: int):
         super().__init__()
         self.config = config
@@ -152,99 +154,6 @@ class AAE(nn.Module):
         return self.discriminator(z).squeeze(1)  # logit of "from the prior"
 
 
-def build(config: AAEConfig, dataset: Dataset) -> AAE:
-    return AAE(config, dataset.n_pixels, dataset.n_classes)
-
-
-def make_optimizers(model: AAE, config: AAEConfig) -> dict[str, torch.optim.Optimizer]:
-    autoencoder = [*model.encoder.parameters(), *model.decoder.parameters()]
-    return {
-        "autoencoder": adam(autoencoder, lr=config.lr),
-        "discriminator": adam(
-            model.discriminator.parameters(),
-            lr=config.lr * config.disc_lr_ratio,
-            betas=(0.5, 0.999),
-        ),
-        "generator": adam(model.encoder.parameters(), lr=config.lr, betas=(0.5, 0.999)),
-    }
-
-
-def train_step(
-    model: AAE, optimizers, x: torch.Tensor, y: torch.Tensor, config: AAEConfig, generator
-) -> dict[str, torch.Tensor]:
-    """The three phases on one batch; returns the loss terms (still on the device)."""
-    # 1. reconstruction
-    recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
-    gradient_step(optimizers["autoencoder"], recon)
-    # 2. discriminator: prior samples are "real", codes are "fake"
-    n, device = len(y), y.device
-    # Built on the device: no host-to-device copy per step.
-    targets = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
-    # On the CPU the experiment's generator (saved with it); on a GPU the device's RNG
-    # (saved too), which a CUDA graph of this step can replay.
-    prior_generator = generator if device.type == "cpu" else None
-    for _ in range(config.disc_steps):
-        with torch.no_grad():
-            fake = model.encode(x, sample=True)
-        real = sample_prior(config, y, prior_generator)
-        logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
-        disc_loss = F.binary_cross_entropy_with_logits(logits, targets)
-        gradient_step(optimizers["discriminator"], disc_loss)
-    # 3. generator: the encoder tries to make its codes pass for prior samples
-    fooled = model.discriminate(model.encode(x, sample=True), y)
-    gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-    gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
-    return {
-        "loss": recon + config.adv_weight * gen_loss,
-        "recon": recon,
-        "disc": disc_loss,
-        "gen": gen_loss,
-    }
-
-
-def train_epoch(model: AAE, optimizers, dataset: Dataset, config: AAEConfig, generator) -> dict:
-    model.train()
-
-    def step(index: torch.Tensor) -> dict[str, torch.Tensor]:
-        return train_step(
-            model, optimizers, dataset.x_train[index], dataset.y_train[index], config, generator
-        )
-
-    batches = shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
-    return run_batches(batches, step)
-
-
-@torch.no_grad()
-def evaluate(model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext) -> dict:
-    model.eval()
-    z_train, z_test = model.encode(ctx.x_train), model.encode(ctx.x_test)
-    y_test = ctx.y_test
-    generator = torch.Generator().manual_seed(ctx.seed + 2)
-    prior = sample_prior(config, y_test, generator)
-    real_logits, fake_logits = model.discriminate(prior, y_test), model.discriminate(z_test, y_test)
-    metrics = {
-        "recon_mse": recon_mse(ctx.x_test, model.reconstruct(ctx.x_test, y_test)),
-        "prior_mmd": float(gaussian_kernel_mmd(z_test, prior)),
-        # 0.5 means the discriminator is fooled on held-out codes.
-        "disc_acc": float(
-            ((real_logits > 0).float().mean() + (fake_logits <= 0).float().mean()) / 2
-        ),
-    }
-    if config.conditional_decoder:
-        metrics.update(leakage_metrics(z_train, ctx.y_train, z_test, y_test, ctx.seed, ctx.probes))
-        target = derangement_targets(y_test, dataset.n_classes, generator)
-        swapped = torch.sigmoid(model.decode(z_test, target))
-        metrics.update(swap_metrics(swapped, target, y_test, ctx))
-    else:
-        metrics["content_acc"] = content_accuracy(z_train, ctx.y_train, z_test, y_test)
-        # Collapse: codes far tighter than the prior carry nothing to decode.
-        metrics["degenerate"] = float(z_test.std(dim=0).mean() < 0.05 * prior.std(dim=0).mean())
-    if config.prior == "mixture" and config.label_conditioned:
-        nearest = torch.cdist(z_test, mixture_means(z_test.device)).argmin(dim=1)
-        metrics["mode_acc"] = float((nearest == y_test % MIXTURE_MODES).float().mean())
-    return metrics
-
-
 @torch.no_grad()
 def prior_samples_grid(
     model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext
@@ -277,28 +186,132 @@ def manifold_grid(
     return decoded.view(MANIFOLD_STEPS, MANIFOLD_STEPS, *dataset.image_shape)
 
 
-FAMILY = Family(
-    name="aae",
-    summary="Adversarial autoencoder: discriminator matches q(z) to a Gaussian or 10-mode prior",
-    config_cls=AAEConfig,
-    build=build,
-    make_optimizers=make_optimizers,
-    train_epoch=train_epoch,
-    evaluate=evaluate,
-    default_objectives=("recon_mse:min", "prior_mmd:min"),
-    metric_names=(
-        "recon_mse",
-        "prior_mmd",
-        "disc_acc",
-        "content_acc",
+class AAEFamily(Family[AAEConfig, AAE]):
+    name = "aae"
+    summary = "Adversarial autoencoder: discriminator matches q(z) to a Gaussian or 10-mode prior"
+    config_cls = AAEConfig
+    metrics = (
+        RECON_MSE,
+        Metric(
+            "prior_mmd", high=None, goal="min", note="MMD^2 between test codes and prior samples"
+        ),
+        # Neither direction is better: 0.5 means the discriminator is fooled.
+        Metric("disc_acc", note="discriminator accuracy, held-out codes vs prior samples"),
+        CONTENT_ACC,
         *LEAKAGE_METRICS,
         *SWAP_METRICS,
-        "mode_acc",
-    ),
-    image_grids={
-        "reconstructions": reconstruction_grid,
-        "samples": prior_samples_grid,
-        "latent_scatter": latent_scatter,
-        "manifold": manifold_grid,
-    },
-)
+        Metric("mode_acc", goal="max", note="test codes nearest the mode of their label"),
+    )
+    objectives = ("recon_mse", "prior_mmd")
+    grids = (
+        RECONSTRUCTIONS,
+        Grid("samples", prior_samples_grid),
+        LATENT_SCATTER,
+        Grid("manifold", manifold_grid, optional=True),
+    )
+    test_variants = (
+        {"prior": "mixture", "label_conditioned": True},
+        {"conditional_decoder": True},
+    )
+    # 784-256-64-2 / 2-64-256-784 with a 2-128-128-1 discriminator.
+    reference_config = {"hidden": [256, 64], "z_dim": 2, "disc_width": 128, "batch_size": 256}
+
+    def make_model(self, config: AAEConfig, dataset: Dataset) -> AAE:
+        return AAE(config, dataset.n_pixels, dataset.n_classes)
+
+    def make_optimizers(self, model: AAE, config: AAEConfig) -> dict[str, torch.optim.Optimizer]:
+        autoencoder = [*model.encoder.parameters(), *model.decoder.parameters()]
+        return {
+            "autoencoder": adam(autoencoder, lr=config.lr),
+            "discriminator": adam(
+                model.discriminator.parameters(),
+                lr=config.lr * config.disc_lr_ratio,
+                betas=(0.5, 0.999),
+            ),
+            "generator": adam(model.encoder.parameters(), lr=config.lr, betas=(0.5, 0.999)),
+        }
+
+    def step(self, training: Training[AAEConfig, AAE], index: torch.Tensor) -> dict:
+        """The three phases on one batch: reconstruction, discriminator, generator."""
+        model, optimizers, config = training.model, training.optimizers, training.config
+        x, y = training.dataset.x_train[index], training.dataset.y_train[index]
+        recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
+        gradient_step(optimizers["autoencoder"], recon)
+        # On the CPU the experiment's generator (saved with it); on a GPU the device's RNG
+        # (saved too), which a CUDA graph of this step can replay.
+        prior_generator = training.generator if y.device.type == "cpu" else None
+        for _ in range(config.disc_steps):
+            disc_loss = discriminator_loss(model, config, x, y, prior_generator)
+            gradient_step(optimizers["discriminator"], disc_loss)
+        # The encoder tries to make its codes pass for prior samples.
+        fooled = model.discriminate(model.encode(x, sample=True), y)
+        gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
+        return {
+            "loss": recon + config.adv_weight * gen_loss,
+            "recon": recon,
+            "disc": disc_loss,
+            "gen": gen_loss,
+        }
+
+    def reported_metrics(self, config: AAEConfig) -> tuple[str, ...]:
+        names = ["recon_mse", "prior_mmd", "disc_acc"]
+        if config.conditional_decoder:
+            names += [m.name for m in (*LEAKAGE_METRICS, *SWAP_METRICS)]
+        else:
+            names += ["content_acc", "degenerate"]
+        if config.prior == "mixture" and config.label_conditioned:
+            names.append("mode_acc")
+        return tuple(names)
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: AAE, dataset: Dataset, config: AAEConfig, ctx: EvalContext
+    ) -> dict[str, float]:
+        model.eval()
+        z_train, z_test = model.encode(ctx.x_train), model.encode(ctx.x_test)
+        y_test = ctx.y_test
+        generator = torch.Generator().manual_seed(ctx.seed + 2)
+        prior = sample_prior(config, y_test, generator)
+        real_logits = model.discriminate(prior, y_test)
+        fake_logits = model.discriminate(z_test, y_test)
+        metrics = {
+            "recon_mse": recon_mse(ctx.x_test, model.reconstruct(ctx.x_test, y_test)),
+            "prior_mmd": float(gaussian_kernel_mmd(z_test, prior)),
+            "disc_acc": float(
+                ((real_logits > 0).float().mean() + (fake_logits <= 0).float().mean()) / 2
+            ),
+        }
+        if config.conditional_decoder:
+            metrics.update(
+                leakage_metrics(z_train, ctx.y_train, z_test, y_test, ctx.seed, ctx.probes)
+            )
+            target = derangement_targets(y_test, dataset.n_classes, generator)
+            swapped = torch.sigmoid(model.decode(z_test, target))
+            metrics.update(swap_metrics(swapped, target, y_test, ctx))
+        else:
+            metrics["content_acc"] = content_accuracy(z_train, ctx.y_train, z_test, y_test)
+            # Collapse: codes far tighter than the prior carry nothing to decode.
+            spread = z_test.std(dim=0).mean() < 0.05 * prior.std(dim=0).mean()
+            metrics["degenerate"] = float(spread)
+        if config.prior == "mixture" and config.label_conditioned:
+            nearest = torch.cdist(z_test, mixture_means(z_test.device)).argmin(dim=1)
+            metrics["mode_acc"] = float((nearest == y_test % MIXTURE_MODES).float().mean())
+        return metrics
+
+
+def discriminator_loss(
+    model: AAE, config: AAEConfig, x: torch.Tensor, y: torch.Tensor, generator
+) -> torch.Tensor:
+    """Prior samples are "real", the encoder's codes "fake"."""
+    n, device = len(y), y.device
+    # Built on the device: no host-to-device copy per step.
+    targets = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
+    with torch.no_grad():
+        fake = model.encode(x, sample=True)
+    real = sample_prior(config, y, generator)
+    logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
+    return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+FAMILY = AAEFamily()

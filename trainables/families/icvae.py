@@ -12,23 +12,22 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import nn
 
-from trainables.data import Dataset, shuffled_batches
+from trainables.data import Dataset
 from trainables.family import (
     Family,
     FamilyConfig,
-    adam,
+    FamilyModel,
+    Training,
     gradient_step,
-    latent_scatter,
     mlp,
     one_hot,
-    reconstruction_grid,
-    run_batches,
 )
+from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
 from trainables.losses import bernoulli_recon, kl_to_standard_normal, marginal_kl_bound
 from trainables.metrics import (
     LEAKAGE_METRICS,
+    RECON_MSE,
     SWAP_METRICS,
     EvalContext,
     derangement_targets,
@@ -53,7 +52,7 @@ class ICVAEConfig(FamilyConfig):
     }
 
 
-class ICVAE(nn.Module):
+class ICVAE(FamilyModel):
     def __init__(self, config: ICVAEConfig, n_pixels: int, n_classes: int):
         super().__init__()
         self.config = config
@@ -85,43 +84,6 @@ class ICVAE(nn.Module):
         return {"loss": loss, "recon": recon, "kl_prior": kl_prior, "kl_marginal": kl_marginal}
 
 
-def build(config: ICVAEConfig, dataset: Dataset) -> ICVAE:
-    return ICVAE(config, dataset.n_pixels, dataset.n_classes)
-
-
-def make_optimizers(model: ICVAE, config: ICVAEConfig) -> dict[str, torch.optim.Optimizer]:
-    return {"model": adam(model.parameters(), lr=config.lr)}
-
-
-def train_epoch(model: ICVAE, optimizers, dataset: Dataset, config: ICVAEConfig, generator) -> dict:
-    model.train()
-    optimizer = optimizers["model"]
-
-    def step(index: torch.Tensor) -> dict[str, torch.Tensor]:
-        terms = model.loss(dataset.x_train[index], dataset.y_train[index])
-        gradient_step(optimizer, terms["loss"])
-        return terms
-
-    batches = shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
-    return run_batches(batches, step)
-
-
-@torch.no_grad()
-def evaluate(model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext) -> dict:
-    model.eval()
-    z_train, _ = model.encode(ctx.x_train)
-    z_test, _ = model.encode(ctx.x_test)
-    metrics = {
-        "recon_mse": recon_mse(ctx.x_test, model.reconstruct(ctx.x_test, ctx.y_test)),
-        **leakage_metrics(z_train, ctx.y_train, z_test, ctx.y_test, ctx.seed, ctx.probes),
-    }
-    generator = torch.Generator().manual_seed(ctx.seed + 1)
-    target = derangement_targets(ctx.y_test, dataset.n_classes, generator)
-    swapped = torch.sigmoid(model.decode(z_test, target))
-    metrics.update(swap_metrics(swapped, target, ctx.y_test, ctx))
-    return metrics
-
-
 @torch.no_grad()
 def swap_grid(
     model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext
@@ -135,19 +97,41 @@ def swap_grid(
     return decoded.view(len(z), n, *dataset.image_shape)
 
 
-FAMILY = Family(
-    name="icvae",
-    summary="Invariant conditional VAE: decoder p(x|z,c), pairwise-KL penalty on I(z;c)",
-    config_cls=ICVAEConfig,
-    build=build,
-    make_optimizers=make_optimizers,
-    train_epoch=train_epoch,
-    evaluate=evaluate,
-    default_objectives=("recon_mse:min", "leakage:min"),
-    metric_names=("recon_mse", *LEAKAGE_METRICS, *SWAP_METRICS),
-    image_grids={
-        "reconstructions": reconstruction_grid,
-        "swaps": swap_grid,
-        "latent_scatter": latent_scatter,
-    },
-)
+class ICVAEFamily(Family[ICVAEConfig, ICVAE]):
+    name = "icvae"
+    summary = "Invariant conditional VAE: decoder p(x|z,c), pairwise-KL penalty on I(z;c)"
+    config_cls = ICVAEConfig
+    metrics = (RECON_MSE, *LEAKAGE_METRICS, *SWAP_METRICS)
+    objectives = ("recon_mse", "leakage")
+    grids = (RECONSTRUCTIONS, Grid("swaps", swap_grid), LATENT_SCATTER)
+    # 784-512-512-16 / (16+10)-512-512-784.
+    reference_config = {"hidden": [512, 512], "z_dim": 16, "batch_size": 256}
+
+    def make_model(self, config: ICVAEConfig, dataset: Dataset) -> ICVAE:
+        return ICVAE(config, dataset.n_pixels, dataset.n_classes)
+
+    def step(self, training: Training[ICVAEConfig, ICVAE], index: torch.Tensor) -> dict:
+        data = training.dataset
+        terms = training.model.loss(data.x_train[index], data.y_train[index])
+        gradient_step(training.optimizers["model"], terms["loss"])
+        return terms
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: ICVAE, dataset: Dataset, config: ICVAEConfig, ctx: EvalContext
+    ) -> dict[str, float]:
+        model.eval()
+        z_train, _ = model.encode(ctx.x_train)
+        z_test, _ = model.encode(ctx.x_test)
+        metrics = {
+            "recon_mse": recon_mse(ctx.x_test, model.reconstruct(ctx.x_test, ctx.y_test)),
+            **leakage_metrics(z_train, ctx.y_train, z_test, ctx.y_test, ctx.seed, ctx.probes),
+        }
+        generator = torch.Generator().manual_seed(ctx.seed + 1)
+        target = derangement_targets(ctx.y_test, dataset.n_classes, generator)
+        swapped = torch.sigmoid(model.decode(z_test, target))
+        metrics.update(swap_metrics(swapped, target, ctx.y_test, ctx))
+        return metrics
+
+
+FAMILY = ICVAEFamily()

@@ -25,13 +25,13 @@ from trainables.errors import ConfigError
 from trainables.family import (
     Family,
     FamilyConfig,
+    FamilyModel,
+    Training,
     adam,
     gradient_step,
-    latent_scatter,
     mlp,
-    reconstruction_grid,
-    run_batches,
 )
+from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
 from trainables.losses import (
     bernoulli_recon,
     kl_to_standard_normal,
@@ -40,8 +40,10 @@ from trainables.losses import (
 )
 from trainables.metrics import (
     LEAKAGE_METRICS,
+    RECON_MSE,
     SWAP_METRICS,
     EvalContext,
+    Metric,
     content_accuracy,
     leakage_metrics,
     recon_mse,
@@ -83,7 +85,7 @@ class MLVAEConfig(FamilyConfig):
             )
 
 
-class MLVAE(nn.Module):
+class MLVAE(FamilyModel):
     def __init__(self, config: MLVAEConfig, n_pixels: int):
         super().__init__()
         self.config = config
@@ -148,33 +150,6 @@ class MLVAE(nn.Module):
         }
 
 
-def build(config: MLVAEConfig, dataset: Dataset) -> MLVAE:
-    return MLVAE(config, dataset.n_pixels)
-
-
-def make_optimizers(model: MLVAE, config: MLVAEConfig) -> dict[str, torch.optim.Optimizer]:
-    # Frozen heads stay out of the optimiser, so nothing (not even a fused kernel's
-    # zero-gradient update) can move them.
-    frozen = set(model.class_head.parameters()) if config.freeze_class_heads else set()
-    return {"model": adam([p for p in model.parameters() if p not in frozen], lr=config.lr)}
-
-
-def train_epoch(model: MLVAE, optimizers, dataset: Dataset, config: MLVAEConfig, generator) -> dict:
-    model.train()
-    groups_per_batch = max(1, config.batch_size // config.group_size)
-    batcher = GroupBatcher(dataset.y_train, dataset.n_classes, config.group_size, groups_per_batch)
-    optimizer = optimizers["model"]
-
-    def step(index: torch.Tensor) -> dict[str, torch.Tensor]:
-        n_groups = len(index) // config.group_size
-        group_ids = torch.arange(n_groups, device=index.device).repeat_interleave(config.group_size)
-        terms = model.loss(dataset.x_train[index], group_ids, n_groups)
-        gradient_step(optimizer, terms["loss"])
-        return terms
-
-    return run_batches(batcher.epoch(generator), step)
-
-
 @torch.no_grad()
 def _codes(model: MLVAE, x: torch.Tensor, labels: torch.Tensor, group_size: int, seed: int):
     """Style means, single-sample class means, and class means accumulated over fixed
@@ -184,23 +159,6 @@ def _codes(model: MLVAE, x: torch.Tensor, labels: torch.Tensor, group_size: int,
     style_mu, _, class_mu, class_logvar = model.encode(x)
     group_mu, _ = product_of_gaussians(class_mu, class_logvar, group_ids, n_groups)
     return style_mu, class_mu, group_mu[group_ids], group_ids
-
-
-@torch.no_grad()
-def evaluate(model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalContext) -> dict:
-    model.eval()
-    k = config.group_size
-    tr_style, tr_single, tr_grouped, _ = _codes(model, ctx.x_train, ctx.y_train, k, ctx.seed)
-    te_style, te_single, te_grouped, te_groups = _codes(model, ctx.x_test, ctx.y_test, k, ctx.seed)
-    x_hat = torch.sigmoid(model.decode(te_style, te_grouped))
-    metrics = {
-        "recon_mse": recon_mse(ctx.x_test, x_hat),
-        "content_acc_grouped": content_accuracy(tr_grouped, ctx.y_train, te_grouped, ctx.y_test),
-        "content_acc_single": content_accuracy(tr_single, ctx.y_train, te_single, ctx.y_test),
-        **leakage_metrics(tr_style, ctx.y_train, te_style, ctx.y_test, ctx.seed, ctx.probes),
-    }
-    metrics.update(swap_metrics(*_swap(model, te_style, te_grouped, ctx.y_test, ctx.seed), ctx))
-    return metrics
 
 
 def _swap(
@@ -233,25 +191,74 @@ def swap_grid(
     return decoded.view(n, n, *dataset.image_shape)
 
 
-FAMILY = Family(
-    name="mlvae",
-    summary="ML-VAE: grouped class code (product of Gaussians) + per-sample style",
-    config_cls=MLVAEConfig,
-    build=build,
-    make_optimizers=make_optimizers,
-    train_epoch=train_epoch,
-    evaluate=evaluate,
-    default_objectives=("swap_acc:max", "content_acc_grouped:max"),
-    metric_names=(
-        "recon_mse",
-        "content_acc_grouped",
-        "content_acc_single",
+class MLVAEFamily(Family[MLVAEConfig, MLVAE]):
+    name = "mlvae"
+    summary = "ML-VAE: grouped class code (product of Gaussians) + per-sample style"
+    config_cls = MLVAEConfig
+    metrics = (
+        RECON_MSE,
+        Metric(
+            "content_acc_grouped",
+            goal="max",
+            note="linear probe on class codes accumulated over same-label test groups "
+            "(group ids are known in ML-VAE's setting)",
+        ),
+        Metric("content_acc_single", goal="max", note="the same probe on single-sample codes"),
         *LEAKAGE_METRICS,
         *SWAP_METRICS,
-    ),
-    image_grids={
-        "reconstructions": reconstruction_grid,
-        "swaps": swap_grid,
-        "latent_scatter": latent_scatter,
-    },
-)
+    )
+    objectives = ("swap_acc", "content_acc_grouped")
+    grids = (RECONSTRUCTIONS, Grid("swaps", swap_grid), LATENT_SCATTER)
+    test_variants = ({"recon_loss": "mse"},)
+    # 784-500-(10+10)/20-500-784.
+    reference_config = {"hidden": [500], "style_dim": 10, "class_dim": 10, "batch_size": 256}
+
+    def make_model(self, config: MLVAEConfig, dataset: Dataset) -> MLVAE:
+        return MLVAE(config, dataset.n_pixels)
+
+    def make_optimizers(
+        self, model: MLVAE, config: MLVAEConfig
+    ) -> dict[str, torch.optim.Optimizer]:
+        # Frozen heads stay out of the optimiser, so nothing (not even a fused kernel's
+        # zero-gradient update) can move them.
+        frozen = set(model.class_head.parameters()) if config.freeze_class_heads else set()
+        return {"model": adam([p for p in model.parameters() if p not in frozen], lr=config.lr)}
+
+    def batches(self, dataset: Dataset, config: MLVAEConfig, generator: torch.Generator):
+        groups_per_batch = max(1, config.batch_size // config.group_size)
+        batcher = GroupBatcher(
+            dataset.y_train, dataset.n_classes, config.group_size, groups_per_batch
+        )
+        return batcher.epoch(generator)
+
+    def step(self, training: Training[MLVAEConfig, MLVAE], index: torch.Tensor) -> dict:
+        k = training.config.group_size
+        n_groups = len(index) // k
+        group_ids = torch.arange(n_groups, device=index.device).repeat_interleave(k)
+        terms = training.model.loss(training.dataset.x_train[index], group_ids, n_groups)
+        gradient_step(training.optimizers["model"], terms["loss"])
+        return terms
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: MLVAE, dataset: Dataset, config: MLVAEConfig, ctx: EvalContext
+    ) -> dict[str, float]:
+        model.eval()
+        k = config.group_size
+        tr_style, tr_single, tr_grouped, _ = _codes(model, ctx.x_train, ctx.y_train, k, ctx.seed)
+        te_style, te_single, te_grouped, _ = _codes(model, ctx.x_test, ctx.y_test, k, ctx.seed)
+        x_hat = torch.sigmoid(model.decode(te_style, te_grouped))
+        metrics = {
+            "recon_mse": recon_mse(ctx.x_test, x_hat),
+            "content_acc_grouped": content_accuracy(
+                tr_grouped, ctx.y_train, te_grouped, ctx.y_test
+            ),
+            "content_acc_single": content_accuracy(tr_single, ctx.y_train, te_single, ctx.y_test),
+            **leakage_metrics(tr_style, ctx.y_train, te_style, ctx.y_test, ctx.seed, ctx.probes),
+        }
+        swaps = _swap(model, te_style, te_grouped, ctx.y_test, ctx.seed)
+        metrics.update(swap_metrics(*swaps, ctx))
+        return metrics
+
+
+FAMILY = MLVAEFamily()

@@ -1,0 +1,125 @@
+"""A family's configuration: a dataclass of typed fields, validated on creation and
+round-tripping to a dict (and so to YAML and Ray's param_space)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from trainables.errors import ConfigError
+
+
+@dataclass
+class FamilyConfig:
+    """Fields every family has. Subclasses add theirs and extend `check()`.
+
+    Values are type-checked against the annotations and range-checked by `check()` on
+    creation, so a bad setting fails here, before anything reaches Ray.
+    """
+
+    lr: float = 1e-3
+    batch_size: int = 64
+
+    # Per-field (low, high) bounds, inclusive; a family adds its own.
+    bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {
+        "lr": (1e-7, 10.0),
+        "batch_size": (2, 65536),
+    }
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):
+            value = _coerce(field.name, getattr(self, field.name), hints[field.name])
+            setattr(self, field.name, value)
+        for name, (low, high) in self.all_bounds().items():
+            value = getattr(self, name)
+            values = value if isinstance(value, tuple) else (value,)
+            for v in values:
+                if (low is not None and v < low) or (high is not None and v > high):
+                    raise ConfigError(
+                        f"{name}: {value!r} is out of range; use a value in {_range_text(low, high)}"
+                    )
+        self.check()
+
+    @classmethod
+    def all_bounds(cls) -> dict[str, tuple[float | None, float | None]]:
+        merged: dict[str, tuple[float | None, float | None]] = {}
+        for klass in reversed(cls.__mro__):
+            merged.update(vars(klass).get("bounds", {}))
+        return merged
+
+    def check(self) -> None:
+        """Constraints between fields; raise ConfigError naming the field and the fix."""
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FamilyConfig:
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"{unknown[0]}: unknown parameter for this family; valid parameters: "
+                f"{', '.join(cls.field_names())}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def _range_text(low, high) -> str:
+    if high is None:
+        return f"[{low}, inf)"
+    return f"[{low}, {high}]"
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a field annotation, converting only where nothing is lost
+    (an int where a float is wanted, a list where a tuple is)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(
+                f"{name}: {value!r} is not a valid choice; choose one of {', '.join(map(str, choices))}"
+            )
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(name, value, args[0])
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(annotation)
+        if not isinstance(value, list | tuple) or not value:
+            raise ConfigError(
+                f"{name}: expected a non-empty list of {item_type.__name__}, got {value!r}; write e.g. [256, 64]"
+            )
+        return tuple(_coerce(name, v, item_type) for v in value)
+    wrong = ConfigError(
+        f"{name}: expected {annotation.__name__}, got {value!r} ({type(value).__name__}); fix the value"
+    )
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if isinstance(value, bool):
+        raise wrong
+    if annotation is float:
+        if not isinstance(value, int | float):
+            raise wrong
+        return float(value)
+    if annotation is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if not isinstance(value, int):
+            raise wrong
+        return value
+    if annotation is str and not isinstance(value, str):
+        raise wrong
+    return value

@@ -1,0 +1,367 @@
+"""The contract every model family meets, as pytest tests run over every registered family
+and each test variant it declares: nothing here names a family. It ships with the package,
+the way Optuna ships `optuna.testing.pytest_samplers`; a test module opts in with
+
+    from trainables.contract import *  # noqa: F403
+
+Every case trains on the small `digits` dataset with the family's own defaults (or its
+variant), so the whole suite takes seconds per family on a CPU. What a family's maths
+should give (closed forms, what its paper says it learns) is tested beside it, not here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+
+from trainables.cuda_graphs import forbid_host_syncs
+from trainables.data import Dataset, load_dataset
+from trainables.errors import ConfigError
+from trainables.experiment import Experiment
+from trainables.family import Family, Training, optimizers_as_on_gpu
+from trainables.images import is_picture
+from trainables.registry import all_families, get_family
+
+__all__ = [
+    "case",
+    "contract_digits",
+    "test_a_shared_metric_name_means_the_same_everywhere",
+    "test_declarations_hold_together",
+    "test_defaults_validate_and_round_trip",
+    "test_evaluate_changes_nothing_and_returns_the_declared_metrics",
+    "test_family_is_registered_under_its_name",
+    "test_image_grids_have_the_declared_names_and_kinds",
+    "test_lossless_conversions_are_accepted",
+    "test_non_finite_weights_mark_the_run_diverged",
+    "test_out_of_range_names_the_field",
+    "test_reconstruct_gives_images_of_the_inputs",
+    "test_same_seed_gives_identical_results",
+    "test_save_and_restore_resume_exactly",
+    "test_training_epoch_changes_every_weight",
+    "test_training_step_is_cuda_graph_safe",
+    "test_unknown_family_names_the_choices",
+    "test_unknown_parameter_names_the_valid_ones",
+    "test_wrong_type_names_the_field",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A family with its defaults, or with one of its declared test variants."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def family(self) -> Family:
+        return get_family(self.name)
+
+    @property
+    def id(self) -> str:
+        return "-".join([self.name, *(f"{k}={v}" for k, v in self.params.items())])
+
+    def experiment(self, dataset: Dataset, seed: int = 0) -> Experiment:
+        return Experiment.create(self.name, self.params, dataset, seed=seed)
+
+
+FAMILY_NAMES = sorted(all_families())
+CASES = [Case(name) for name in FAMILY_NAMES] + [
+    Case(name, dict(params)) for name in FAMILY_NAMES for params in get_family(name).test_variants
+]
+
+
+@pytest.fixture(scope="session")
+def contract_digits() -> Dataset:
+    return load_dataset("digits")
+
+
+@pytest.fixture(params=CASES, ids=[c.id for c in CASES])
+def case(request) -> Case:
+    return request.param
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# --- declarations ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_family_is_registered_under_its_name(name):
+    family = get_family(name)
+    assert family.name == name
+    assert importlib.import_module(type(family).__module__).FAMILY is family
+    assert family.summary and "\n" not in family.summary
+
+
+def test_unknown_family_names_the_choices():
+    with pytest.raises(ConfigError, match=r"^family: unknown family 'no-such-family'; choose one"):
+        get_family("no-such-family")
+
+
+def test_declarations_hold_together(case):
+    family, config = case.family, case.family.make_config(case.params)
+    assert "recon_mse" in family.metric_names
+    reported = family.reported_metrics(config)
+    assert set(reported) <= set(family.metric_names), reported
+    assert family.default_objectives
+    for objective in family.default_objectives:
+        metric, _, direction = objective.partition(":")
+        assert direction == family.metric(metric).goal in ("max", "min"), objective
+        if not case.params:
+            # With its defaults, a family reports what its sweeps optimise.
+            assert metric in reported, objective
+    grid_names = {grid.name for grid in family.grids}
+    assert {"reconstructions", "latent_scatter"} <= grid_names
+    assert family.image_grids.keys() == grid_names
+
+
+def test_a_shared_metric_name_means_the_same_everywhere():
+    seen: dict[str, tuple] = {}
+    for family in all_families().values():
+        for metric in family.metrics:
+            meaning = (metric.low, metric.high, metric.goal)
+            assert seen.setdefault(metric.name, meaning) == meaning, (family.name, metric)
+
+
+# --- training ------------------------------------------------------------------------------
+def test_training_epoch_changes_every_weight(case, contract_digits):
+    experiment = case.experiment(contract_digits)
+    before = snapshot(experiment.model)
+    losses = experiment.train_epoch()
+    assert experiment.epoch == 1 and not experiment.diverged
+    assert "train_loss" in losses
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    after = snapshot(experiment.model)
+    unchanged = [key for key in before if torch.equal(before[key], after[key])]
+    assert not unchanged, f"not trained: {unchanged}"
+
+
+def test_training_step_is_cuda_graph_safe(case, contract_digits):
+    """On a GPU the step is recorded once as a CUDA graph; an op that waits for the device
+    breaks the capture. Here the step runs on the CPU with those ops made to raise, so a
+    machine without a GPU catches it."""
+    family = case.family
+    if not family.cuda_graphs:
+        pytest.skip(f"{family.name} declares cuda_graphs = False")
+    with optimizers_as_on_gpu():
+        experiment = case.experiment(contract_digits)
+    config, generator = experiment.config, experiment.generator
+    training = Training(experiment.model, experiment.optimizers, contract_digits, config, generator)
+    index = next(iter(family.batches(contract_digits, config, generator)))
+    experiment.model.train()
+    # Twice: the first step creates the optimisers' state; a graph records a later one.
+    with forbid_host_syncs():
+        for _ in range(2):
+            terms = family.step(training, index)
+    assert "loss" in terms and all(torch.isfinite(t) for t in terms.values())
+
+
+def test_same_seed_gives_identical_results(case, contract_digits):
+    def run(seed: int, evaluate_between: bool = False, evaluate: bool = True):
+        experiment = case.experiment(contract_digits, seed=seed)
+        losses = [experiment.train_epoch()]
+        if evaluate_between:
+            experiment.evaluate()
+            experiment.image_grids()
+        losses.append(experiment.train_epoch())
+        metrics = experiment.evaluate() if evaluate else None
+        return losses, metrics, snapshot(experiment.model)
+
+    losses_a, metrics_a, weights_a = run(seed=7)
+    losses_b, metrics_b, weights_b = run(seed=7, evaluate_between=True)
+    # Same seed, same results; evaluating (or drawing image grids) in between must not
+    # move the training's random streams, or results would depend on the eval schedule.
+    assert losses_a == losses_b
+    assert metrics_a == metrics_b
+    assert_same_state(weights_a, weights_b)
+    # ... and the seed matters: another seed gives other weights.
+    _, _, weights_c = run(seed=8, evaluate=False)
+    assert any(not torch.equal(weights_a[k], weights_c[k]) for k in weights_a)
+
+
+def test_save_and_restore_resume_exactly(case, contract_digits, tmp_path):
+    original = case.experiment(contract_digits, seed=3)
+    original.train_epoch()
+    original.evaluate()
+    original.save(tmp_path)
+    saved_weights = snapshot(original.model)
+    saved_metrics = dict(original.last_metrics)
+    # Go on with the original (the global RNG is where it was at save time) ...
+    losses_original = original.train_epoch()
+    metrics_original = original.evaluate()
+
+    # ... and with a fresh experiment restored from the file, as a resumed trial does.
+    resumed = case.experiment(contract_digits, seed=3)
+    assert any(not torch.equal(v, saved_weights[k]) for k, v in snapshot(resumed.model).items())
+    resumed.restore(tmp_path)
+    assert_same_state(saved_weights, snapshot(resumed.model))
+    assert resumed.epoch == 1 and resumed.last_metrics == saved_metrics
+    assert not resumed.diverged
+    assert resumed.train_epoch() == losses_original
+    assert resumed.evaluate() == metrics_original
+    assert_same_state(snapshot(original.model), snapshot(resumed.model))
+    for key, optimizer in original.optimizers.items():
+        assert repr(optimizer.state_dict()) == repr(resumed.optimizers[key].state_dict())
+    assert resumed.epoch == original.epoch == 2
+
+
+def test_non_finite_weights_mark_the_run_diverged(case, contract_digits):
+    experiment = case.experiment(contract_digits)
+    with torch.no_grad():
+        next(experiment.model.parameters()).fill_(float("nan"))
+    experiment.train_epoch()  # must not raise
+    assert experiment.diverged
+    metrics = experiment.evaluate()
+    assert metrics["diverged"] == 1.0
+    assert set(metrics) == set(case.family.metric_names) | {"diverged"}
+    assert all(math.isnan(v) for k, v in metrics.items() if k != "diverged")
+    assert experiment.image_grids() == {}
+
+
+# --- evaluation ----------------------------------------------------------------------------
+def test_evaluate_changes_nothing_and_returns_the_declared_metrics(case, contract_digits):
+    family = case.family
+    experiment = case.experiment(contract_digits)
+    experiment.train_epoch()
+    weights = snapshot(experiment.model)
+    optimizer_states = {k: repr(o.state_dict()) for k, o in experiment.optimizers.items()}
+    generator_state = experiment.generator.get_state().clone()
+
+    metrics = experiment.evaluate()
+
+    assert_same_state(weights, snapshot(experiment.model))
+    assert optimizer_states == {k: repr(o.state_dict()) for k, o in experiment.optimizers.items()}
+    assert torch.equal(generator_state, experiment.generator.get_state())
+    assert set(metrics) == set(family.reported_metrics(experiment.config)) | {"diverged"}
+    assert metrics["diverged"] == 0.0
+    for name, value in metrics.items():
+        assert isinstance(value, float) and math.isfinite(value), (name, value)
+        assert family.metric(name).admits(value), (name, value, family.metric(name).range)
+    assert experiment.last_metrics == metrics
+
+
+def test_image_grids_have_the_declared_names_and_kinds(case, contract_digits):
+    family = case.family
+    declared = {grid.name: grid for grid in family.grids}
+    grids = case.experiment(contract_digits).image_grids()
+    assert grids.keys() <= declared.keys()
+    assert {name for name, grid in declared.items() if not grid.optional} <= grids.keys()
+    for name, image in grids.items():
+        if declared[name].kind == "picture":
+            assert is_picture(image) and image.shape[2] == 3, name
+            # More than a blank canvas on it.
+            assert image.shape[0] > 100 and image.shape[1] > 100, name
+            assert len(torch.unique(image.reshape(-1, 3), dim=0)) > 10, name
+            continue
+        assert image.dim() == 4 and image.shape[2:] == contract_digits.image_shape, name
+        assert image.shape[0] >= 1 and image.shape[1] >= 1, name
+        assert image.is_floating_point() and image.min() >= 0.0 and image.max() <= 1.0, name
+
+
+def test_reconstruct_gives_images_of_the_inputs(case, contract_digits):
+    experiment = case.experiment(contract_digits)
+    experiment.train_epoch()
+    x, y = contract_digits.x_test[:16], contract_digits.y_test[:16]
+    with torch.no_grad():
+        x_hat = experiment.model.eval().reconstruct(x, y)
+    assert x_hat.shape == x.shape
+    assert x_hat.min() >= 0.0 and x_hat.max() <= 1.0
+    # Closer to its own input than to another image's, on average, after one epoch.
+    own = ((x_hat - x) ** 2).mean()
+    other = ((x_hat - x.roll(1, dims=0)) ** 2).mean()
+    assert own < other
+
+
+# --- configuration -------------------------------------------------------------------------
+def test_defaults_validate_and_round_trip(case):
+    family = case.family
+    config = family.make_config(case.params)
+    assert set(config.to_dict()) == set(family.config_cls.field_names())
+    assert family.make_config(config.to_dict()) == config
+    assert family.make_config(None) == family.config_cls()
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_lossless_conversions_are_accepted(name):
+    family = get_family(name)
+    values = {"lr": 1, "batch_size": 32.0}
+    tuples = [f for f, t in _field_types(name).items() if typing.get_origin(t) is tuple]
+    values.update({f: [32, 16] for f in tuples})
+    config = family.make_config(values)
+    assert config.lr == 1.0 and isinstance(config.lr, float)
+    assert config.batch_size == 32 and isinstance(config.batch_size, int)
+    for f in tuples:
+        assert getattr(config, f) == (32, 16) and config.to_dict()[f] == [32, 16]
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_unknown_parameter_names_the_valid_ones(name):
+    family = get_family(name)
+    with pytest.raises(ConfigError) as info:
+        family.make_config({"no_such_parameter": 4})
+    message = str(info.value)
+    assert message.startswith("no_such_parameter: unknown parameter")
+    for field_name in family.config_cls.field_names():
+        assert field_name in message
+
+
+def _field_types(name: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(get_family(name).config_cls)
+    return {f: hints[f] for f in get_family(name).config_cls.field_names()}
+
+
+def _wrong_type_cases():
+    for name in FAMILY_NAMES:
+        for field_name, annotation in _field_types(name).items():
+            yield pytest.param(name, field_name, "abc", id=f"{name}-{field_name}=abc")
+            if annotation in (int, float):
+                yield pytest.param(name, field_name, True, id=f"{name}-{field_name}=True")
+            if annotation is int:
+                yield pytest.param(name, field_name, 2.5, id=f"{name}-{field_name}=2.5")
+            if annotation is bool:
+                yield pytest.param(name, field_name, 1, id=f"{name}-{field_name}=1")
+
+
+@pytest.mark.parametrize(("name", "field_name", "value"), list(_wrong_type_cases()))
+def test_wrong_type_names_the_field(name, field_name, value):
+    with pytest.raises(ConfigError) as info:
+        get_family(name).make_config({field_name: value})
+    assert str(info.value).startswith(f"{field_name}: "), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def _out_of_range_cases():
+    for name in FAMILY_NAMES:
+        types = _field_types(name)
+        for field_name, (low, high) in get_family(name).config_cls.all_bounds().items():
+            is_tuple = typing.get_origin(types[field_name]) is tuple
+            integral = types[field_name] is int or is_tuple
+            outside = []
+            if low is not None:
+                outside.append(int(low) - 1 if integral else low - 1.0)
+            if high is not None:
+                outside.append(int(high) + 1 if integral else high * 2 + 1.0)
+            for value in outside:
+                value = [64, value] if is_tuple else value
+                yield pytest.param(name, field_name, value, id=f"{name}-{field_name}={value}")
+
+
+@pytest.mark.parametrize(("name", "field_name", "value"), list(_out_of_range_cases()))
+def test_out_of_range_names_the_field(name, field_name, value):
+    with pytest.raises(ConfigError) as info:
+        get_family(name).make_config({field_name: value})
+    message = str(info.value)
+    assert message.startswith(f"{field_name}: "), message
+    assert "out of range" in message and "\n" not in message
