@@ -36,12 +36,11 @@ _active: contextvars.ContextVar[StepGraph | None] = contextvars.ContextVar(
 
 
 class StepGraph:
-    """One experiment's captured step. Captured on first use; invalid once the model's,
-    optimisers' or dataset's tensors are replaced (Experiment then makes a new one)."""
+    """One experiment's captured step. Captured on first use; invalid once the model's or
+    the optimisers' tensors are replaced (Experiment then makes a new one)."""
 
-    def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], dataset):
+    def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]):
         self.model = model
-        self.dataset = dataset  # whose tensors the captured step reads
         self.optimizers = list(optimizers.values())
         self.graph: torch.cuda.CUDAGraph | None = None
         self.index: torch.Tensor | None = None  # the captured step reads its batch here

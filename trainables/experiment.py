@@ -45,11 +45,18 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 @dataclass
 class Experiment:
+    """A family's model with its optimisers, RNG and progress. Make one with `create`, which
+    seeds and builds the parts; the dataset is fixed for its life (a captured CUDA-graph
+    step reads its tensors)."""
+
     family: Family
     config: FamilyConfig
     dataset: Dataset
+    model: torch.nn.Module
+    optimizers: dict[str, torch.optim.Optimizer]
+    generator: torch.Generator  # batches' order and the AAE's CPU prior samples
+    eval_context: EvalContext
     seed: int = 0
-    use_reference: bool = True
     precision: str = "fp32"
     # On CUDA, replay each training step as a CUDA graph (see cuda_graphs.py).
     cuda_graphs: bool = True
@@ -58,6 +65,8 @@ class Experiment:
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     last_metrics: dict[str, float] = field(default_factory=dict)
+    _quick_context: EvalContext | None = field(default=None, init=False, repr=False)
+    _step_graph: StepGraph | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def create(
@@ -66,26 +75,35 @@ class Experiment:
         config: dict[str, Any] | FamilyConfig,
         dataset: Dataset,
         seed: int = 0,
-        **kwargs,
+        use_reference: bool = True,
+        precision: str = "fp32",
+        cuda_graphs: bool = True,
     ) -> Experiment:
+        """Build `family`'s model for `config` on `dataset` with weights drawn from `seed`.
+        `use_reference=False` leaves out the metrics that need the reference classifier."""
+        check_precision(precision)
         family = get_family(family) if isinstance(family, str) else family
         if not isinstance(config, FamilyConfig):
             config = family.make_config(config)
-        return cls(family, config, dataset, seed, **kwargs)
-
-    def __post_init__(self) -> None:
-        check_precision(self.precision)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.model = self.family.build(self.config, self.dataset).to(self.dataset.device)
-        self.optimizers = self.family.make_optimizers(self.model, self.config)
-        self.generator = torch.Generator().manual_seed(self.seed)
+            torch.manual_seed(seed)
+            model = family.build(config, dataset).to(dataset.device)
+        optimizers = family.make_optimizers(model, config)
         # Reparameterisation noise comes from torch's global RNG; seed it once here and
         # save/restore it with the state so a resumed run continues the same stream.
-        torch.manual_seed(self.seed + 1)
-        self.eval_context = EvalContext(self.dataset, seed=0, use_reference=self.use_reference)
-        self._quick_context: EvalContext | None = None
-        self._step_graph: StepGraph | None = None
+        torch.manual_seed(seed + 1)
+        return cls(
+            family,
+            config,
+            dataset,
+            model,
+            optimizers,
+            torch.Generator().manual_seed(seed),
+            EvalContext(dataset, seed=0, use_reference=use_reference),
+            seed=seed,
+            precision=precision,
+            cuda_graphs=cuda_graphs,
+        )
 
     def train_epoch(self) -> dict[str, float]:
         """Train one epoch; a non-finite loss marks the run diverged instead of raising."""
@@ -115,10 +133,8 @@ class Experiment:
             self.cuda_graphs and self.family.cuda_graphs and self.dataset.device.type == "cuda"
         ):
             return None
-        # A captured step reads the training tensors it was captured with: a new dataset
-        # (the benchmarks swap subsets in) needs a new capture.
-        if self._step_graph is None or self._step_graph.dataset is not self.dataset:
-            self._step_graph = StepGraph(self.model, self.optimizers, self.dataset)
+        if self._step_graph is None:
+            self._step_graph = StepGraph(self.model, self.optimizers)
         return self._step_graph
 
     def _rng_isolated(self):

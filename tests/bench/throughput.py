@@ -228,6 +228,10 @@ def bench_family(
         else experiment
     )
     counter = StepCounter(next(iter(eager.optimizers.values())))
+    # A small eager experiment on `warm` for first-call costs and for recording one step's
+    # matmuls (the recorder slows it; it is not timed).
+    probe = Experiment.create(family, config, warm, seed=0, use_reference=False, cuda_graphs=False)
+    probe_steps = StepCounter(next(iter(probe.optimizers.values())))
     bf16 = None
     if cuda:
         bf16 = Experiment.create(
@@ -236,32 +240,26 @@ def bench_family(
         bf16.train_epoch()
     plain = PlainLoop(family, config, data, images, labels, device)
 
-    def epoch_on(run: Experiment, on: Dataset) -> None:
-        run.dataset = on
-        run.train_epoch()
-        run.dataset = data
-
-    # Warm-up (first-call costs, allocator, thread pools; on CUDA the capture of the step
-    # for the timed data), then record one warm eager epoch's matmuls (the recorder slows
-    # it; it is not timed).
-    epoch_on(experiment, data if cuda else warm)
-    if cuda:  # on the CPU the eager experiment is ours, warm already
-        epoch_on(eager, warm)
+    # Warm-up (first-call costs, allocator, thread pools; on CUDA the capture of the step).
+    probe.train_epoch()
+    if cuda:
+        experiment.train_epoch()
+        eager.train_epoch()
     plain_iter = iter(plain.loader)
     for _ in range(min(sizes.warm_steps, len(plain.loader))):
         x, y = next(plain_iter)
         plain.step(x.view(len(x), -1).to(device), y.to(device))
     del plain_iter
-    counter.n = 0
+    probe_steps.n = 0
     with MatmulRecorder() as recorder:
-        epoch_on(eager, warm)
-    warm_steps = counter.n
+        probe.train_epoch()
+    warm_steps = probe_steps.n
 
     # Hardware limit: the Linear layers' matmuls of one step, as bare mm calls.
     per_step = recorder.shapes[: len(recorder.shapes) // max(warm_steps, 1)]
     if not per_step or recorder.shapes != per_step * warm_steps:
         raise RuntimeError(f"{family}: the {warm_steps} recorded steps ran different matmuls")
-    linear_shapes = linear_matmul_shapes(eager.model, batch)
+    linear_shapes = linear_matmul_shapes(probe.model, batch)
     linear = [s for s in per_step if s in linear_shapes]
     other = [s for s in per_step if s not in linear_shapes]
     # Backward runs on autograd's own thread on a GPU; the mode must have followed it there.
@@ -274,9 +272,9 @@ def bench_family(
     for _ in range(sizes.repeats):
         counter.n = 0
         if cuda:
-            eager_times.append(timed(lambda: epoch_on(eager, data), device)[0])
+            eager_times.append(timed(eager.train_epoch, device)[0])
             bf16_times.append(timed(bf16.train_epoch, device)[0])
-        seconds, _ = timed(lambda: epoch_on(experiment, data), device)
+        seconds, _ = timed(experiment.train_epoch, device)
         ours_times.append(seconds)
         ours_steps = counter.n
         seconds, (_, plain_steps) = timed(plain.epoch, device)
