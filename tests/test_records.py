@@ -9,8 +9,6 @@ import fcntl
 import json
 import os
 import pickle
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -91,28 +89,6 @@ def test_reader_columns_of_mlflow_params():
     assert records.is_metric_column("recon_mse")
     assert not records.is_metric_column("trial_id")
     assert not records.is_metric_column("param.lr")
-
-
-# --- the reading side needs no Ray ----------------------------------------------------------
-def test_the_reading_side_imports_neither_ray_nor_study():
-    code = (
-        "import sys\n"
-        "import analysis, analysis.records\n"
-        "light = sorted(m for m in ('mlflow', 'torch', 'pandas') if m in sys.modules)\n"
-        "import analysis.runs, analysis.report, analysis.export, analysis.robustness\n"
-        "top = {m.split('.')[0] for m in sys.modules}\n"
-        "print(json.dumps({'light': light, 'loaded': sorted(top & {'ray', 'study', 'torch'})}))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", "import json\n" + code],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen == {"light": [], "loaded": []}
 
 
 # --- stores ---------------------------------------------------------------------------------
