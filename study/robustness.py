@@ -19,7 +19,7 @@ from search_spaces.loader import load_space
 from study.errors import UserError
 from study.execute import StudyOutcome, execute
 from study.plan import plan_rerun
-from study.spec import StudySpec, check_positive_int
+from study.spec import DEFAULT_STORAGE, StudySpec, check_positive_int
 from study.storage import read_spec
 
 FIRST_NEW_SEED = 1000  # far from the sweep's seeds, so "new seeds" are really new
@@ -70,7 +70,7 @@ def run_robustness(
 ) -> StudyOutcome:
     check_positive_int("top", top)
     check_positive_int("seeds", seeds)
-    source_spec = read_spec(source, storage) if storage else read_spec(source)
+    source_spec = read_spec(source, storage or DEFAULT_STORAGE)
     variants = best_configs(source_spec, top, tracking_uri)
     if with_neighbours:
         space = load_space(source_spec.family, source_spec.space_file, source_spec.fixed)

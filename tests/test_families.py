@@ -10,19 +10,10 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 import trainables
 from trainables import ConfigError, Experiment
+from trainables.contract import assert_same_state, snapshot
 from trainables.losses import kl_to_standard_normal, marginal_kl_bound
 
 FAMILIES = trainables.all_families()
-
-
-def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
