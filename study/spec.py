@@ -18,12 +18,19 @@ from typing import Any
 import yaml
 
 from analysis import records
-from trainables import DATASETS, get_family
+from trainables.config import DATASETS, PRECISIONS, check_precision
 from trainables.errors import ConfigError
-from trainables.experiment import PRECISIONS, check_precision
 from trainables.io import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def get_family(name: str):
+    """The registered family `name`. The registry (and with it torch) loads on first use,
+    so the command line starts without torch."""
+    from trainables.registry import get_family as registered
+
+    return registered(name)
 
 
 def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:

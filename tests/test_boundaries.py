@@ -3,8 +3,9 @@
 * `trainables` (what a trial computes) loads neither Ray nor MLflow, with every family;
 * `analysis` (reading studies back) loads no Ray, no torch and no `study` module, and its
   schema module `analysis.records` not even MLflow, pandas or torch until it is used;
-* the `study` command line loads no Ray until a command needs it, so `study train`,
-  `study --help` and every refusal of bad input start without it.
+* the `study` command line loads neither Ray nor torch until a command needs them, so
+  `study --help`, `status`, `export`, `report` and most refusals of bad input start in a
+  fraction of a second, and importing it changes no environment variable.
 """
 
 from __future__ import annotations
@@ -63,3 +64,13 @@ def test_the_records_schema_is_light_until_used():
 def test_the_cli_loads_no_ray_until_a_command_needs_it():
     code = "import study.cli, study.spec, study.storage, study.presets, study.train"
     assert loaded_after(code, ("ray",)) == []
+
+
+def test_the_cli_module_loads_no_torch_and_leaves_the_environment_alone():
+    code = (
+        "import os\n"
+        "before = dict(os.environ)\n"
+        "import study.cli, study.spec\n"
+        "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())\n"
+    )
+    assert loaded_after(code, ("torch", "ray", "mlflow")) == []

@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "DATASETS": "trainables.data",
+    "DATASETS": "trainables.config",
     "Dataset": "trainables.data",
     "load_dataset": "trainables.data",
     "ConfigError": "trainables.errors",
@@ -48,7 +48,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from trainables.data import DATASETS, Dataset, load_dataset
+    from trainables.config import DATASETS
+    from trainables.data import Dataset, load_dataset
     from trainables.errors import ConfigError, ContractError, DataError, UserError
     from trainables.experiment import Experiment, pick_device
     from trainables.family import Family, FamilyConfig, FamilyModel, Metric, Training

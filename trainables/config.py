@@ -1,5 +1,7 @@
-"""A family's configuration: a dataclass of typed fields, validated on creation and
-round-tripping to a dict (and so to YAML and Ray's param_space)."""
+"""What a run is configured with: a family's config (a dataclass of typed fields, validated
+on creation and round-tripping to a dict, so to YAML and Ray's param_space), and the
+datasets and training precisions a run may name. No torch here: the command line builds
+its choices from these names before it needs torch."""
 
 from __future__ import annotations
 
@@ -10,6 +12,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from trainables.errors import ConfigError
+
+DATASETS = ("digits", "mnist", "fashion-mnist")
+# Training arithmetic: "bf16" runs each training step's forward pass under bfloat16
+# autocast (loss terms stay float32, see losses.py); evaluation is always float32.
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}; "
+            "bf16 pays on GPUs with bfloat16 matrix units (CUDA), fp32 is the default"
+        )
+    return precision
 
 
 @dataclass

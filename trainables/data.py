@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trainables.config import DATASETS
 from trainables.errors import DataError
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
 DATA_DIR_ENV = "LATENT_STUDIES_DATA_DIR"
 # Debian's dataset-fashion-mnist package puts the idx files here.
 SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}

@@ -15,26 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.config import check_precision
 from trainables.cuda_graphs import StepGraph, replaying
 from trainables.data import Dataset
-from trainables.errors import ConfigError
 from trainables.family import Family, FamilyConfig
 from trainables.metrics import EvalContext
 from trainables.registry import get_family
 
 STATE_FILE = "state.pt"
-# Training arithmetic: "bf16" runs each training step's forward pass under bfloat16
-# autocast (loss terms stay float32, see losses.py); evaluation is always float32.
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}; "
-            "bf16 pays on GPUs with bfloat16 matrix units (CUDA), fp32 is the default"
-        )
-    return precision
 
 
 def pick_device(requested: str = "auto") -> torch.device:
