@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,7 @@ class Processes:
 
 # --- the CLI forked from a preloaded process ---------------------------------------------
 _FORKSERVER = None
+_STATUS_LOCK = threading.Lock()
 PRELOAD = [
     "study.cli",
     "study.execute",
@@ -199,7 +201,7 @@ def run_forked_cli(args: list[str], cwd: Path, timeout: float = 120):
     """Run `study ARGS` as its own process, forked from a server that has imported the CLI
     once (multiprocessing's forkserver): a real process with a real exit status and real
     file effects, without paying the CLI's seconds of imports per run."""
-    import multiprocessing
+    import multiprocessing.connection
 
     global _FORKSERVER
     if _FORKSERVER is None:
@@ -209,13 +211,20 @@ def run_forked_cli(args: list[str], cwd: Path, timeout: float = 120):
     process = _FORKSERVER.Process(
         target=_cli_child, args=(list(args), str(cwd), str(out), str(err), clean_env())
     )
-    process.start()
-    process.join(timeout)
-    if process.is_alive():
+    # A forkserver child's exit status arrives as bytes on a pipe, and whoever polls first
+    # reads them: `start()` polls every finished child of this process, so a start in one
+    # thread racing a join in another left the loser reading EOF, which multiprocessing
+    # reports as exit status 255. Starting and reading statuses under one lock, and
+    # waiting on the sentinel (which reads nothing) outside it, keeps the rows parallel.
+    with _STATUS_LOCK:
+        process.start()
+    if not multiprocessing.connection.wait([process.sentinel], timeout):
         kill_session(process.pid)
-        process.join(10)
+        multiprocessing.connection.wait([process.sentinel], 10)
     kill_session(process.pid)
-    code = process.exitcode
+    with _STATUS_LOCK:
+        process.join(10)
+        code = process.exitcode
     if code is None or code < 0:
         code = -9 if code is None else code
     return subprocess.CompletedProcess(args, code, out.read_text(), err.read_text())
