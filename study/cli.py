@@ -11,8 +11,7 @@ import sys
 import click
 
 from study.errors import UserError
-from study.spec import TrainSpec, parse_overrides
-from trainables.config import DATASETS, PRECISIONS
+from study.spec import StudySpec, TrainSpec, parse_overrides
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -37,22 +36,58 @@ class StudyGroup(click.Group):
             sys.exit(2)
 
 
-def data_options(command):
-    command = click.option(
-        "--download", is_flag=True, help="Fetch MNIST-style data with torchvision."
-    )(command)
-    command = click.option(
-        "--data-dir",
-        envvar="LATENT_STUDIES_DATA_DIR",
-        help="Directory holding the idx .gz files (or $LATENT_STUDIES_DATA_DIR).",
-    )(command)
-    return command
-
-
 @click.group(cls=StudyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="latent-studies")
 def cli() -> None:
     """Hyperparameter and robustness studies of disentangled and invariant autoencoders."""
+
+
+def spec_option(spec_cls: type, name: str):
+    """The option for field `name` of a spec dataclass (StudySpec, TrainSpec): its flag,
+    type, choices and help come from the field. The option's own default is None, so a
+    value the user gave can be told from one they did not (a preset or a --config file
+    fills those); the help shows the spec's default."""
+    from study.spec import setting_type, settings_of
+
+    spec_field = settings_of(spec_cls)[name]
+    meta = spec_field.metadata
+    default = None if spec_field.default is dataclasses.MISSING else spec_field.default
+    shown = f" [default: {default}]" if default not in (None, "") else ""
+    multiple = spec_field.default_factory is not dataclasses.MISSING
+    # Lists and dicts (--objective, --set) are given as repeated strings.
+    kind = str if multiple else setting_type(spec_cls, name)
+    flag = meta.get("flag") or "--" + name.replace("_", "-")
+    return click.option(
+        flag,
+        name,
+        type=click.Choice(meta["choices"]) if "choices" in meta else kind,
+        multiple=multiple,
+        default=None,
+        metavar=meta.get("metavar"),
+        envvar=meta.get("envvar"),
+        help=meta["help"] + shown,
+    )
+
+
+def spec_options(spec_cls: type, *names: str):
+    """Decorate a command with the options of `spec_cls`'s fields `names` (every field
+    that has a flag when none are named)."""
+    from study.spec import settings_of
+
+    chosen = names or [
+        n for n, f in settings_of(spec_cls).items() if f.metadata.get("flag", "") is not None
+    ]
+
+    def decorate(command):
+        for name in reversed(chosen):
+            command = spec_option(spec_cls, name)(command)
+        return command
+
+    return decorate
+
+
+VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress.")
+DOWNLOAD = click.option("--download", is_flag=True, help="Fetch MNIST-style data with torchvision.")
 
 
 @cli.command()
@@ -62,23 +97,10 @@ def cli() -> None:
     "config_file",
     help="YAML file (e.g. an export) with family, dataset, epochs, seed, params.",
 )
-@click.option("--dataset", type=click.Choice(DATASETS), help="Dataset (default digits).")
-@click.option("--epochs", type=int, help="Training epochs (default 20).")
-@click.option("--seed", type=int, help="Seed for weights, batches and noise (default 0).")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Set a family parameter; repeatable.",
-)
+@spec_options(TrainSpec, "dataset", "epochs", "seed", "params", "precision")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    help="Training arithmetic (default fp32); bf16 = bfloat16 autocast, for GPUs.",
-)
-@data_options
+@spec_options(StudySpec, "data_dir")
+@DOWNLOAD
 @click.option(
     "--out", help="Output directory (default runs/train/<family>-<dataset>-seed<S>-<time>)."
 )
@@ -94,7 +116,7 @@ def train(
     dataset,
     epochs,
     seed,
-    overrides,
+    params,
     device,
     precision,
     data_dir,
@@ -114,7 +136,7 @@ def train(
     spec = TrainSpec.from_sources(
         family,
         config_file,
-        parse_overrides(overrides),
+        parse_overrides(params),
         dataset=dataset,
         epochs=epochs,
         seed=seed,
@@ -160,7 +182,7 @@ def train_preset(options: dict) -> None:
         dataset=options["dataset"],
         epochs=options["epochs"],
         precision=options["precision"],
-        params=parse_overrides(options["overrides"]),
+        params=parse_overrides(options["params"]),
     )
     summary, out_dir = reproduce(
         preset,
@@ -201,58 +223,14 @@ def presets(name):
         click.echo(f"{'':<22} {preset.description.splitlines()[0]}")
 
 
-def spec_option(name: str, **overrides):
-    """The `study run` option for StudySpec field `name`: its flag, type, choices and help
-    come from the spec's field. The option's own default is None, so a value the user gave
-    can be told from one they did not (a preset fills those); the help shows the spec's."""
-    from study.spec import StudySpec, setting_type
-
-    spec_field = StudySpec.settings()[name]
-    meta = spec_field.metadata
-    default = None if spec_field.default is dataclasses.MISSING else spec_field.default
-    shown = f" [default: {default}]" if default not in (None, "") else ""
-    multiple = spec_field.default_factory is not dataclasses.MISSING
-    kind = str if multiple else setting_type(name)
-    settings = {
-        "type": click.Choice(meta["choices"]) if "choices" in meta else kind,
-        "multiple": multiple,
-        "default": None,
-        "metavar": meta.get("metavar"),
-        "envvar": meta.get("envvar"),
-        "help": meta["help"] + shown,
-        **overrides,
-    }
-    flag = meta.get("flag") or "--" + name.replace("_", "-")
-    return click.option(flag, name, **settings)
-
-
-def spec_options(*names: str):
-    """Decorate a command with the StudySpec options `names` (all that have a flag if none)."""
-
-    def decorate(command):
-        from study.spec import StudySpec
-
-        chosen = names or [
-            n for n, f in StudySpec.settings().items() if f.metadata.get("flag", "") is not None
-        ]
-        for name in reversed(chosen):
-            command = spec_option(name)(command)
-        return command
-
-    return decorate
-
-
-VERBOSE = click.option("-v", "--verbose", is_flag=True, help="Show Ray's own logs and progress.")
-
-
 @cli.command()
 @click.argument("family", required=False)
 @click.option(
     "--preset", help="Take the settings of a sweep preset (see `study presets`); flags override."
 )
-@click.option("--download", is_flag=True, help="Fetch MNIST-style data with torchvision.")
+@DOWNLOAD
 @VERBOSE
-@spec_options()
+@spec_options(StudySpec)
 def run(family, preset, download, verbose, **given):
     """Sweep FAMILY's hyperparameters with Optuna on Ray Tune, recording every trial in MLflow."""
     from study.execute import execute
@@ -316,7 +294,7 @@ def print_where(outcome) -> None:
 
 @cli.command()
 @click.argument("name")
-@spec_options("storage", "address")
+@spec_options(StudySpec, "storage", "address")
 @VERBOSE
 def resume(name, storage, address, verbose):
     """Continue the interrupted study NAME to its requested trial count (on --address when
@@ -329,7 +307,7 @@ def resume(name, storage, address, verbose):
 
 @cli.command()
 @click.argument("name", required=False)
-@spec_options("storage", "tracking_uri", "experiment")
+@spec_options(StudySpec, "storage", "tracking_uri", "experiment")
 def status(name, storage, tracking_uri, experiment):
     """List studies, or show NAME's trials by status and its best results so far."""
     from analysis.records import DEFAULT_EXPERIMENT
@@ -375,7 +353,7 @@ def status(name, storage, tracking_uri, experiment):
     "--top", type=int, default=1, show_default=True, help="Also export the K best trials."
 )
 @click.option("--out", default=None, help="Directory (default exports/<name>).")
-@spec_options("tracking_uri", "experiment")
+@spec_options(StudySpec, "tracking_uri", "experiment")
 def export(name, top, out, tracking_uri, experiment):
     """Write the best trials of study NAME as configs `study train --config` accepts."""
     from analysis.export import export_study
@@ -413,7 +391,7 @@ def export(name, top, out, tracking_uri, experiment):
     default=None,
     help="Name of the robustness study (default <name>-robust).",
 )
-@spec_options("storage", "tracking_uri", "address")
+@spec_options(StudySpec, "storage", "tracking_uri", "address")
 @VERBOSE
 def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri, address, verbose):
     """Re-run the best configs of study NAME with new seeds (and neighbours)."""
@@ -437,7 +415,7 @@ def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri,
 @cli.command()
 @click.argument("name")
 @click.option("--out", default=None, help="Directory (default reports/<name>).")
-@spec_options("tracking_uri", "experiment")
+@spec_options(StudySpec, "tracking_uri", "experiment")
 def report(name, out, tracking_uri, experiment):
     """Write an HTML report (importance, slices with seed bands, Pareto front, degeneracy, images)."""
     from analysis.records import DEFAULT_EXPERIMENT
@@ -451,7 +429,7 @@ def report(name, out, tracking_uri, experiment):
 
 
 @cli.command()
-@spec_options("tracking_uri")
+@spec_options(StudySpec, "tracking_uri")
 @click.option(
     "--host",
     default="127.0.0.1",

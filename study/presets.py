@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from study.spec import TrainSpec, check_dataset, check_positive_int, setting_type
+from study.spec import StudySpec, TrainSpec, check_dataset, check_positive_int, setting_type
 from trainables import get_family
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
@@ -175,7 +175,7 @@ def _sweep_fields(data: dict[str, Any], fail) -> dict[str, Any]:
     for key in SWEEP_SETTINGS:
         if key not in data:
             continue
-        kind, value = setting_type(key), data[key]
+        kind, value = setting_type(StudySpec, key), data[key]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):

@@ -71,16 +71,45 @@ def check_study_name(name: str) -> str:
     return name
 
 
+def setting(default: Any, help: str, **cli: Any) -> Any:
+    """A StudySpec field with its command-line help. `cli` may hold `flag` (when not
+    --field-name), `choices`, `metavar`, `envvar`; `flag=None` keeps it off the CLI."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(), metadata={"help": help, **cli})
+    return field(default=default, metadata={"help": help, **cli})
+
+
+def setting_type(spec_cls: type, name: str) -> type:
+    """The type a spec's setting takes: int, float, str, or list (`objectives`) and dict
+    (`fixed`, `params`); `int | None` is int."""
+    annotation = typing.get_type_hints(spec_cls)[name]
+    for kind in (int, float, list, dict):
+        if annotation is kind or typing.get_origin(annotation) is kind:
+            return kind
+        if kind in typing.get_args(annotation):
+            return kind
+    return str
+
+
+def settings_of(spec_cls: type) -> dict[str, dataclasses.Field]:
+    """A spec's fields by name: what the CLI (and, for a study, a sweep preset) may set."""
+    return {f.name: f for f in dataclasses.fields(spec_cls)}
+
+
 @dataclass
 class TrainSpec:
     """One training run: what `study train` runs and what `study export` writes."""
 
-    family: str
-    dataset: str = "digits"
-    epochs: int = 20
-    seed: int = 0
-    precision: str = "fp32"
-    params: dict[str, Any] = field(default_factory=dict)
+    family: str = field(metadata={"help": "Model family to train.", "flag": None})
+    dataset: str = setting("digits", "Dataset.", choices=DATASETS)
+    epochs: int = setting(20, "Training epochs.")
+    seed: int = setting(0, "Seed for weights, batches and noise.")
+    precision: str = setting(
+        "fp32", "Training arithmetic; bf16 = bfloat16 autocast, for GPUs.", choices=PRECISIONS
+    )
+    params: dict[str, Any] = setting(
+        {}, "Set a family parameter; repeatable.", flag="--set", metavar="KEY=VALUE"
+    )
 
     # Keys an export file may carry besides the spec; they are informational.
     INFO_KEYS = ("metrics", "source", "objectives", "robust")
@@ -145,26 +174,6 @@ def parse_objective(text: str, family: str) -> tuple[str, str]:
     if mode not in ("max", "min"):
         raise ConfigError(f"objective: write METRIC:max or METRIC:min, got {text!r}")
     return metric, mode
-
-
-def setting(default: Any, help: str, **cli: Any) -> Any:
-    """A StudySpec field with its command-line help. `cli` may hold `flag` (when not
-    --field-name), `choices`, `metavar`, `envvar`; `flag=None` keeps it off the CLI."""
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(), metadata={"help": help, **cli})
-    return field(default=default, metadata={"help": help, **cli})
-
-
-def setting_type(name: str) -> type:
-    """The type a StudySpec setting takes: int, float, str, or list (`objectives`) and
-    dict (`fixed`); `int | None` is int."""
-    annotation = typing.get_type_hints(StudySpec)[name]
-    for kind in (int, float, list, dict):
-        if annotation is kind or typing.get_origin(annotation) is kind:
-            return kind
-        if kind in typing.get_args(annotation):
-            return kind
-    return str
 
 
 SCHEDULERS = ("asha", "none")
@@ -268,8 +277,3 @@ class StudySpec:
             if values[key]:
                 values[key] = records.redact(values[key])
         return values
-
-    @classmethod
-    def settings(cls) -> dict[str, dataclasses.Field]:
-        """The fields a user sets, by name (what the CLI and sweep presets may give)."""
-        return {f.name: f for f in dataclasses.fields(cls)}

@@ -31,8 +31,7 @@ OBJECTIVE = ("content_acc_grouped", "max")
 # `study train` with the exported config must give the trial's numbers. Measured: equal
 # to the last bit (the trainable forks the RNG around evaluation, so training sees the
 # same random stream as `study train`; with one torch thread on both sides the arithmetic
-# is the same). Before that fix they differed by 8.7e-4 in recon_mse and 2/360 test
-# samples (0.0056) in content_acc_single. 1e-5 leaves room for float noise only.
+# is the same). 1e-5 leaves room for float noise only.
 REPRODUCE_ABS = 1e-5
 
 
