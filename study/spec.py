@@ -1,8 +1,9 @@
 """Validated specifications: what the CLI and YAML files say, checked once, flowing one way
 into the code. A bad value fails here with one line naming the field and the fix.
 
-`StudySpec` is a sweep's whole definition. Its fields carry their command-line help, so the
-`study run` options are generated from it (cli.py) and each default is written once, here.
+`StudySpec` is a sweep's whole definition and `TrainSpec` one training run's. Their fields
+carry their command-line help, so the `study run` and `study train` options are generated
+from them (cli.py) and each default is written once, here.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def check_study_name(name: str) -> str:
 
 
 def setting(default: Any, help: str, **cli: Any) -> Any:
-    """A StudySpec field with its command-line help. `cli` may hold `flag` (when not
+    """A spec field with its command-line help. `cli` may hold `flag` (when not
     --field-name), `choices`, `metavar`, `envvar`; `flag=None` keeps it off the CLI."""
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(), metadata={"help": help, **cli})
