@@ -472,22 +472,31 @@ class StudyRecords:
     trials: list[TrialRecord]
 
 
+def find_study(uri: str, name: str, experiment: str) -> tuple[MlflowClient, str, Run] | None:
+    """The client, experiment id and parent run of study `name` in the store at `uri`, or
+    None when it holds no such study. Writes nothing, not even a new store: a missing
+    SQLite file holds no study, and opening it (even making the client) would create it."""
+    if not store_exists(uri):
+        return None
+    client = open_client(uri)
+    found = client.get_experiment_by_name(experiment)
+    parent = find_study_run(client, found.experiment_id, name) if found else None
+    return (client, found.experiment_id, parent) if parent else None
+
+
 def read_study(
     name: str, tracking_uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT
 ) -> StudyRecords:
     """The study's parent run and its trial runs. Writes nothing, not even a new store."""
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
-    # A missing SQLite file holds no study; opening it (even making the client) would
-    # create it, so don't.
-    client = open_client(uri) if store_exists(uri) else None
-    found = client.get_experiment_by_name(experiment) if client else None
-    parent = find_study_run(client, found.experiment_id, name) if found else None
-    if parent is None:
+    found = find_study(uri, name, experiment)
+    if found is None:
         raise UserError(
             f"name: no study {name!r} in {redact(uri)} (experiment {experiment!r}); "
             f"check the name with `study status` or pass --tracking-uri"
         )
-    runs = trial_runs(client, found.experiment_id, parent.info.run_id)
+    client, experiment_id, parent = found
+    runs = trial_runs(client, experiment_id, parent.info.run_id)
     trials = [TrialRecord.from_run(run) for run in runs]
     return StudyRecords(uri, StudyRecord.from_run(parent), trials)

@@ -151,12 +151,12 @@ def resume(
     if address is not None:
         spec.address = address
     space = check_inputs(spec)
-    parent_id = _existing_parent(spec)
+    client, parent_id = _existing_parent(spec)
     check_cluster(spec, verbose)
     print(f"resuming study {spec.name}: {spec.trials} trials of {spec.family}", flush=True)
     cluster.quiet_logs(verbose)
     cluster.connect(spec.address, verbose)
-    queue = tracking.TrackingQueue(spec.tracking_uri)
+    queue = tracking.TrackingQueue(spec.tracking_uri, client)
     queue.client.update_run(parent_id, status="RUNNING")
     tuner = tune.Tuner.restore(
         spec.path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True
@@ -165,22 +165,18 @@ def resume(
     return _fit(tuner, plan, queue, parent_id)
 
 
-def _existing_parent(spec: StudySpec) -> str:
-    """The parent run of a study to resume, looked up without creating anything (no store
-    file, no experiment): a study whose run is missing fails before any write."""
-    queue = tracking.TrackingQueue(spec.tracking_uri)
-    found = (
-        queue.client.get_experiment_by_name(spec.experiment)
-        if records.store_exists(spec.tracking_uri)
-        else None
-    )
-    parent = records.find_study_run(queue.client, found.experiment_id, spec.name) if found else None
-    if parent is None:
+def _existing_parent(spec: StudySpec):
+    """The client and parent run id of a study to resume, looked up without creating
+    anything (no store file, no experiment): a study whose run is missing fails before
+    any write."""
+    found = records.find_study(spec.tracking_uri, spec.name, spec.experiment)
+    if found is None:
         raise UserError(
             f"name: study {spec.name!r} has no MLflow run in {records.redact(spec.tracking_uri)} "
             f"(experiment {spec.experiment!r}); restore that store or start a new study"
         )
-    return parent.info.run_id
+    client, _, parent = found
+    return client, parent.info.run_id
 
 
 def _fit(tuner, plan: StudyPlan, queue: tracking.TrackingQueue, parent_id: str) -> StudyOutcome:

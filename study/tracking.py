@@ -91,9 +91,9 @@ def _trial_params(config: dict[str, Any]) -> list[Param]:
 class TrackingQueue:
     """MLflow writes in order; a failed write stays queued and is retried later."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, client: MlflowClient | None = None):
         self.uri = uri
-        self._client: MlflowClient | None = None
+        self._client = client  # opened on first use when not given
         self.pending: deque[tuple[str, Callable[[], None]]] = deque()
         self.failures = 0
         self._warned = False

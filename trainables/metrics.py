@@ -291,7 +291,3 @@ def derangement_targets(
 
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().float().cpu().numpy()
-
-
-def is_finite(metrics: dict[str, float]) -> bool:
-    return all(np.isfinite(v) for v in metrics.values())
