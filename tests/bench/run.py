@@ -2,7 +2,7 @@
 
     python -m tests.bench.run            # full run (about 10-15 minutes on 2 cores)
     python -m tests.bench.run --quick    # small sizes, a dry run of every section
-    python -m tests.bench.run --only ab  # some sections (a b c d e)
+    python -m tests.bench.run --only ab  # some sections (a b c d e f)
 
 Sections (targets from the issue; a MISS is reported, not raised):
   a. training throughput per family, ours vs a torchvision-style DataLoader loop (>= 3x)
@@ -10,6 +10,8 @@ Sections (targets from the issue; a MISS is reported, not raised):
   c. sweep efficiency: trials' train+eval seconds / (wall x concurrency) (>= 0.9)
   d. evaluation cost: evaluate() time vs training time in a 10-epoch MNIST trial (<= 10%)
   e. peak memory of a process running one trial (reported, no target)
+  f. importance floor: the trial count from which fANOVA and PED-ANOVA rank a known dominant
+     parameter first in >= 90% of synthetic studies (<= MIN_TRIALS_FOR_IMPORTANCE; no torch)
 a, b and d also run on CUDA when a GPU is present (--devices picks), and c trains its
 trials on the GPU with --sweep-gpus FRACTION. Figures go to stdout and --json.
 """
@@ -43,7 +45,7 @@ from tests.bench.common import (  # noqa: E402
     verdict,
 )
 
-SECTIONS = "abcde"
+SECTIONS = "abcdef"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -483,6 +485,28 @@ def section_de(report: Report, args, devices: list[str], dataset, run_d: bool, r
         say()
 
 
+# --- f ---------------------------------------------------------------------------------
+def section_f(report: Report, args) -> None:
+    from analysis.importance import MIN_TRIALS_FOR_IMPORTANCE
+    from tests.bench import importance_floor
+
+    sizes = importance_floor.QUICK if args.quick else importance_floor.FULL
+    say(
+        f"f. importance floor: {sizes.repeats} random synthetic studies per trial count "
+        f"{list(sizes.trials)}, seed noise {list(sizes.noises)}"
+    )
+    r = importance_floor.run(sizes, jobs=min(2, os.cpu_count() or 1))
+    report.section("f_importance_floor", r)
+    # A floor beyond the largest count measured is recorded as one more than it.
+    measured = r["floor"] if r["floor"] is not None else max(sizes.trials) + 1
+    report.check(
+        "f", "trials before importance is reliable", measured, MIN_TRIALS_FOR_IMPORTANCE, False
+    )
+    say()
+    importance_floor.report(r, log=say)
+    say()
+
+
 def summary(report: Report) -> None:
     rows = [
         [c["section"], c["figure"], c["value"], c["target"], c["result"]] for c in report.checks
@@ -515,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             )
         )
+    if "f" in args.only:
+        steps.append(("f", lambda: section_f(report, args)))
     for name, step in steps:
         try:
             step()
