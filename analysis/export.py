@@ -44,11 +44,12 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
 
 
 def robust_best_config(robust: StudyRuns) -> dict[str, Any] | None:
-    """The config with the best robust score (mean - std over seeds), as one of its runs."""
-    from analysis.robustness import robust_summary
+    """The re-run config with the best robust score (the lower end of its seed interval
+    when maximising, the upper when minimising), as one of its runs."""
+    from analysis.robustness import seed_summary
 
     metric, mode = robust.objectives[0]
-    summary = robust_summary(robust, metric, mode)
+    summary = seed_summary(robust, metric, mode)
     if summary.empty:
         return None
     best = summary.iloc[0]
@@ -56,20 +57,29 @@ def robust_best_config(robust: StudyRuns) -> dict[str, Any] | None:
     config = export_config(robust, row)
     config["robust"] = {
         "metric": metric,
+        "mode": mode,
         "variant": best["variant"],
         "seeds": int(best["n"]),
+        "values": [float(v) for v in best["values"]],
         "mean": float(best["mean"]),
-        "std": float(best["std"]),
+        "low": float(best["low"]),
+        "high": float(best["high"]),
+        "interval": "95% percentile bootstrap of the mean over seeds",
         "robust_score": float(best["robust_score"]),
     }
     return config
 
 
 def export_study(
-    study: StudyRuns, out_dir: str | Path, top: int = 1, robust: StudyRuns | None = None
+    study: StudyRuns,
+    out_dir: str | Path,
+    top: int = 1,
+    robust: StudyRuns | None = None,
+    require_robust: bool = False,
 ) -> list[Path]:
     """Write best.yaml and rank-01.yaml ... rank-KK.yaml (and robust-best.yaml when a
-    robustness study exists) atomically: a failure leaves the old export intact."""
+    robustness study exists) atomically: a failure leaves the old export intact.
+    `require_robust` refuses, writing nothing, when the re-runs have no finished config."""
     if top < 1:
         raise UserError(f"top: expected a whole number >= 1, got {top}")
     best = ranked(study)
@@ -77,13 +87,19 @@ def export_study(
         raise UserError(
             f"name: study {study.name!r} has no finished trial with a finite objective to export"
         )
+    robust_config = robust_best_config(robust) if robust is not None else None
+    if require_robust and robust_config is None:
+        raise UserError(
+            f"--robust: the re-runs of study {study.name!r} have no finished trial with a "
+            f"finite objective; resume them (`study resume {study.name}-robust`) first"
+        )
     with atomic_directory(out_dir) as staging:
-        names = _write_exports(staging, study, best.head(top), robust)
+        names = _write_exports(staging, study, best.head(top), robust_config)
     return [Path(out_dir) / name for name in names]
 
 
 def _write_exports(
-    directory: Path, study: StudyRuns, best: pd.DataFrame, robust: StudyRuns | None
+    directory: Path, study: StudyRuns, best: pd.DataFrame, robust_config: dict[str, Any] | None
 ) -> list[str]:
     names = []
     for rank, (_, row) in enumerate(best.iterrows(), start=1):
@@ -93,7 +109,6 @@ def _write_exports(
             names.append("best.yaml")
         (directory / f"rank-{rank:02d}.yaml").write_text(text)
         names.append(f"rank-{rank:02d}.yaml")
-    robust_config = robust_best_config(robust) if robust is not None else None
     if robust_config:
         (directory / "robust-best.yaml").write_text(yaml.safe_dump(robust_config, sort_keys=False))
         names.append("robust-best.yaml")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import fcntl
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -35,6 +36,10 @@ DEFAULT_EXPERIMENT = "latent-studies"
 # --- tags ---------------------------------------------------------------------------------
 # Stores written by earlier versions carry exactly these names: renaming one loses them.
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: its UI nests a trial under its study
+# An experiment's, MLflow's own: which UI the experiment is for. Every experiment a study is
+# written into says "model training", else MLflow 3's UI may open it as a GenAI app.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 TAG_STUDY = "latent_studies.study"
 TAG_KIND = "latent_studies.kind"  # KIND_STUDY (parent) or KIND_TRIAL (child)
 # The parent run's.
@@ -44,7 +49,11 @@ TAG_CODE_VERSION = "latent_studies.code_version"
 TAG_OBJECTIVES = "latent_studies.objectives"  # "metric:mode,metric:mode"
 TAG_SPACE = "latent_studies.space"  # the search space as Optuna distributions, JSON
 TAG_SAMPLER = "latent_studies.sampler"
-TAG_SOURCE_STUDY = "latent_studies.source_study"  # a robustness study's source
+# A searched study's Optuna storage (an RDB URL, password hidden); the Optuna study there
+# has the study's name.
+TAG_OPTUNA_STORAGE = "latent_studies.optuna_storage"
+TAG_METRIC_RANGES = "latent_studies.metric_ranges"  # {"metric": [low, high|null]}, JSON
+TAG_SOURCE_STUDY = "latent_studies.source_study"  # a robustness study's (parent and trials)
 TAG_MODE = "latent_studies.mode"  # MODE_ROBUSTNESS for a robustness study
 # A trial run's.
 TAG_TRIAL = "latent_studies.trial_id"
@@ -68,7 +77,7 @@ PARAM_PREFIX = "param."  # reader column prefix of a family parameter
 TEXT_SETTINGS = frozenset({"family", "dataset", "study", "variant", "precision"})
 PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a param value's length
 # Reader columns that describe the run rather than a param or a metric.
-INFO_COLUMNS = ("run_id", "run_name", "status", "trial_id", "trial_status")
+INFO_COLUMNS = ("run_id", "run_name", "status", "trial_id", "trial_status", "start_time")
 
 
 def redact(text: str) -> str:
@@ -198,10 +207,16 @@ def parse_objectives(text: str) -> list[tuple[str, str]]:
 
 
 def study_tags(
-    name: str, family: str, dataset: str, objectives: Iterable[str], code_version: str
+    name: str,
+    family: str,
+    dataset: str,
+    objectives: Iterable[str],
+    code_version: str,
+    metric_ranges: Mapping[str, tuple[float, float | None]] | None = None,
 ) -> dict[str, str]:
-    """The tags of a study's parent run."""
-    return {
+    """The tags of a study's parent run. `metric_ranges` are the family's declared ranges,
+    so the analysis (which imports no family) keeps intervals inside them."""
+    tags = {
         TAG_STUDY: name,
         TAG_KIND: KIND_STUDY,
         TAG_FAMILY: family,
@@ -209,11 +224,14 @@ def study_tags(
         TAG_CODE_VERSION: code_version,
         TAG_OBJECTIVES: objectives_text(objectives),
     }
+    if metric_ranges:
+        tags[TAG_METRIC_RANGES] = json.dumps({k: list(v) for k, v in metric_ranges.items()})
+    return tags
 
 
-def search_tags(space_json: str, sampler: str) -> dict[str, str]:
+def search_tags(space_json: str, sampler: str, optuna_storage: str) -> dict[str, str]:
     """The parent run's tags of a searched study."""
-    return {TAG_SPACE: space_json, TAG_SAMPLER: sampler}
+    return {TAG_SPACE: space_json, TAG_SAMPLER: sampler, TAG_OPTUNA_STORAGE: redact(optuna_storage)}
 
 
 def robustness_tags(source_study: str) -> dict[str, str]:
@@ -221,9 +239,25 @@ def robustness_tags(source_study: str) -> dict[str, str]:
     return {TAG_SOURCE_STUDY: source_study, TAG_MODE: MODE_ROBUSTNESS}
 
 
-def trial_tags(parent_run_id: str, study: str, trial_id: str) -> dict[str, str]:
-    """The tags a trial run is created with."""
-    return {TAG_PARENT: parent_run_id, TAG_STUDY: study, TAG_KIND: KIND_TRIAL, TAG_TRIAL: trial_id}
+def trial_tags(
+    parent_run_id: str, study: str, trial_id: str, source_study: str | None = None
+) -> dict[str, str]:
+    """The tags a trial run is created with; a robustness study's trials also name the
+    study they re-run (`source_study`)."""
+    tags = {TAG_PARENT: parent_run_id, TAG_STUDY: study, TAG_KIND: KIND_TRIAL, TAG_TRIAL: trial_id}
+    if source_study:
+        tags[TAG_SOURCE_STUDY] = source_study
+    return tags
+
+
+def trial_run_name(study: str, trial_id: str, run: Mapping[str, Any]) -> str:
+    """A trial run's name, from its study, trial id and run settings (TrialConfig.run): a
+    re-run of a variant (a robustness study's trial) is `<variant>-seed<seed>`
+    ("top1-seed1000"), a searched trial `<study>-<trial id>`."""
+    variant = run.get("variant")
+    if variant:
+        return f"{variant}-seed{run.get('seed')}"
+    return f"{study}-{trial_id}"
 
 
 def finish_tags(trial_status: str, result: Mapping[str, Any]) -> dict[str, str]:
@@ -248,6 +282,24 @@ def resolve_tracking_uri(uri: str | None) -> str:
         # later commands agree on the file.
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
     return uri
+
+
+OPTUNA_FILE = "optuna.db"
+
+
+def resolve_optuna_storage(url: str | None, tracking_uri: str) -> str:
+    """The Optuna storage's URL: `url`, or by default an `optuna.db` beside an SQLite MLflow
+    store (else in the working directory); a relative SQLite path is pinned to the working
+    directory, as the tracking URI's is."""
+    if not url:
+        store = _sqlite_path(tracking_uri)
+        directory = store.parent if store is not None else Path()
+        return "sqlite:///" + str((directory / OPTUNA_FILE).resolve())
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url.removeprefix("sqlite:///")
+        if path and not path.startswith((":memory:", "file:")):
+            return "sqlite:///" + str(Path(path).expanduser().resolve())
+    return url
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -325,17 +377,19 @@ def open_client(uri: str) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment `name`, created when missing."""
+    """The id of experiment `name`, created when missing. Either way it ends up tagged as
+    a model-training experiment (TAG_EXPERIMENT_KIND), unless it already names a kind."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # noqa: BLE001 - another study created it first
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        except Exception:  # noqa: BLE001 - another study created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if TAG_EXPERIMENT_KIND not in experiment.tags:  # made by MLflow or an earlier version
+        client.set_experiment_tag(experiment.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def find_study_run(client: MlflowClient, experiment: str, study: str) -> Run | None:
@@ -373,6 +427,25 @@ def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> lis
         token = page.token
         if not token:
             return runs
+
+
+def study_runs_link(ui_address: str, experiment: str, study: str) -> str:
+    """The MLflow UI's (3.x) page of a study's trial runs: the experiment's runs table
+    filtered to them, in model-training mode, sorted by name.
+
+    `workflowType=machine_learning`: MLflow 3.17's UI picks its mode from this parameter
+    (else from the browser's last choice, GenAI at first), not from TAG_EXPERIMENT_KIND.
+    Sorting by anything but creation time lists the trials flat; by creation time they
+    would fold, collapsed, under their parent run."""
+    from urllib.parse import quote, urlencode
+
+    query = {
+        "workflowType": "machine_learning",
+        "searchFilter": f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'",
+        "orderByKey": "tags.`mlflow.runName`",
+        "orderByAsc": "true",
+    }
+    return f"{ui_address.rstrip('/')}/#/experiments/{experiment}/runs?{urlencode(query, quote_via=quote)}"
 
 
 # --- runs as plain records ----------------------------------------------------------------
@@ -415,6 +488,15 @@ class StudyRecord:
         """The search space's JSON ("" for a study without one, such as a robustness one)."""
         return self.tags.get(TAG_SPACE, "")
 
+    def metric_range(self, metric: str) -> tuple[float | None, float | None]:
+        """The declared range of `metric` ((None, None) when the study did not record it:
+        studies from before the tag existed)."""
+        try:
+            low, high = json.loads(self.tags.get(TAG_METRIC_RANGES, "{}"))[metric]
+        except (KeyError, ValueError, TypeError):
+            return (None, None)
+        return (low, high)
+
 
 @dataclass(frozen=True)
 class TrialRecord:
@@ -428,6 +510,7 @@ class TrialRecord:
     params: dict[str, str]
     metrics: dict[str, float]
     tags: dict[str, str]
+    start_time: int = 0  # ms since the epoch: the order the study ran its trials in
 
     @classmethod
     def from_run(cls, run: Run) -> TrialRecord:
@@ -442,6 +525,7 @@ class TrialRecord:
             dict(data.params),
             dict(data.metrics),
             tags,
+            info.start_time or 0,
         )
 
     @property
@@ -456,6 +540,7 @@ class TrialRecord:
             "status": self.status,
             "trial_id": self.trial_id,
             "trial_status": self.trial_status,
+            "start_time": self.start_time,
         }
         for key, text in self.params.items():
             row[column_of(key)] = parse_param(key, text)

@@ -1,25 +1,28 @@
-"""`study report`: an HTML page with plots that says how robust a study's family is to its
-hyperparameters. Reads only what MLflow recorded (the study, and `<study>-robust` when a
-robustness run exists)."""
+"""`study report`: how robust a study's result is, as an HTML page and the same in Markdown,
+from what MLflow recorded (the study, and its `<study>-robust` re-runs when they exist).
+
+The figures are computed by analysis.robustness (the notebook shows the same ones); this
+module only lays them out. The report is written aside and renamed into place, then logged
+to the study's parent run with its figures as metrics.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import html
-import json
+import math
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import optuna
-import optuna.distributions as od
 import pandas as pd
 
-from analysis import records
-from analysis.records import param_column, param_name, run_column
-from analysis.robustness import robust_summary
+from analysis import figures, records
+from analysis.records import param_column, param_name
+from analysis.robustness import StudyAnalysis, analyse
 from analysis.runs import StudyRuns, has_value, load_study, ranked
-from analysis.stats import finite_or_none, pareto_mask
+from analysis.stats import RESAMPLES
 from trainables.errors import UserError
 from trainables.io import atomic_directory
 
@@ -28,243 +31,135 @@ GROUPED_NOTE = (
     "label (ML-VAE's setting provides group ids), which makes it easy to overrate; compare "
     "content_acc_single."
 )
+REPORT_ARTIFACTS = "report"  # where the parent run keeps the latest report
+BUDGET_KS = (1, 2, 5, 10, 20, 50)
 
 
-def _plt():
-    import matplotlib
+@dataclass
+class Section:
+    """One part of the report, rendered to HTML and Markdown alike."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def distributions_of(study: StudyRuns) -> dict[str, od.BaseDistribution]:
-    text = study.parent.space
-    if not text:
-        return {}
-    try:
-        return {k: od.json_to_distribution(v) for k, v in json.loads(text).items()}
-    except (ValueError, TypeError):
-        return {}
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    table: pd.DataFrame | None = None
+    images: list[str] = field(default_factory=list)  # paths relative to the report
 
 
-def optuna_study(study: StudyRuns, distributions) -> optuna.Study | None:
-    """The finished trials as an in-memory Optuna study, for Optuna's importance evaluators."""
-    objectives = study.objectives
-    done = ranked(study)
-    if len(done) < 3 or not distributions:
-        return None
-    directions = ["maximize" if mode == "max" else "minimize" for _, mode in objectives]
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ostudy = optuna.create_study(directions=directions)
-    for _, row in done.iterrows():
-        values = [row.get(metric) for metric, _ in objectives]
-        if any(finite_or_none(v) is None for v in values):
-            continue
-        params = {}
-        for name, dist in distributions.items():
-            value = row.get(param_column(name))
-            if value is not None and dist._contains(dist.to_internal_repr(value)):
-                params[name] = value
-        if len(params) != len(distributions):
-            continue  # conditional parameters not suggested in this trial
-        ostudy.add_trial(
-            optuna.trial.create_trial(params=params, distributions=distributions, values=values)
-        )
-    return ostudy if len(ostudy.trials) >= 3 else None
-
-
-def importances(ostudy: optuna.Study | None, objectives) -> pd.DataFrame:
-    if ostudy is None:
-        return pd.DataFrame()
-    columns = {}
-    for i, (metric, _) in enumerate(objectives):
-        try:
-            # fANOVA decomposes variance, so the direction of the objective does not matter.
-            columns[metric] = optuna.importance.get_param_importances(
-                ostudy,
-                evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-                target=lambda t, i=i: t.values[i],
-            )
-        except (RuntimeError, ValueError):
-            continue
-    return pd.DataFrame(columns).fillna(0.0)
-
-
-def slice_plot(
-    study: StudyRuns, distributions, robust_runs: StudyRuns | None, path: Path
-) -> Path | None:
-    plt = _plt()
-    from matplotlib.ticker import NullFormatter
-
-    params = [
-        p for p in study.searched_params() if param_name(p) in distributions
-    ] or study.searched_params()
-    objectives = study.objectives
-    done = ranked(study)
-    if done.empty or not params:
-        return None
-    fig, axes = plt.subplots(
-        len(objectives),
-        len(params),
-        figsize=(3.2 * len(params), 2.8 * len(objectives)),
-        squeeze=False,
-    )
-    for r, (metric, mode) in enumerate(objectives):
-        for c, column in enumerate(params):
-            ax = axes[r][c]
-            name = param_name(column)
-            x = done[column]
-            numeric = pd.api.types.is_numeric_dtype(x)
-            xs = x if numeric else x.astype(str)
-            ax.scatter(xs, done[metric], s=14, alpha=0.7, color="tab:blue", label="trials")
-            if robust_runs is not None:
-                # Seed bands: mean +- std of each re-run config, at its parameter value.
-                for _, variant in robust_summary(robust_runs, metric, mode).iterrows():
-                    runs = robust_runs.trials[
-                        robust_runs.trials[run_column("variant")] == variant["variant"]
-                    ]
-                    value = runs.iloc[0][column]
-                    ax.errorbar(
-                        [value if numeric else str(value)],
-                        [variant["mean"]],
-                        yerr=[variant["std"]],
-                        fmt="o",
-                        color="tab:red",
-                        ms=4,
-                        capsize=3,
-                    )
-            dist = distributions.get(name)
-            if numeric and getattr(dist, "log", False):
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel(name)
-            if c == 0:
-                ax.set_ylabel(f"{metric} ({mode})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def degeneracy_table(study: StudyRuns, importance: pd.DataFrame) -> pd.DataFrame:
-    """Share of degenerate trials over the two most important numeric parameters, each cut
-    into (at most) three quantile bins."""
-    done = study.trials[study.trials["status"] == "FINISHED"]
-    if done.empty or "degenerate" not in done:
-        return pd.DataFrame()
-    numeric = [c for c in study.searched_params() if pd.api.types.is_numeric_dtype(done[c])]
-    if len(numeric) < 2:
-        return pd.DataFrame()
-    if not importance.empty:
-        order = importance.iloc[:, 0].sort_values(ascending=False).index
-        numeric = sorted(
-            numeric,
-            key=lambda c: list(order).index(param_name(c)) if param_name(c) in order else 99,
-        )
-    a, b = numeric[:2]
-    frame = pd.DataFrame(
-        {
-            param_name(a): pd.qcut(done[a].astype(float), 3, duplicates="drop"),
-            param_name(b): pd.qcut(done[b].astype(float), 3, duplicates="drop"),
-            "degenerate": done["degenerate"].astype(float),
-        }
-    )
-    return frame.pivot_table(
-        index=frame.columns[0],
-        columns=frame.columns[1],
-        values="degenerate",
-        aggfunc="mean",
-        observed=True,
-    )
-
-
-def pareto_plot(study: StudyRuns, path: Path) -> Path | None:
-    objectives = study.objectives
-    if len(objectives) != 2:
-        return None
-    done = ranked(study)
-    (m1, d1), (m2, d2) = objectives
-    done = done[has_value(done[m2])]
-    if done.empty:
-        return None
-    plt = _plt()
-    values = done[[m1, m2]].to_numpy(float)
-    front = pareto_mask(values, [d1, d2])
-    fig, ax = plt.subplots(figsize=(4.5, 3.6))
-    ax.scatter(values[~front, 0], values[~front, 1], s=14, color="tab:gray", label="dominated")
-    order = np.argsort(values[front, 0])
-    ax.plot(
-        values[front, 0][order],
-        values[front, 1][order],
-        "o-",
-        color="tab:red",
-        ms=5,
-        label="Pareto front",
-    )
-    ax.set_xlabel(f"{m1} ({d1})")
-    ax.set_ylabel(f"{m2} ({d2})")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
-
-
-def _table(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
-    if frame is None or frame.empty:
-        return "<p><em>not enough data</em></p>"
-    return frame.to_html(
-        float_format=lambda v: floatfmt.format(v), border=0, classes="t", na_rep="–"
-    )
-
-
-def build_report(name: str, tracking_uri: str | None, experiment: str, out_dir: str | Path) -> Path:
-    """Write `out_dir/index.html` with its plots; built aside and renamed into place."""
+def load_analysis(
+    name: str,
+    tracking_uri: str | None,
+    experiment: str = records.DEFAULT_EXPERIMENT,
+    robust_name: str | None = None,
+) -> StudyAnalysis:
+    """Study `name` and its seed re-runs (`<name>-robust` unless named), analysed."""
     study = load_study(name, tracking_uri, experiment)
     if study.trials.empty:
         raise UserError(f"name: study {name!r} has no trial runs yet; run or resume it first")
     try:
-        robust_runs = load_study(f"{name}-robust", tracking_uri, experiment)
+        robust = load_study(robust_name or f"{name}-robust", tracking_uri, experiment)
     except UserError:
-        robust_runs = None
+        robust = None
+    return analyse(study, robust)
+
+
+def headline(found: StudyAnalysis) -> list[str]:
+    """The robust-best and the config-vs-seed share, one line each (what `study robustness`
+    prints when its re-runs finish)."""
+    lines = []
+    best = found.robust_best
+    if best is not None:
+        lines.append(
+            f"robust-best: {best['variant']}  {found.metric} {best['mean']:.4f} "
+            f"[{best['low']:.4f}, {best['high']:.4f}] over {int(best['n'])} seeds"
+        )
+    if found.luck is not None:
+        share = found.luck
+        lines.append(
+            f"luck: {share.config_share:.0%} of {found.metric}'s variance is the config's "
+            f"(95% interval {share.low:.0%} to {share.high:.0%}), {share.seed_share:.0%} the seed's"
+        )
+    return lines
+
+
+def build_report(
+    name: str,
+    tracking_uri: str | None,
+    experiment: str,
+    out_dir: str | Path,
+    notebook: bool = False,
+) -> Path:
+    """Write `out_dir/index.html` and `report.md` with their figures (and, with `notebook`,
+    an executed copy of the robustness notebook), then log them and the figures' numbers
+    to the study's parent run."""
+    found = load_analysis(name, tracking_uri, experiment)
     with atomic_directory(out_dir) as staging:
-        _write_report(study, robust_runs, staging)
+        sections = report_sections(found, staging)
+        (staging / "index.html").write_text(render_html(found, sections))
+        (staging / "report.md").write_text(render_markdown(found, sections))
+        if notebook:
+            from analysis.notebook import execute_notebook
+
+            execute_notebook(
+                name, found.study.tracking_uri, experiment, staging / "robustness.ipynb"
+            )
+    record_analysis(found, Path(out_dir))
     return Path(out_dir) / "index.html"
 
 
-def _write_report(study: StudyRuns, robust_runs: StudyRuns | None, out: Path) -> None:
-    metric, mode = study.objectives[0]
-    distributions = distributions_of(study)
-    importance = importances(optuna_study(study, distributions), study.objectives)
-    robust = robust_summary(robust_runs, metric, mode) if robust_runs is not None else None
-    sections = [
-        *_overview(study),
-        _best_trials(study),
-        *_robustness(robust_runs, robust, metric, mode),
-        *_figures(study, distributions, importance, robust_runs, out),
-        *_best_images(study, out),
+def record_analysis(found: StudyAnalysis, report_dir: Path | None = None) -> None:
+    """The analysis's figures as metrics of the study's parent run, and the report (when
+    written) as its artifacts under `report/`."""
+    from mlflow.entities import Metric
+
+    client = records.open_client(found.study.tracking_uri)
+    stamp = int(time.time() * 1000)
+    metrics = [Metric(k, v, stamp, 0) for k, v in found.parent_metrics().items()]
+    if metrics:
+        client.log_batch(found.study.parent.run_id, metrics=metrics)
+    if report_dir is not None:
+        client.log_artifacts(found.study.parent.run_id, str(report_dir), REPORT_ARTIFACTS)
+
+
+# --- the sections ---------------------------------------------------------------------------
+def report_sections(found: StudyAnalysis, out: Path) -> list[Section]:
+    """Every section the data can fill; figures are saved into `out`."""
+    parts = [
+        _overview(found.study),
+        _best_trials(found.study),
+        *_seeds(found, out),
+        *_luck(found),
+        _budget(found, out),
+        _importance(found),
+        *_slices(found, out),
+        *_pareto(found.study, out),
+        *_degeneracy(found, out),
+        *_best_images(found.study, out),
     ]
-    (out / "index.html").write_text(_page(study, sections))
+    return [p for p in parts if p is not None]
 
 
-def _overview(study: StudyRuns) -> list[str]:
+def _save(figure, out: Path, name: str) -> str:
+    figure.savefig(out / name, dpi=90)
+    return name
+
+
+def _overview(study: StudyRuns) -> Section:
     trials = study.trials
     counts = trials["status"].value_counts().to_dict()
     diverged = int(trials.get("diverged", pd.Series(dtype=float)).fillna(0).sum())
-    degenerate = trials.get("degenerate", pd.Series(dtype=float))
-    sections = [
-        f"<p>{len(trials)} trials ({', '.join(f'{k.lower()} {v}' for k, v in counts.items())}); "
-        f"diverged {diverged}; degenerate {int(degenerate.fillna(0).sum())}. "
-        f"Objectives: {', '.join(f'{m} ({d})' for m, d in study.objectives)}.</p>"
+    degenerate = int(trials.get("degenerate", pd.Series(dtype=float)).fillna(0).sum())
+    statuses = ", ".join(f"{k.lower()} {v}" for k, v in counts.items())
+    objectives = ", ".join(f"{m} ({d})" for m, d in study.objectives)
+    text = [
+        f"{len(trials)} trials ({statuses}); diverged {diverged}; degenerate {degenerate}. "
+        f"Objectives: {objectives}."
     ]
     if "content_acc_grouped" in trials:
-        sections.append(f"<p class=note>{html.escape(GROUPED_NOTE)}</p>")
-    return sections
+        text.append(GROUPED_NOTE)
+    return Section("Overview", text)
 
 
-def _best_trials(study: StudyRuns) -> str:
+def _best_trials(study: StudyRuns) -> Section:
     done = ranked(study)
     columns = [
         "trial_id",
@@ -275,56 +170,193 @@ def _best_trials(study: StudyRuns) -> str:
     table = (
         done[columns].head(10).rename(columns=lambda c: param_name(c) or c).set_index("trial_id")
     )
-    return "<h2>Best trials</h2>" + _table(table)
+    return Section("Best trials", [], table)
 
 
-def _robustness(
-    robust_runs: StudyRuns | None, robust: pd.DataFrame | None, metric: str, mode: str
-) -> list[str]:
-    if robust_runs is None or robust is None:
+def _seeds(found: StudyAnalysis, out: Path) -> list[Section]:
+    seeds, metric, mode = found.seeds, found.metric, found.mode
+    if seeds.empty:
+        return [
+            Section(
+                "Seed robustness",
+                [
+                    f"No seed re-runs yet: `study robustness {found.study.name}` re-runs the "
+                    "best configs with new seeds, and this report then ranks them."
+                ],
+            )
+        ]
+    bound = "lower" if mode == "max" else "upper"
+    n_seeds = int(seeds["n"].max())
+    best = seeds.iloc[0]
+    text = [
+        f"Each config re-run with new seeds ({found.robust.name}). Intervals: 95% percentile "
+        f"bootstrap of the mean over seeds ({RESAMPLES} resamples), inside {metric}'s range. "
+        f"Robust score = the interval's {bound} end, so a config whose mean rests on one lucky "
+        f"seed ranks below a steadier one. With {n_seeds} seeds an interval shows the spread "
+        "the seeds had (about 0.4 of a t-interval's width at 3 seeds), not a guarantee.",
+        f"**Robust-best: {best['variant']}**: {metric} {best['mean']:.4f} "
+        f"[{best['low']:.4f}, {best['high']:.4f}] over {int(best['n'])} seeds "
+        f"(`study export {found.study.name}` writes it as robust-best.yaml).",
+    ]
+    tied = seeds[(seeds["robust_score"] == best["robust_score"]) & (seeds["mean"] == best["mean"])]
+    if len(tied) > 1:
+        ceiling = found.robust.parent.metric_range(metric)[1 if mode == "max" else 0]
+        at_ceiling = ceiling is not None and best["mean"] == ceiling
+        text.append(
+            f"{len(tied)} configs tie at the top ({', '.join(tied['variant'])})"
+            + (
+                f": {metric} is at its ceiling, so it no longer tells them apart."
+                if at_ceiling
+                else "."
+            )
+        )
+    if "in_search" in seeds:
+        top = seeds[seeds["variant"] == "top1"]
+        if not top.empty and math.isfinite(top.iloc[0]["in_search"]):
+            row = top.iloc[0]
+            text.append(
+                f"The search's best (top1) scored {row['in_search']:.4f} in the search; "
+                f"re-run with new seeds it averages {row['mean']:.4f}: the difference is "
+                "what the search's pick owed to its seed."
+            )
+    columns = [c for c in ("variant", "n", "mean", "low", "high", "std", "in_search") if c in seeds]
+    table = seeds[columns].set_index("variant")
+    image = _save(figures.seed_figure(seeds, metric, mode), out, "seeds.png")
+    return [Section("Seed robustness", text, table, [image])]
+
+
+def _luck(found: StudyAnalysis) -> list[Section]:
+    share = found.luck
+    if share is None:
         return []
-    sections = [
-        f"<h2>Seed robustness ({html.escape(robust_runs.name)})</h2><p>Each config re-run with new seeds; "
-        f"robust score = mean {'−' if mode == 'max' else '+'} std of {metric}; 95% t-interval.</p>"
-        + _table(robust.drop(columns=["example_run"]))
+    text = [
+        f"Of the variance of {found.metric} over the re-runs ({share.configs} configs, "
+        f"{share.runs} runs), **{share.config_share:.0%} is the config's** "
+        f"(95% interval {share.low:.0%} to {share.high:.0%}) and "
+        f"{share.seed_share:.0%} the seed's: a one-way random-effects decomposition, the "
+        "intraclass correlation ICC(1) with its F interval.",
+        "The configs are the best few and their neighbours, not a random draw from the "
+        "space, so this is the seed's weight near the optimum; across the whole space the "
+        "config's share is larger. A wide interval says more seeds or configs are needed.",
     ]
-    if not robust.empty:
-        best = robust.iloc[0]
-        sections.append(
-            f"<p><b>robust-best:</b> {html.escape(str(best['variant']))} (score {best['robust_score']:.4f})</p>"
-        )
-    return sections
+    table = pd.DataFrame(
+        {
+            "value": [
+                share.config_share,
+                share.low,
+                share.high,
+                share.config_variance,
+                share.seed_variance,
+                share.seeds_per_config,
+            ]
+        },
+        index=[
+            "config share (ICC)",
+            "interval low",
+            "interval high",
+            "config variance",
+            "seed variance",
+            "seeds per config",
+        ],
+    ).rename_axis("figure")
+    return [Section("How much is luck", text, table)]
 
 
-def _figures(
-    study: StudyRuns,
-    distributions: dict[str, od.BaseDistribution],
-    importance: pd.DataFrame,
-    robust_runs: StudyRuns | None,
-    out: Path,
-) -> list[str]:
-    """Importance, slices, the Pareto front and degeneracy; a figure the data cannot fill
-    is left out."""
-    sections = [
-        "<h2>Hyperparameter importance</h2><p>Optuna's fANOVA evaluator on the finished trials.</p>"
-        + _table(importance)
+def _budget(found: StudyAnalysis, out: Path) -> Section:
+    budget, metric = found.budget, found.metric
+    n = len(budget.expected_best)
+    if n == 0:
+        return Section("Budget", ["No finished trial with a value yet."])
+    ks = [k for k in BUDGET_KS if k <= n] + ([n] if n not in BUDGET_KS else [])
+    table = pd.DataFrame(
+        {
+            "expected best of k": [budget.at(k) for k in ks],
+            "best so far (as run)": [float(budget.band.observed[k - 1]) for k in ks],
+            "orderings: 2.5%": [float(budget.band.low[k - 1]) for k in ks],
+            "orderings: 97.5%": [float(budget.band.high[k - 1]) for k in ks],
+        },
+        index=pd.Index(ks, name="k"),
+    )
+    text = [
+        f"Best {metric} so far against the number of trials, as the study ran them and over "
+        f"random orderings of its {n} finished trials (median, 95% band); dashed: the "
+        "expected best of k configurations picked at random from them (Dodge et al., 2019). "
+        "Where the curve is still rising at the last trial, more trials would pay; the "
+        "sampler's later trials depend on its earlier ones, which the orderings ignore.",
     ]
-    if slice_plot(study, distributions, robust_runs, out / "slices.png"):
-        sections.append(
-            "<h2>Slices</h2><p>Objective against each searched parameter (blue: trials; red: mean ± std over seeds of re-run configs).</p><img src='slices.png'>"
-        )
-    if pareto_plot(study, out / "pareto.png"):
-        sections.append("<h2>Pareto front</h2><img src='pareto.png'>")
-    degeneracy = degeneracy_table(study, importance)
-    if not degeneracy.empty:
-        sections.append(
-            "<h2>Degeneracy rate by region</h2><p>Share of trials flagged degenerate, by quantile bins of the two most important parameters.</p>"
-            + _table(degeneracy, "{:.2f}")
-        )
-    return sections
+    image = _save(
+        figures.budget_figure(budget.band, budget.expected_best, metric, found.mode),
+        out,
+        "budget.png",
+    )
+    return Section("Budget", text, table, [image])
 
 
-def _best_images(study: StudyRuns, out: Path) -> list[str]:
+def _importance(found: StudyAnalysis) -> Section:
+    found_importance = found.importance
+    text = [
+        "Optuna's fANOVA and PED-ANOVA evaluators side by side, on the sampler's own study "
+        "when it was recorded. " + found_importance.note
+    ]
+    table = found_importance.table if found_importance.reliable else None
+    return Section("Hyperparameter importance", text, table)
+
+
+def _slices(found: StudyAnalysis, out: Path) -> list[Section]:
+    study = found.study
+    params = [param_column(p) for p in found.importance_order() if param_column(p) in study.trials]
+    done = ranked(study)
+    if done.empty or not params:
+        return []
+    log_params = {
+        param_column(n) for n, d in found.distributions.items() if getattr(d, "log", False)
+    }
+    seeds = found.seeds if not found.seeds.empty else None
+    figure = figures.slice_figure(
+        done, params, study.objectives, log_params, seeds, found.seed_params
+    )
+    return [
+        Section(
+            "Slices",
+            [
+                "Each objective against each searched parameter, most important first (blue: "
+                "trials; red: each re-run config's mean and 95% interval over seeds)."
+            ],
+            None,
+            [_save(figure, out, "slices.png")],
+        )
+    ]
+
+
+def _pareto(study: StudyRuns, out: Path) -> list[Section]:
+    objectives = study.objectives
+    if len(objectives) != 2:
+        return []
+    done = ranked(study)
+    done = done[has_value(done[objectives[1][0]])]
+    if done.empty:
+        return []
+    values = done[[m for m, _ in objectives]].to_numpy(float)
+    image = _save(figures.pareto_figure(values, objectives), out, "pareto.png")
+    return [Section("Pareto front", [], None, [image])]
+
+
+def _degeneracy(found: StudyAnalysis, out: Path) -> list[Section]:
+    found_map = found.degeneracy
+    if found_map is None:
+        return []
+    pooled = "search trials and seed re-runs" if found.robust is not None else "search trials"
+    title = f"share of degenerate runs ({pooled})"
+    image = _save(found_map.figure(title), out, "degeneracy.png")
+    text = [
+        f"Share of finished runs flagged degenerate by cells of {found_map.x} and "
+        f"{found_map.y} ({pooled}, each seed a run; n = runs per cell). The two parameters "
+        "are the most important ones when importance is reliable, else the space's first two."
+    ]
+    return [Section("Degeneracy by region", text, found_map.share, [image])]
+
+
+def _best_images(study: StudyRuns, out: Path) -> list[Section]:
     """The best trial's image grids, downloaded from its run's artifacts."""
     done = ranked(study)
     if done.empty:
@@ -337,22 +369,77 @@ def _best_images(study: StudyRuns, out: Path) -> list[str]:
     # A report without pictures is still a report.
     with contextlib.suppress(Exception):
         client.download_artifacts(best["run_id"], "images", str(out))
-    pictures = sorted(p.name for p in images.glob("*.png"))
+    pictures = sorted(f"images/{p.name}" for p in images.glob("*.png"))
     if not pictures:
         return []
-    figures = "".join(
-        f"<figure><img src='images/{p}'><figcaption>{p[:-4]}</figcaption></figure>"
-        for p in pictures
-    )
-    return [
-        f"<h2>Best trial {html.escape(str(best['trial_id']))}</h2><div class=row>{figures}</div>"
-    ]
+    return [Section(f"Best trial {best['trial_id']}", [], None, pictures)]
 
 
-def _page(study: StudyRuns, sections: list[str]) -> str:
+# --- rendering ------------------------------------------------------------------------------
+def _number(value) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _html_text(text: str) -> str:
+    """Escaped, with **bold** and `code` spans."""
+    import re
+
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)
+
+
+def render_html(found: StudyAnalysis, sections: list[Section]) -> str:
+    study = found.study
+    body = []
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        body.extend(f"<p>{_html_text(p)}</p>" for p in section.paragraphs)
+        if section.table is not None and not section.table.empty:
+            body.append(
+                section.table.to_html(
+                    float_format=_number, border=0, classes="t", na_rep="–", escape=True
+                )
+            )
+        if section.images:
+            body.append(
+                "<div class=row>"
+                + "".join(
+                    f"<figure><img src='{html.escape(i)}'><figcaption>"
+                    f"{html.escape(Path(i).stem)}</figcaption></figure>"
+                    for i in section.images
+                )
+                + "</div>"
+            )
     return f"""<!doctype html><html><head><meta charset=utf-8><title>{html.escape(study.name)} – Latent Studies report</title>
 <style>body{{font:14px system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}table.t{{border-collapse:collapse}}
-table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}.note{{color:#865}}
+table.t td,table.t th{{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}}code{{background:#f4f4f4}}
 img{{max-width:100%}}.row{{display:flex;gap:1em;flex-wrap:wrap}}figure{{margin:0}}</style></head><body>
-<h1>{html.escape(study.name)}: {html.escape(study.family)}</h1>{"".join(sections)}
+<h1>{html.escape(study.name)}: {html.escape(study.family)}</h1>{"".join(body)}
 <p><small>Generated by latent-studies from MLflow run {html.escape(study.parent.run_id)}.</small></p></body></html>"""
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    frame = table.reset_index()
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(_number(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join([header, rule, *rows])
+
+
+def render_markdown(found: StudyAnalysis, sections: list[Section]) -> str:
+    study = found.study
+    lines = [f"# {study.name}: {study.family}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for paragraph in section.paragraphs:
+            lines += [paragraph, ""]
+        if section.table is not None and not section.table.empty:
+            lines += [markdown_table(section.table), ""]
+        lines += [f"![{Path(i).stem}]({i})" for i in section.images]
+        if section.images:
+            lines.append("")
+    lines.append(f"Generated by latent-studies from MLflow run {study.parent.run_id}.")
+    return "\n".join(lines) + "\n"

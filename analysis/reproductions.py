@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from analysis import figures
 from analysis.stats import pareto_mask
 
 
@@ -18,16 +19,9 @@ def draw_figures(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     return [draw[f["kind"]](summary, f, out_dir) for f in summary["figures"]]
 
 
-def _figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(figure)
-    return figure
-
-
 def heatmap(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
+    """One metric's mean over seeds across two parameters (the report's degeneracy map is
+    drawn by the same `figures.heatmap`)."""
     x, y, metric = spec["x"], spec["y"], spec["metric"]
     cells = {
         (v["resolved"][x], v["resolved"][y]): v["metrics"][metric]["mean"]
@@ -35,29 +29,9 @@ def heatmap(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Pat
     }
     xs, ys = sorted({k[0] for k in cells}), sorted({k[1] for k in cells})
     grid = [[cells.get((a, b), math.nan) for a in xs] for b in ys]
-    figure = _figure(1.2 + 0.9 * len(xs), 1.0 + 0.7 * len(ys))
-    axes = figure.add_subplot()
-    image = axes.imshow(grid, origin="lower", cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    for j, row in enumerate(grid):
-        for i, value in enumerate(row):
-            text = "–" if not math.isfinite(value) else f"{value:.2f}"
-            axes.text(
-                i,
-                j,
-                text,
-                ha="center",
-                va="center",
-                color="white" if value < 0.6 else "black",
-                fontsize=9,
-            )
-    axes.set_xticks(range(len(xs)), [str(a) for a in xs])
-    axes.set_yticks(range(len(ys)), [str(b) for b in ys])
-    axes.set_xlabel(x)
-    axes.set_ylabel(y)
     n = len(summary["seeds"])
-    axes.set_title(f"{metric}, mean of {n} seeds, {summary['epochs']} epochs", fontsize=9)
-    figure.colorbar(image, ax=axes)
-    figure.tight_layout()
+    title = f"{metric}, mean of {n} seeds, {summary['epochs']} epochs"
+    figure = figures.heatmap(grid, xs, ys, x, y, title)
     path = out_dir / f"heatmap-{metric}.png"
     figure.savefig(path)
     return path
@@ -70,7 +44,7 @@ def pareto(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path
     for v in summary["variants"]:
         sx, sy = v["metrics"][x], v["metrics"][y]
         points.append((sx, sy, v["resolved"].get(label)))
-    figure = _figure(5.0, 3.6)
+    figure = figures.new_figure(5.0, 3.6)
     axes = figure.add_subplot()
     for sx, sy, tag in points:
         axes.errorbar(

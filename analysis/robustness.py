@@ -1,39 +1,323 @@
-"""Seed robustness of re-run configs: mean, spread, confidence interval, robust score."""
+"""How much to trust a study's best result: the figures of the robustness protocol
+(DESIGN.md) computed from what MLflow recorded, as data. The report renders them, the
+notebook shows them and the parent run records them; each is a function a test can feed.
+
+- `seed_summary`: each re-run config's seeds, mean and bootstrap interval, ranked by its
+  robust score (the lower confidence bound of a metric to maximise, the upper one of a
+  metric to minimise);
+- `luck`: the share of the objective's variance due to the config rather than the seed;
+- `budget`: best-so-far against trials, and the expected best of k random configs;
+- `degeneracy_map`: the share of degenerate runs over two parameters, seed re-runs counted.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
 import pandas as pd
 
-from analysis.records import run_column
+from analysis.records import param_name, run_column
 from analysis.runs import StudyRuns, has_value
-from analysis.stats import mean_interval
+from analysis.stats import (
+    BudgetBand,
+    VarianceShare,
+    bootstrap_interval,
+    budget_band,
+    expected_best_of_k,
+    variance_share,
+)
+
+VARIANT = run_column("variant")
 
 
-def robust_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
-    """Per variant: n, mean, std, 95% t-interval, and the robust score (mean - std for a
-    metric to maximise, mean + std to minimise). Best robust score first."""
-    trials = robust.trials
-    trials = trials[(trials["status"] == "FINISHED") & has_value(trials[metric])]
+def finished(study: StudyRuns, metric: str) -> pd.DataFrame:
+    """Finished trials with a finite `metric` (diverged ones included: a seed that
+    diverged is part of how robust a config is, and its metrics are NaN anyway)."""
+    trials = study.trials
+    if trials.empty or metric not in trials:
+        return trials.iloc[0:0]
+    return trials[(trials["status"] == "FINISHED") & has_value(trials[metric])]
+
+
+def seed_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
+    """One row per re-run config (variant): n, the seeds' values, mean, std, the 95%
+    bootstrap interval inside the metric's declared range, and the robust score. Best
+    robust score first; ties go to the better mean.
+
+    Ranking by the lower bound (upper when minimising) rather than the mean is what makes
+    a config whose one lucky seed lifted its mean lose to a steadier one."""
+    trials = finished(robust, metric)
+    if trials.empty or VARIANT not in trials:
+        return pd.DataFrame()
+    bounds = robust.parent.metric_range(metric)
     rows = []
-    for variant, group in trials.groupby(run_column("variant")):
-        values = group[metric].astype(float)
-        n, mean = len(values), values.mean()
-        std = values.std(ddof=1) if n > 1 else 0.0
-        interval = mean_interval(list(values))
-        score = mean - std if mode == "max" else mean + std
+    for variant, group in trials.groupby(VARIANT, sort=False):
+        values = [float(v) for v in group[metric]]
+        interval = bootstrap_interval(values, bounds)
+        score = interval.low if mode == "max" else interval.high
         rows.append(
             {
                 "variant": variant,
-                "n": n,
-                "mean": mean,
-                "std": std,
-                "ci95_low": interval["low"],
-                "ci95_high": interval["high"],
-                "robust_score": score,
+                "n": interval.n,
+                "mean": interval.mean,
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else math.nan,
+                "low": interval.low,
+                "high": interval.high,
+                # One seed has no interval: it ranks below every config that has one.
+                "robust_score": score if math.isfinite(score) else -math.inf * _sign(mode),
+                "values": values,
                 "example_run": group.iloc[0]["run_id"],
             }
         )
     table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    return table.sort_values("robust_score", ascending=(mode == "min")).reset_index(drop=True)
+    ascending = mode == "min"
+    return table.sort_values(
+        ["robust_score", "mean"], ascending=[ascending, ascending], kind="stable"
+    ).reset_index(drop=True)
+
+
+def variant_params(robust: StudyRuns) -> pd.DataFrame:
+    """Each re-run config's parameter values, indexed by variant."""
+    trials = robust.trials
+    if trials.empty or VARIANT not in trials:
+        return pd.DataFrame()
+    return trials.groupby(VARIANT, sort=False)[robust.param_columns].first()
+
+
+def luck(robust: StudyRuns, metric: str) -> VarianceShare | None:
+    """The share of `metric`'s variance over the re-runs explained by the config rather
+    than the seed (None with fewer than two configs or no config with two seeds).
+
+    The configs are the re-run ones (the best few and their neighbours), not a random draw
+    from the search space, so the config share is that of the neighbourhood of the best:
+    across the whole space it is larger."""
+    trials = finished(robust, metric)
+    if trials.empty or VARIANT not in trials:
+        return None
+    return variance_share(list(trials[metric].astype(float)), list(trials[VARIANT]))
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str
+    mode: str
+    band: BudgetBand
+    expected_best: np.ndarray  # E[best of k random configs], k = 1..n
+
+    def at(self, k: int) -> float:
+        return float(self.expected_best[k - 1]) if 0 < k <= len(self.expected_best) else math.nan
+
+
+def budget(study: StudyRuns, metric: str, mode: str) -> Budget:
+    """Best-so-far in the order the study started its trials, its band over orderings,
+    and the expected best of k."""
+    trials = finished(study, metric)
+    if "start_time" in trials:
+        trials = trials.sort_values(["start_time", "trial_id"], kind="stable")
+    values = list(trials[metric].astype(float))
+    return Budget(metric, mode, budget_band(values, mode), expected_best_of_k(values, mode))
+
+
+@dataclass(frozen=True)
+class DegeneracyMap:
+    """The share of degenerate runs per cell of two parameters, and the runs per cell."""
+
+    x: str
+    y: str
+    share: pd.DataFrame  # index: y cells, columns: x cells
+    runs: pd.DataFrame
+
+    def figure(self, title: str):
+        from analysis import figures
+
+        return figures.heatmap(
+            self.share.to_numpy(float),
+            list(self.share.columns),
+            list(self.share.index),
+            self.x,
+            self.y,
+            title,
+            counts=self.runs.to_numpy(float),
+        )
+
+
+def degeneracy_map(
+    studies: list[StudyRuns], params: list[str], bins: int = 3
+) -> DegeneracyMap | None:
+    """The share of finished runs flagged degenerate over the first two of `params`
+    (parameter names, most important first), pooling the search trials with their seed
+    re-runs: a config re-run with three seeds counts three times, as three runs.
+
+    A parameter with at most `bins` + 1 distinct values is binned by value, a wider one by
+    quantiles into `bins` cells. None when fewer than two of `params` vary."""
+    frames = [s.trials[s.trials["status"] == "FINISHED"] for s in studies if not s.trials.empty]
+    frames = [f for f in frames if "degenerate" in f]
+    if not frames:
+        return None
+    runs = pd.concat(frames, ignore_index=True)
+    runs = runs[has_value(runs["degenerate"])]
+    columns = [
+        f"param.{p}"
+        for p in params
+        if f"param.{p}" in runs and runs[f"param.{p}"].astype(str).nunique() > 1
+    ]
+    if len(columns) < 2 or runs.empty:
+        return None
+    x, y = columns[:2]
+    cells = pd.DataFrame(
+        {
+            "x": _cells(runs[x], bins),
+            "y": _cells(runs[y], bins),
+            "degenerate": runs["degenerate"].astype(float),
+        }
+    )
+    grouped = cells.groupby(["y", "x"], observed=True)["degenerate"]
+    share = grouped.mean().unstack("x")
+    count = grouped.size().unstack("x").reindex_like(share).fillna(0)
+    for table in (share, count):
+        table.index.name, table.columns.name = param_name(y), param_name(x)
+    return DegeneracyMap(param_name(x), param_name(y), share, count)
+
+
+def _cells(values: pd.Series, bins: int) -> pd.Categorical:
+    """Ordered cells: the values themselves when few, else quantile ranges."""
+    if values.astype(str).nunique() <= bins + 1 or not pd.api.types.is_numeric_dtype(values):
+        order = sorted(values.unique(), key=lambda v: (not isinstance(v, int | float), v))
+        return pd.Categorical(values, categories=order, ordered=True).rename_categories(_label)
+    edges = pd.qcut(values.astype(float), bins, duplicates="drop")
+    return edges.cat.rename_categories(lambda cell: f"{_label(cell.left)}–{_label(cell.right)}")
+
+
+def _label(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _sign(mode: str) -> float:
+    return 1.0 if mode == "max" else -1.0
+
+
+# --- everything above for one study, as the report and the notebook read it ---------------
+@dataclass(frozen=True)
+class StudyAnalysis:
+    """A study's robustness figures. `robust` holds its seed re-runs (`study robustness`),
+    or is None; a robustness study analysed on its own is its own re-runs."""
+
+    study: StudyRuns
+    robust: StudyRuns | None
+    metric: str  # the first objective, which the figures are about
+    mode: str
+    distributions: dict
+    importance: object  # analysis.importance.Importance
+    seeds: pd.DataFrame  # seed_summary, with `in_search`: the search's value of that config
+    seed_params: pd.DataFrame  # variant_params
+    luck: VarianceShare | None
+    budget: Budget
+    degeneracy: DegeneracyMap | None
+
+    @property
+    def robust_best(self) -> pd.Series | None:
+        return None if self.seeds.empty else self.seeds.iloc[0]
+
+    def parent_metrics(self) -> dict[str, float]:
+        """The figures a study's parent run records (its MLflow metrics)."""
+        metrics: dict[str, float] = {}
+        if self.luck is not None:
+            metrics.update(self.luck.as_metrics(self.metric))
+        best = self.robust_best
+        if best is not None and math.isfinite(best["low"]):
+            metrics[f"robust_best_{self.metric}_mean"] = float(best["mean"])
+            metrics[f"robust_best_{self.metric}_low"] = float(best["low"])
+            metrics[f"robust_best_{self.metric}_high"] = float(best["high"])
+        for k in (1, 5, 10, 20):
+            value = self.budget.at(k)
+            if math.isfinite(value):
+                metrics[f"expected_best_{self.metric}_of_{k}"] = value
+        return metrics
+
+    def importance_order(self) -> list[str]:
+        """Searched parameter names, most important first when importance is reliable
+        (else in the order of the search space)."""
+        names = [param_name(c) for c in self.study.searched_params()]
+        table = getattr(self.importance, "table", pd.DataFrame())
+        if getattr(self.importance, "reliable", False) and not table.empty:
+            ranked = [p for p in table.index if p in names]
+            return ranked + [p for p in names if p not in ranked]
+        space = [p for p in self.distributions if p in names]
+        return space + [p for p in names if p not in space]
+
+
+def analyse(study: StudyRuns, robust: StudyRuns | None = None) -> StudyAnalysis:
+    from analysis.importance import importance
+
+    metric, mode = study.objectives[0]
+    if robust is None and VARIANT in study.trials:
+        robust = study  # a robustness study: its trials are the re-runs
+    distributions = distributions_of(study)
+    found_importance = importance(optuna_study_of(study, distributions), study.objectives)
+    seeds = seed_summary(robust, metric, mode) if robust is not None else pd.DataFrame()
+    seed_params = variant_params(robust) if robust is not None else pd.DataFrame()
+    if not seeds.empty and robust is not study:
+        seeds["in_search"] = [
+            _search_value(study, seed_params.loc[v], metric) for v in seeds["variant"]
+        ]
+    partial = StudyAnalysis(
+        study,
+        robust,
+        metric,
+        mode,
+        distributions,
+        found_importance,
+        seeds,
+        seed_params,
+        luck(robust, metric) if robust is not None else None,
+        budget(study, metric, mode),
+        None,
+    )
+    pooled = [study] if robust is None or robust is study else [study, robust]
+    return dataclasses.replace(
+        partial, degeneracy=degeneracy_map(pooled, partial.importance_order())
+    )
+
+
+def optuna_study_of(study: StudyRuns, distributions: dict):
+    """The sampler's own Optuna study when the study recorded one (`study run` does), else
+    one rebuilt from the MLflow trial runs (older studies)."""
+    from analysis.importance import rebuild_study
+    from analysis.optuna_record import load_optuna_study
+
+    real = load_optuna_study(study.parent)
+    return real if real is not None else rebuild_study(study, distributions)
+
+
+def distributions_of(study: StudyRuns) -> dict:
+    """The searched parameters' Optuna distributions, from the parent run's tag."""
+    import json
+
+    import optuna.distributions as od
+
+    text = study.parent.space
+    if not text:
+        return {}
+    try:
+        return {k: od.json_to_distribution(v) for k, v in json.loads(text).items()}
+    except (ValueError, TypeError):
+        return {}
+
+
+def _search_value(study: StudyRuns, params: pd.Series, metric: str) -> float:
+    """The objective the search recorded for exactly these parameters (NaN for a config
+    the search never ran, such as a neighbour): beside the re-runs' mean, how much the
+    search's pick owed to its seed."""
+    trials = finished(study, metric)
+    if trials.empty:
+        return math.nan
+    match = pd.Series(True, index=trials.index)
+    for column, value in params.items():
+        if column not in trials:
+            return math.nan
+        match &= trials[column].astype(str) == str(value)
+    values = trials.loc[match, metric]
+    return float(values.iloc[0]) if len(values) else math.nan

@@ -289,7 +289,9 @@ def print_where(outcome) -> None:
     click.echo(
         f"mlflow:  {redact(spec.tracking_uri)} (experiment {spec.experiment!r}, parent run {outcome.parent_run_id})"
     )
-    click.echo(f"next:    study ui   |   study status {spec.name}   |   study export {spec.name}")
+    click.echo(
+        f"next:    study ui {spec.name}   |   study status {spec.name}   |   study export {spec.name}"
+    )
 
 
 @cli.command()
@@ -353,9 +355,15 @@ def status(name, storage, tracking_uri, experiment):
     "--top", type=int, default=1, show_default=True, help="Also export the K best trials."
 )
 @click.option("--out", default=None, help="Directory (default exports/<name>).")
+@click.option(
+    "--robust",
+    is_flag=True,
+    help="Require NAME's seed re-runs (`study robustness NAME`) and retrain their robust-best.",
+)
 @spec_options(StudySpec, "tracking_uri", "experiment")
-def export(name, top, out, tracking_uri, experiment):
-    """Write the best trials of study NAME as configs `study train --config` accepts."""
+def export(name, top, out, robust, tracking_uri, experiment):
+    """Write the best trials of study NAME as configs `study train --config` accepts, and
+    the robust-best of its seed re-runs (robust-best.yaml) when it has any."""
     from analysis.export import export_study
     from analysis.records import DEFAULT_EXPERIMENT
     from analysis.runs import load_study
@@ -367,13 +375,19 @@ def export(name, top, out, tracking_uri, experiment):
         raise UserError(f"top: expected a whole number >= 1, got {top}")
     study = load_study(name, tracking_uri, experiment)
     try:
-        robust = load_study(f"{name}-robust", tracking_uri, experiment)
+        reruns = load_study(f"{name}-robust", tracking_uri, experiment)
     except UserError:
-        robust = None  # no robustness run: no robust-best.yaml
-    paths = export_study(study, out or f"exports/{name}", top, robust)
+        if robust:
+            raise UserError(
+                f"--robust: study {name!r} has no seed re-runs; run `study robustness {name}` "
+                "first, or export without --robust"
+            ) from None
+        reruns = None  # no robustness run: no robust-best.yaml
+    paths = export_study(study, out or f"exports/{name}", top, reruns, require_robust=robust)
     for path in paths:
         click.echo(f"wrote {path}")
-    click.echo(f"retrain: study train --config {paths[0]}")
+    chosen = next((p for p in paths if p.name == "robust-best.yaml"), None) if robust else None
+    click.echo(f"retrain: study train --config {chosen or paths[0]}")
 
 
 @cli.command()
@@ -394,7 +408,9 @@ def export(name, top, out, tracking_uri, experiment):
 @spec_options(StudySpec, "storage", "tracking_uri", "address")
 @VERBOSE
 def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri, address, verbose):
-    """Re-run the best configs of study NAME with new seeds (and neighbours)."""
+    """Re-run the best configs of study NAME with new seeds (and neighbours), then print
+    and record (on NAME's MLflow parent run) its robust-best and config-vs-seed share."""
+    from analysis.report import headline, load_analysis, record_analysis
     from study.robustness import run_robustness
 
     outcome = run_robustness(
@@ -409,27 +425,48 @@ def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri,
         verbose,
     )
     print_where(outcome)
+    spec = outcome.spec
+    found = load_analysis(name, spec.tracking_uri, spec.experiment, spec.name)
+    record_analysis(found)  # the figures, as metrics of NAME's parent run
+    for line in headline(found):
+        click.echo(line)
     click.echo(f"report:  study report {name}")
 
 
 @cli.command()
 @click.argument("name")
 @click.option("--out", default=None, help="Directory (default reports/<name>).")
+@click.option(
+    "--notebook", is_flag=True, help="Also write an executed copy of the robustness notebook."
+)
 @spec_options(StudySpec, "tracking_uri", "experiment")
-def report(name, out, tracking_uri, experiment):
-    """Write an HTML report (importance, slices with seed bands, Pareto front, degeneracy, images)."""
+def report(name, out, notebook, tracking_uri, experiment):
+    """Write how robust study NAME's result is, as HTML and Markdown (seed intervals, the
+    config-vs-seed variance share, budget curves, importance, slices, degeneracy, images),
+    and log it to the study's MLflow parent run."""
     from analysis.records import DEFAULT_EXPERIMENT
     from analysis.report import build_report
     from study.spec import check_study_name
 
     check_study_name(name)
     experiment = experiment or DEFAULT_EXPERIMENT
-    path = build_report(name, tracking_uri, experiment, out or f"reports/{name}")
+    path = build_report(name, tracking_uri, experiment, out or f"reports/{name}", notebook)
     click.echo(f"wrote {path}")
+    click.echo(f"wrote {path.with_name('report.md')}")
+    if notebook:
+        click.echo(f"wrote {path.with_name('robustness.ipynb')}")
+
+
+def browser_address(host: str, port: int) -> str:
+    """Where a browser on this machine reaches a server bound to `host`."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 @cli.command()
-@spec_options(StudySpec, "tracking_uri")
+@click.argument("name", required=False)
+@spec_options(StudySpec, "tracking_uri", "experiment")
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -437,17 +474,32 @@ def report(name, out, tracking_uri, experiment):
     help="Bind address; 0.0.0.0 exposes it to the network.",
 )
 @click.option("--port", type=int, default=5000, show_default=True)
-def ui(tracking_uri, host, port):
-    """Start the MLflow UI for the study store and print its URL."""
+def ui(name, tracking_uri, experiment, host, port):
+    """Start the MLflow UI for the study store and print its URL (and, with NAME, a link
+    to study NAME's runs)."""
     import os
     import shutil
 
-    from analysis.records import check_tracking_uri, resolve_tracking_uri
+    from analysis import records
+    from study.spec import check_study_name
 
-    uri = resolve_tracking_uri(tracking_uri)
-    check_tracking_uri(uri)
+    uri = records.resolve_tracking_uri(tracking_uri)
+    records.check_tracking_uri(uri)
+    link = None
+    if name:
+        check_study_name(name)
+        experiment = experiment or records.DEFAULT_EXPERIMENT
+        found = records.find_study(uri, name, experiment)
+        if found is None:
+            raise UserError(
+                f"name: no study {name!r} in {records.redact(uri)} (experiment {experiment!r}); "
+                f"check the name with `study status` or pass --tracking-uri"
+            )
+        link = records.study_runs_link(browser_address(host, port), found[1], name)
     mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI at http://{host}:{port}  (store {uri}; Ctrl-C stops it)", err=False)
+    if link:
+        click.echo(f"study {name}: {link}")
     sys.stdout.flush()
     os.execv(
         # One worker: a local UI for one person needs no pool of four.
@@ -465,6 +517,77 @@ def ui(tracking_uri, host, port):
             "1",
         ],
     )
+
+
+DASHBOARD_HOST = "127.0.0.1"  # the dashboard can edit the study: never on the network
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@spec_options(StudySpec, "tracking_uri", "experiment")
+@click.option(
+    "--optuna-storage", metavar="URL", help="The Optuna storage (default: the one NAME recorded)."
+)
+def dashboard(name, port, tracking_uri, experiment, optuna_storage):
+    """Start optuna-dashboard on the Optuna study of searched study NAME (on 127.0.0.1; it
+    follows a running sweep live) and print its URL."""
+    from analysis import records
+    from analysis.optuna_record import optuna_storage_of
+    from study.spec import check_study_name
+
+    check_study_name(name)
+    uri = records.resolve_tracking_uri(tracking_uri)
+    records.check_tracking_uri(uri)
+    experiment = experiment or records.DEFAULT_EXPERIMENT
+    found = records.find_study(uri, name, experiment)
+    if found is None:
+        raise UserError(
+            f"name: no study {name!r} in {records.redact(uri)} (experiment {experiment!r}); "
+            f"check the name with `study status` or pass --tracking-uri"
+        )
+    parent = records.StudyRecord.from_run(found[2])
+    given = records.resolve_optuna_storage(optuna_storage, uri) if optuna_storage else None
+    serve_dashboard(optuna_storage_of(parent, given), name, port)
+
+
+def serve_dashboard(storage_url: str, name: str, port: int) -> None:
+    """optuna-dashboard on `storage_url`, in this process, until Ctrl-C."""
+    import socketserver
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    import optuna
+    import optuna_dashboard
+
+    from analysis.records import redact
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class Handler(WSGIRequestHandler):
+        def log_message(self, format, *args):  # no line per request
+            pass
+
+    # The storage holds the study (checked), so opening it creates nothing.
+    storage = optuna.storages.RDBStorage(storage_url, skip_table_creation=True)
+    study_id = storage.get_study_id_from_name(name)
+    app = optuna_dashboard.wsgi(storage)
+    try:
+        server = make_server(DASHBOARD_HOST, port, app, server_class=Server, handler_class=Handler)
+    except OSError as error:
+        raise UserError(
+            f"port: cannot listen on {DASHBOARD_HOST}:{port} ({error.strerror}); pass another --port"
+        ) from None
+    click.echo(
+        f"optuna-dashboard at http://{DASHBOARD_HOST}:{port}/dashboard/studies/{study_id}  "
+        f"(study {name} in {redact(storage_url)}; Ctrl-C stops it)"
+    )
+    sys.stdout.flush()
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            click.echo("stopped")
 
 
 @cli.command()
@@ -507,7 +630,7 @@ def demo(trials, epochs, verbose):
     click.echo("\nDone. Results:")
     click.echo(f"  ray results: {outcome.spec.storage}/{{{','.join(names)}}}")
     click.echo(f"  mlflow:      {outcome.spec.tracking_uri}")
-    click.echo("  open the UI: .venv/bin/study ui   (then http://127.0.0.1:5000)")
+    click.echo(f"  open the UI: .venv/bin/study ui {names[0]}   (prints the link to its runs)")
     click.echo(
         f"  best config: .venv/bin/study export {names[0]}  &&  .venv/bin/study train --config exports/{names[0]}/best.yaml"
     )

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from analysis import records
+from analysis import optuna_record, records
 from analysis.records import TrialConfig
 from analysis.stats import finite_or_none
 from study import cluster, tracking
@@ -62,8 +62,16 @@ def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
         cluster.connect(spec.address, verbose)
         opened.result()
     experiment = records.experiment_id(queue.client, spec.experiment)
+    from trainables import get_family
+
+    family = get_family(spec.family)
     study_tags = records.study_tags(
-        spec.name, spec.family, spec.dataset, spec.objectives, tracking.code_version()
+        spec.name,
+        spec.family,
+        spec.dataset,
+        spec.objectives,
+        tracking.code_version(),
+        {name: family.metric_range(name) for name in family.metric_names},
     )
     parent = queue.client.create_run(experiment, run_name=spec.name, tags={**study_tags, **tags})
     parent_id = parent.info.run_id
@@ -135,6 +143,7 @@ def _callbacks(plan: StudyPlan, parent_id: str):
         parent_id,
         spec.name,
         {*get_family(spec.family).metric_names, "diverged", "train_seconds"},
+        source_study=plan.tags.get(records.TAG_SOURCE_STUDY),
     )
     searched = list(plan.space.distributions)
     return [logger, TrialPrinter(plan.num_samples, spec.parsed_objectives, searched)]
@@ -144,7 +153,7 @@ def resume(
     name: str, storage: str, address: str | None = None, verbose: bool = False
 ) -> StudyOutcome:
     """Continue an interrupted study to its requested trial count (Tuner.restore keeps the
-    searcher's state, so Optuna picks up where it stopped)."""
+    searcher's state, so Optuna picks up where it stopped, in the same Optuna study)."""
     from ray import tune
 
     spec = read_spec(name, storage)
@@ -158,6 +167,7 @@ def resume(
     cluster.connect(spec.address, verbose)
     queue = tracking.TrackingQueue(spec.tracking_uri, client)
     queue.client.update_run(parent_id, status="RUNNING")
+    records.experiment_id(queue.client, spec.experiment)  # a store from before the kind tag
     tuner = tune.Tuner.restore(
         spec.path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True
     )
@@ -176,6 +186,11 @@ def _existing_parent(spec: StudySpec):
             f"(experiment {spec.experiment!r}); restore that store or start a new study"
         )
     client, _, parent = found
+    if records.TAG_OPTUNA_STORAGE in parent.data.tags:
+        # The restored searcher goes on writing to its Optuna study: it must be there.
+        optuna_record.check_existing_study(
+            spec.optuna_storage, spec.name, "restore that storage or start a new study"
+        )
     return client, parent.info.run_id
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from analysis import records
+from analysis import optuna_record, records
 from analysis.records import TrialConfig
 from analysis.stats import finite_or_none
 from search_spaces.loader import SearchSpace, load_space
 from study import cluster
 from study.spec import StudySpec
+from study.storage import study_exists
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,12 @@ class StudyPlan:
 
 
 def plan_search(spec: StudySpec, verbose: bool = False) -> StudyPlan:
-    """A sweep of `spec`'s search space: TPE (NSGA-II for several objectives) and ASHA."""
+    """A sweep of `spec`'s search space: TPE (NSGA-II for several objectives) and ASHA.
+    The sampler's Optuna study goes to `spec.optuna_storage`, which must not hold one of
+    the study's name already."""
     space = check_inputs(spec)
+    if not study_exists(spec):  # else execute refuses the name, pointing at `study resume`
+        optuna_record.check_new_study(spec.optuna_storage, spec.name)
     check_cluster(spec, verbose)
     return StudyPlan(
         spec,
@@ -48,7 +53,7 @@ def plan_search(spec: StudySpec, verbose: bool = False) -> StudyPlan:
         _scheduler(spec),
         spec.trials,
         param_space(spec),
-        records.search_tags(space.to_json(), sampler_name(spec)),
+        records.search_tags(space.to_json(), sampler_name(spec), spec.optuna_storage),
     )
 
 
@@ -128,7 +133,60 @@ class FiniteOptunaSearch(OptunaSearch):
     Ray tells it as COMPLETE with NaN, which Optuna refuses; Ray only logs that, and the
     Optuna trial stays RUNNING for good, so the sampler never learns the region is bad.
     TPE counts PRUNED trials, ranked below every completed one.
+
+    With `storage_url` its Optuna study lives in that RDB storage under `study_name`
+    (OptunaSearch's `storage`), where `study dashboard` and the report read it. The
+    storage is opened, and the study created, at the first suggestion, not here: the
+    plan writes nothing, so a study that fails before it runs leaves no Optuna study to
+    block its name. Ray saves the searcher by pickling its __dict__; the RDB storage
+    pickles as its URL and reconnects, so a resumed study writes to the same study.
     """
+
+    # Class default: a searcher pickled before storages existed keeps Optuna's in-memory one.
+    _storage_url: str | None = None
+
+    def __init__(self, *args: Any, storage_url: str | None = None, **kwargs: Any):
+        self._storage_url = storage_url
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        if self._storage_url and self._storage is None:
+            return  # at the first suggestion (_open_study)
+        super()._setup_study(mode)
+
+    def _open_study(self) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # SQLite: other studies' drivers and the dashboard share the file; wait for a lock
+        # (up to 60 s) rather than fail after SQLite's default 5 s.
+        sqlite = self._storage_url.startswith("sqlite:")
+        self._storage = optuna.storages.RDBStorage(
+            self._storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None
+        )
+        super()._setup_study(self._mode)  # create_study(..., load_if_exists=True)
+        self._fail_strays()
+
+    def suggest(self, trial_id: str):
+        if self._ot_study is None and self._storage_url:
+            self._open_study()
+        return super().suggest(trial_id)
+
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        if self._ot_study is not None and self._storage_url:
+            self._fail_strays()
+
+    def _fail_strays(self) -> None:
+        """Tell FAIL to the stored study's RUNNING trials this searcher never asked for. A
+        driver killed after asking Optuna for a trial but before Ray saved the searcher
+        leaves one: nothing would ever end it, and the dashboard would show it running."""
+        from optuna.trial import TrialState
+
+        known = {trial.number for trial in self._ot_trials.values()}
+        for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in known:
+                self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
@@ -148,7 +206,14 @@ def _searcher(spec: StudySpec, space: SearchSpace):
     else:
         metric, mode = [m for m, _ in objectives], [d for _, d in objectives]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = FiniteOptunaSearch(space.search_space(), metric=metric, mode=mode, sampler=sampler)
+    searcher = FiniteOptunaSearch(
+        space.search_space(),
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        study_name=spec.name,
+        storage_url=spec.optuna_storage,
+    )
     if spec.concurrency:
         return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
     return searcher

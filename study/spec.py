@@ -206,6 +206,12 @@ class StudySpec:
         "", "MLflow store (default sqlite:///mlflow.db or $MLFLOW_TRACKING_URI)."
     )
     experiment: str = setting(records.DEFAULT_EXPERIMENT, "MLflow experiment.")
+    optuna_storage: str = setting(
+        "",
+        "The sampler's Optuna storage, an RDB URL; the study there has the study's name "
+        "(default sqlite:///<directory of an SQLite MLflow store, else .>/optuna.db).",
+        metavar="URL",
+    )
     space_file: str | None = setting(
         None, "Search-space YAML (default search_spaces/<family>.yaml).", flag="--space"
     )
@@ -246,6 +252,7 @@ class StudySpec:
         if "://" not in self.storage:
             self.storage = str(Path(self.storage).expanduser().resolve())
         self.tracking_uri = records.resolve_tracking_uri(self.tracking_uri or None)
+        self.optuna_storage = records.resolve_optuna_storage(self.optuna_storage, self.tracking_uri)
 
     def _check_counts(self) -> None:
         for name, minimum in (
@@ -274,7 +281,7 @@ class StudySpec:
     def public_dict(self) -> dict[str, Any]:
         """The spec for logs and MLflow params, with credentials removed."""
         values = self.to_dict()
-        for key in ("address", "storage", "tracking_uri"):
+        for key in ("address", "storage", "tracking_uri", "optuna_storage"):
             if values[key]:
                 values[key] = records.redact(values[key])
         return values

@@ -32,6 +32,7 @@ from analysis.records import (
     finish_tags,
     open_client,
     redact,
+    trial_run_name,
     trial_runs,
     trial_tags,
 )
@@ -156,13 +157,23 @@ class TrackingQueue:
 class TrialRuns:
     """Trial id -> MLflow run id. A trial's run is created on its first event, or found
     again by its tags when a resumed or retried trial already has one; it then continues
-    after the last epoch that run logged."""
+    after the last epoch that run logged. Runs are named by `records.trial_run_name` (a
+    re-run by its variant and seed); a robustness study's (`source_study` given) are also
+    tagged with the study they re-run."""
 
-    def __init__(self, queue: TrackingQueue, experiment: str, parent_run_id: str, study: str):
+    def __init__(
+        self,
+        queue: TrackingQueue,
+        experiment: str,
+        parent_run_id: str,
+        study: str,
+        source_study: str | None = None,
+    ):
         self.queue = queue
         self.experiment = experiment
         self.parent_run_id = parent_run_id
         self.study = study
+        self.source_study = source_study
         self.ids: dict[str, str] = {}
         self.last_step: dict[str, int] = {}
 
@@ -205,10 +216,11 @@ class TrialRuns:
         return run_id
 
     def _create(self, client: MlflowClient, trial) -> str:
+        settings = TrialConfig.from_tune(trial.config).run
         run = client.create_run(
             self.experiment,
-            run_name=f"{self.study}-{trial.trial_id}",
-            tags=trial_tags(self.parent_run_id, self.study, trial.trial_id),
+            run_name=trial_run_name(self.study, trial.trial_id, settings),
+            tags=trial_tags(self.parent_run_id, self.study, trial.trial_id, self.source_study),
         )
         client.log_batch(run.info.run_id, params=_trial_params(trial.config))
         return run.info.run_id
@@ -338,6 +350,7 @@ class MlflowTrialLogger(Callback):
         study: str,
         metric_names: set[str],
         image_dir: str = "images",
+        source_study: str | None = None,
     ):
         self.queue = queue
         self.experiment = experiment
@@ -345,10 +358,13 @@ class MlflowTrialLogger(Callback):
         self.study = study
         self.metric_names = metric_names
         self.image_dir = image_dir
+        self.source_study = source_study
         self._new_session()
 
     def _new_session(self) -> None:
-        self.runs = TrialRuns(self.queue, self.experiment, self.parent_run_id, self.study)
+        # getattr: a logger pickled by an earlier version (a study resumed) has no source.
+        source = getattr(self, "source_study", None)
+        self.runs = TrialRuns(self.queue, self.experiment, self.parent_run_id, self.study, source)
         self.buffer = MetricBuffer(self.queue, self.runs)
         self.result_tags = ResultTags()
         self.finished: set[str] = set()

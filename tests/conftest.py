@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -56,3 +58,51 @@ def mnist_dir() -> Path:
             + "; put the four files there to run this test"
         )
     return directory
+
+
+# Two searched parameters keep the neighbour re-runs few (2 each) while the study still
+# has an importance ranking, a degeneracy map and configs that differ.
+ANALYSIS_FIXED = {
+    "recon_loss": "bernoulli",
+    "noise_std": 0.1,
+    "style_dim": 8,
+    "class_dim": 8,
+    "group_size": 8,
+    "lr": 0.003,
+}
+
+
+@dataclass(frozen=True)
+class AnalysisStudy:
+    """A real small study on digits with its seed re-runs: what the analysis reads."""
+
+    cwd: Path
+    name: str  # the sweep
+    robust: str  # `study robustness NAME --top 2 --seeds 2 --neighbours` (NAME-robust)
+    plain: str  # `study robustness NAME --top 2 --seeds 2 --name NAME-plain`
+    env: dict
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.cwd / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def analysis_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AnalysisStudy]:
+    """`study run mlvae` (6 trials x 2 epochs, two searched parameters) then
+    `study robustness` with and without neighbours, each as a user runs it (real Ray and
+    MLflow, one CLI process per command). About a minute on two cores."""
+    from sweep_helpers import base_env, ray_tmpdir, run_study
+
+    cwd = tmp_path_factory.mktemp("analysis")
+    fixed = [arg for k, v in ANALYSIS_FIXED.items() for arg in ("--set", f"{k}={v}")]
+    with ray_tmpdir() as ray_tmp:
+        env = base_env(ray_tmp)
+        run_study(
+            ["run", "mlvae", "--name", "an", "--trials", "6", "--epochs", "2", *fixed], cwd, env
+        )
+        run_study(["robustness", "an", "--top", "2", "--seeds", "2", "--neighbours"], cwd, env)
+        run_study(
+            ["robustness", "an", "--top", "2", "--seeds", "2", "--name", "an-plain"], cwd, env
+        )
+        yield AnalysisStudy(cwd, "an", "an-robust", "an-plain", env)

@@ -28,8 +28,10 @@ from reliability_support import clean_env, free_port, run_forked_cli, snapshot
 from sweep_helpers import run_study
 
 # A parent run of this name exists in the template store ("kept") for the rows that need
-# an existing study; "absent" exists nowhere.
+# an existing study; "absent" exists nowhere. KEPT records an Optuna storage that is gone;
+# its copy (optuna.db holding study KEPT) comes with the "study" and "optuna" setups.
 KEPT = "kept"
+KEPT_ROBUST = "kept-robust"  # a robustness study of KEPT in the template store
 MARKER = "yaml-tag-ran"
 
 
@@ -39,7 +41,9 @@ class Case:
     args: tuple[str, ...]  # {inputs}, {closed} and {cwd} are filled in
     field: str  # the field the error line must name
     fix: str  # words of the fix the error line must give
-    setup: str = ""  # "store": a template store copy; "spec": a saved spec; "study": both
+    # "store": a template store copy; "spec": a saved spec; "optuna": an Optuna storage
+    # holding study KEPT; "study": all three; "study-without-optuna": the first two.
+    setup: str = ""
     script: bool = False  # run the installed `study` script rather than a forked CLI
 
 
@@ -183,8 +187,61 @@ CASES = [
         "ray start",
         "study",
     ),
+    case(
+        "resume-missing-optuna-storage",
+        "resume kept",
+        "optuna-storage:",
+        "restore that storage",
+        "study-without-optuna",
+    ),
     case("report-unknown-study-in-store", "report absent", "name:", "study status", "store"),
     case("report-name-dotdot", "report ..", "name:", "no path separators"),
+    # --- study ui NAME: refused before the server starts ---
+    case("ui-unknown-study", "ui absent", "name:", "study status"),
+    case("ui-unknown-study-in-store", "ui absent", "name:", "study status", "store"),
+    case("ui-name-separator", "ui a/b", "name:", "no path separators"),
+    # --- the sampler's Optuna storage, and `study dashboard` on it ---
+    case(
+        "run-optuna-storage-not-url",
+        "run mlvae --optuna-storage optuna.db",
+        "optuna-storage:",
+        "sqlite:///",
+    ),
+    case(
+        "run-optuna-storage-missing-dir",
+        "run mlvae --optuna-storage sqlite:///{inputs}/nosuch/optuna.db",
+        "optuna-storage:",
+        "create it",
+    ),
+    case(
+        "run-optuna-storage-not-a-database",
+        "run mlvae --optuna-storage sqlite:///{inputs}/broken.yaml",
+        "optuna-storage:",
+        "pass another --optuna-storage",
+    ),
+    case(
+        "run-optuna-storage-is-the-mlflow-store",
+        "run mlvae --optuna-storage sqlite:///{cwd}/mlflow.db",
+        "optuna-storage:",
+        "not an Optuna storage",
+        "store",
+    ),
+    case(
+        "run-optuna-study-exists",
+        f"run mlvae --name {KEPT}",
+        "optuna-storage:",
+        "optuna delete-study",
+        "optuna",
+    ),
+    case("dashboard-unknown-study", "dashboard absent", "name:", "study status", "store"),
+    case("dashboard-missing-storage", "dashboard kept", "optuna-storage:", "restore that", "store"),
+    case(
+        "dashboard-robustness-study",
+        f"dashboard {KEPT_ROBUST}",
+        "optuna-storage:",
+        f"study dashboard {KEPT}",
+        "store",
+    ),
 ]
 
 
@@ -224,7 +281,9 @@ def _write_inputs(inputs: Path) -> None:
 
 
 def _template_store(directory: Path) -> Path:
-    """An MLflow store holding study KEPT's parent run (made in this process, once)."""
+    """An MLflow store holding the parent runs of study KEPT and its robustness study,
+    and beside it optuna/optuna.db holding KEPT's Optuna study (made in this process, once)."""
+    import optuna
     from mlflow import MlflowClient
 
     from analysis import records
@@ -243,16 +302,34 @@ def _template_store(directory: Path) -> Path:
             records.TAG_FAMILY: "mlvae",
             records.TAG_DATASET: "digits",
             records.TAG_OBJECTIVES: "swap_acc:max",
+            records.TAG_OPTUNA_STORAGE: f"sqlite:///{directory / 'gone' / 'optuna.db'}",
         },
     )
     client.set_terminated(run.info.run_id, "KILLED")
+    robust = client.create_run(
+        experiment,
+        run_name=KEPT_ROBUST,
+        tags={
+            records.TAG_STUDY: KEPT_ROBUST,
+            records.TAG_KIND: "study",
+            records.TAG_FAMILY: "mlvae",
+            **records.robustness_tags(KEPT),
+        },
+    )
+    client.set_terminated(robust.info.run_id, "FINISHED")
+    (directory / "optuna").mkdir()
+    storage = f"sqlite:///{directory / 'optuna' / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage=storage, study_name=KEPT, directions=["maximize"])
     return db
 
 
 def _prepare(row: Case, cwd: Path, template: Path) -> None:
-    if row.setup in ("store", "study"):
+    if row.setup in ("store", "study", "study-without-optuna"):
         shutil.copy(template, cwd / "mlflow.db")
-    if row.setup in ("spec", "study"):
+    if row.setup in ("optuna", "study"):
+        shutil.copy(template.parent / "optuna" / "optuna.db", cwd / "optuna.db")
+    if row.setup in ("spec", "study", "study-without-optuna"):
         from study.spec import StudySpec
         from study.storage import SPEC_FILE
 

@@ -355,3 +355,101 @@ def test_failed_writes_wait_in_order_and_are_replayed(monkeypatch, capsys):
     queue.submit("third", lambda: 1 / 0)
     restored = pickle.loads(pickle.dumps(queue))
     assert restored.uri == queue.uri and not restored.pending
+
+
+# --- how the MLflow UI shows a study ----------------------------------------------------------
+def test_trial_run_names():
+    # A searched trial keeps its study-and-trial name; a re-run is named for what it re-runs.
+    assert records.trial_run_name("s1", "ab12_00003", RUN) == "s1-ab12_00003"
+    assert records.trial_run_name("s1-robust", "x_00000", {**RUN, "variant": ""}) == (
+        "s1-robust-x_00000"
+    )
+    rerun = {**RUN, "variant": "top1", "seed": 1000}
+    assert records.trial_run_name("s1-robust", "x_00000", rerun) == "top1-seed1000"
+    neighbour = {**RUN, "variant": "nbr:kl_style_weight=2", "seed": 1001}
+    assert records.trial_run_name("s1-robust", "x_00001", neighbour) == (
+        "nbr:kl_style_weight=2-seed1001"
+    )
+    # A re-run's trials name the study they re-run; a search's trials have no source.
+    assert records.TAG_SOURCE_STUDY not in records.trial_tags("p", "s1", "t")
+    tags = records.trial_tags("p", "s1-robust", "t", source_study="s1")
+    assert tags[records.TAG_SOURCE_STUDY] == "s1" and tags[records.TAG_KIND] == records.KIND_TRIAL
+
+
+def test_experiments_are_tagged_for_model_training(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = records.open_client(uri)
+    kind = {records.TAG_EXPERIMENT_KIND: records.EXPERIMENT_KIND}
+    assert records.EXPERIMENT_KIND == "custom_model_development"
+
+    def tags_of(name: str) -> dict[str, str]:
+        return MlflowClient(uri).get_experiment_by_name(name).tags
+
+    # Created by a study: tagged at creation.
+    new = records.experiment_id(client, "new")
+    assert tags_of("new") == kind
+    assert records.experiment_id(client, "new") == new
+    # Made before (by MLflow, or a version without the tag): tagged on the next study start.
+    old = client.create_experiment("old")
+    assert records.TAG_EXPERIMENT_KIND not in tags_of("old")
+    assert records.experiment_id(client, "old") == old
+    assert tags_of("old") == kind
+    # A kind someone chose in the UI stays.
+    client.create_experiment("genai", tags={records.TAG_EXPERIMENT_KIND: "genai_development"})
+    records.experiment_id(client, "genai")
+    assert tags_of("genai")[records.TAG_EXPERIMENT_KIND] == "genai_development"
+
+
+def test_a_rerun_trial_run_is_named_by_variant_and_seed(tmp_path):
+    from study import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = records.open_client(uri)
+    experiment = records.experiment_id(client, records.DEFAULT_EXPERIMENT)
+    tags = records.study_tags("s1-robust", "mlvae", "digits", ["swap_acc:max"], "test")
+    tags.update(records.robustness_tags("s1"))
+    parent_id = client.create_run(experiment, run_name="s1-robust", tags=tags).info.run_id
+    queue = tracking.TrackingQueue(uri, client)
+    logger = tracking.MlflowTrialLogger(
+        queue, experiment, parent_id, "s1-robust", {"swap_acc"}, source_study="s1"
+    )
+    trial = fake_trial("rr_00000", 0.003)
+    trial.config[records.RUN_KEY].update(study="s1-robust", variant="top1", seed=1000)
+    logger.on_trial_start(0, [trial], trial)
+    # The source survives the pickling Ray does for `study resume`.
+    resumed = pickle.loads(pickle.dumps(logger))
+    assert resumed.runs.source_study == "s1"
+
+    (written,) = records.read_study("s1-robust", uri).trials
+    assert written.run_name == "top1-seed1000"
+    assert written.run_name == records.trial_run_name("s1-robust", "rr_00000", written.config.run)
+    assert written.tags[records.TAG_SOURCE_STUDY] == "s1"
+
+
+def test_the_study_link_filters_the_runs_table_to_the_studys_trials(tmp_path):
+    from urllib.parse import parse_qs, urlsplit
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = records.open_client(uri)
+    experiment = records.experiment_id(client, records.DEFAULT_EXPERIMENT)
+    for study in ("s1", "s1-robust"):
+        parent = client.create_run(
+            experiment, tags=records.study_tags(study, "mlvae", "digits", [], "test")
+        ).info.run_id
+        for i in range(2):
+            client.create_run(
+                experiment,
+                run_name=f"{study}-t{i}",
+                tags=records.trial_tags(parent, study, f"t{i}"),
+            )
+
+    link = records.study_runs_link("http://127.0.0.1:5000/", experiment, "s1")
+    assert link.startswith(f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?")
+    query = {k: v for k, (v,) in parse_qs(urlsplit(link).fragment.split("?", 1)[1]).items()}
+    assert query["workflowType"] == "machine_learning"
+    assert query["orderByKey"] == "tags.`mlflow.runName`" and query["orderByAsc"] == "true"
+    # The filter is MLflow search syntax that selects exactly the study's trial runs.
+    runs = client.search_runs([experiment], filter_string=query["searchFilter"])
+    assert sorted(run.info.run_name for run in runs) == ["s1-t0", "s1-t1"]

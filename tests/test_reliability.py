@@ -279,6 +279,10 @@ def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, 
     # proposes another trial instead. Whether this run hit that window is timing; make sure
     # the case is seen by leaving such a run, as the crash would have.
     lost = record_lost_trial_run(uri, name)
+    # Likewise in the sampler's Optuna study: a trial Optuna was asked for that the saved
+    # searcher does not know.
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    stray = optuna_study(storage, name).ask().number
 
     resume_log = tmp_path / "resume.log"
     resumed = procs.study("resume", name, cwd=tmp_path, log=resume_log, env=ray_env)
@@ -297,8 +301,29 @@ def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, 
     for run in after:
         assert epoch_steps(uri, run) == list(range(1, int(run.data.metrics["epoch"]) + 1))
     assert client(uri).get_run(lost).info.lifecycle_stage == "deleted"
+    # The restored searcher went on writing to the same Optuna study: it holds every trial,
+    # told the values MLflow recorded, and the stray trial was failed, not left running.
+    objectives = records.parse_objectives(parent.data.tags[records.TAG_OBJECTIVES])
+    trials_by_state = {}
+    for trial in optuna_study(storage, name).trials:
+        trials_by_state.setdefault(trial.state.name, []).append(trial)
+    assert set(trials_by_state) <= {"COMPLETE", "PRUNED", "FAIL"}, trials_by_state  # no RUNNING
+    # FAIL: the stray, and any trial the killed driver asked for after Ray last saved.
+    assert stray in [t.number for t in trials_by_state["FAIL"]]
+    complete = trials_by_state["COMPLETE"]
+    assert len(complete) + len(trials_by_state.get("PRUNED", [])) == trials  # PRUNED: diverged
+    told = sorted(tuple(t.values) for t in complete)
+    values = [tuple(r.data.metrics[m] for m, _ in objectives) for r in after]
+    recorded = sorted(v for v in values if all(math.isfinite(x) for x in v))
+    assert told == [pytest.approx(v) for v in recorded]
     # (Ray may log a handled FileNotFoundError here: a trial that finished after the last
     # saved state is retrained from a checkpoint whose older sibling was already deleted.)
+
+
+def optuna_study(storage: str, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def record_lost_trial_run(uri: str, study: str) -> str:

@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token OMP_WAIT_POLICY=PASSIVE
 tar -xJf .devsite/site312.tar.xz -C /tmp
 export PYTHONPATH=/tmp/latent-site312:$PWD
 
-steps=" ${STEPS:-env pytest_gpu bench_abde bench_c} "
+steps=" ${STEPS:-env pytest_gpu bench_abde bench_c} "  # also: study_mnist
 step() {
   local name=$1 limit=$2 lines=$3 start=$SECONDS rc
   shift 3
@@ -36,3 +36,6 @@ step bench_abde "${BENCH_LIMIT:-200}" 50 python3 -m tests.bench.run --devices cu
   --data-dir .devdata/mnist --json "$out/bench-cuda.json"
 step bench_c "${SWEEP_LIMIT:-150}" 22 python3 -m tests.bench.run --devices cuda --only c \
   --sweep-gpus 0.25 --json "$out/bench-c-cuda.json"
+step study_mnist "${STUDY_LIMIT:-420}" 30 bash tests/bench/device_study.sh "$out"
+[[ $steps == *" study_mnist "* ]] && tar -czf "$out/mnist-study.tar.gz" -C /tmp/mnist-study \
+  mlflow.db optuna.db mlruns

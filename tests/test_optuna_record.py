@@ -1,0 +1,135 @@
+"""The sampler's own record: a searched study's Optuna study in the storage beside its
+MLflow store, read back by `load_optuna_study` and served by `study dashboard`. On the
+shared real study (`analysis_study`: `study run mlvae`, 6 trials, and its robustness
+re-runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from sweep_helpers import STUDY, free_ports, kill_group, run_study
+
+from analysis import records
+from analysis.optuna_record import load_optuna_study
+
+TRIALS = 6
+
+
+@pytest.fixture(scope="module")
+def storage(analysis_study) -> str:
+    return f"sqlite:///{analysis_study.cwd / 'optuna.db'}"
+
+
+@pytest.fixture(scope="module")
+def sweep(analysis_study) -> records.StudyRecords:
+    return records.read_study(analysis_study.name, analysis_study.tracking_uri)
+
+
+def test_the_sweep_wrote_its_optuna_study_beside_the_mlflow_store(storage, sweep):
+    assert sweep.parent.tags[records.TAG_OPTUNA_STORAGE] == storage
+    study = optuna.load_study(study_name=sweep.parent.name, storage=storage)
+    assert len(study.trials) == TRIALS
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
+    # Each trial's values are the objectives its MLflow run recorded.
+    objectives = sweep.parent.objectives
+    assert [m for m, _ in objectives] == ["swap_acc", "content_acc_grouped"]  # mlvae's
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE] * 2
+    told = sorted(tuple(t.values) for t in study.trials)
+    recorded = sorted(tuple(r.metrics[m] for m, _ in objectives) for r in sweep.trials)
+    assert len(recorded) == TRIALS
+    assert told == [pytest.approx(v) for v in recorded]
+    # ... and its parameters are the ones the run was given.
+    searched = sorted(study.trials[0].params)
+    assert searched
+    proposed = sorted(tuple(str(t.params[k]) for k in searched) for t in study.trials)
+    assert proposed == sorted(tuple(r.params[k] for k in searched) for r in sweep.trials)
+
+
+def test_load_optuna_study_reads_it_and_writes_nothing(analysis_study, sweep, tmp_path):
+    study = load_optuna_study(sweep.parent)
+    assert study is not None and study.study_name == analysis_study.name
+    assert len(study.trials) == TRIALS
+    # None, with nothing created, where the storage or the study is missing...
+    gone = tmp_path / "gone.db"
+    for url in (f"sqlite:///{gone}", f"sqlite:///{tmp_path / 'no' / 'dir.db'}"):
+        tags = {**sweep.parent.tags, records.TAG_OPTUNA_STORAGE: url}
+        assert load_optuna_study(dataclasses.replace(sweep.parent, tags=tags)) is None
+    assert list(tmp_path.iterdir()) == []
+    other = dataclasses.replace(sweep.parent, name="not-this-one")
+    assert load_optuna_study(other) is None
+    # ... where the password was not recorded, and for a robustness study (no sampler).
+    tags = {**sweep.parent.tags, records.TAG_OPTUNA_STORAGE: "postgresql://***@host/db"}
+    assert load_optuna_study(dataclasses.replace(sweep.parent, tags=tags)) is None
+    robust = records.read_study(analysis_study.robust, analysis_study.tracking_uri)
+    assert records.TAG_OPTUNA_STORAGE not in robust.parent.tags
+    assert load_optuna_study(robust.parent) is None
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on `port` (from /proc)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                if width == 8:
+                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                else:
+                    found.add(address)
+    return found
+
+
+def test_dashboard_serves_the_study_on_localhost_only(analysis_study, tmp_path):
+    (port,) = free_ports(1)
+    out = tmp_path / "dashboard.out"
+    with open(out, "w") as handle:
+        process = subprocess.Popen(
+            [*STUDY, "dashboard", analysis_study.name, "--port", str(port)],
+            cwd=analysis_study.cwd,
+            env=analysis_study.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline, names = time.monotonic() + 30, []
+        while analysis_study.name not in names:
+            assert process.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, f"no study on the dashboard\n{out.read_text()}"
+            time.sleep(0.3)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    names = [s["study_name"] for s in json.load(r)["study_summaries"]]
+            except OSError:
+                continue
+        assert _listening_addresses(port) == {"127.0.0.1"}
+        # It printed the study's own page, and that page is served.
+        url = out.read_text().split()[2]
+        assert url.startswith(f"http://127.0.0.1:{port}/dashboard/studies/"), out.read_text()
+        with urllib.request.urlopen(url, timeout=5) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+    finally:
+        kill_group(process, grace=5)
+
+
+def test_dashboard_of_a_robustness_study_says_where_to_look(analysis_study):
+    done = run_study(
+        ["dashboard", analysis_study.robust], analysis_study.cwd, analysis_study.env, check=False
+    )
+    assert done.returncode == 2, done.describe()
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.describe()
+    assert lines[0].startswith("error: optuna-storage:")
+    assert f"study dashboard {analysis_study.name}" in lines[0]
