@@ -489,12 +489,7 @@ def ui(name, tracking_uri, experiment, host, port):
     if name:
         check_study_name(name)
         experiment = experiment or records.DEFAULT_EXPERIMENT
-        found = records.find_study(uri, name, experiment)
-        if found is None:
-            raise UserError(
-                f"name: no study {name!r} in {records.redact(uri)} (experiment {experiment!r}); "
-                f"check the name with `study status` or pass --tracking-uri"
-            )
+        found = find_study_or_fail(uri, name, experiment)
         link = records.study_runs_link(browser_address(host, port), found[1], name)
     mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI at http://{host}:{port}  (store {uri}; Ctrl-C stops it)", err=False)
@@ -519,6 +514,19 @@ def ui(name, tracking_uri, experiment, host, port):
     )
 
 
+def find_study_or_fail(uri: str, name: str, experiment: str):
+    """records.find_study, or a one-line error saying how to find the right name."""
+    from analysis import records
+
+    found = records.find_study(uri, name, experiment)
+    if found is None:
+        raise UserError(
+            f"name: no study {name!r} in {records.redact(uri)} (experiment {experiment!r}); "
+            f"check the name with `study status` or pass --tracking-uri"
+        )
+    return found
+
+
 DASHBOARD_HOST = "127.0.0.1"  # the dashboard can edit the study: never on the network
 
 
@@ -540,12 +548,7 @@ def dashboard(name, port, tracking_uri, experiment, optuna_storage):
     uri = records.resolve_tracking_uri(tracking_uri)
     records.check_tracking_uri(uri)
     experiment = experiment or records.DEFAULT_EXPERIMENT
-    found = records.find_study(uri, name, experiment)
-    if found is None:
-        raise UserError(
-            f"name: no study {name!r} in {records.redact(uri)} (experiment {experiment!r}); "
-            f"check the name with `study status` or pass --tracking-uri"
-        )
+    found = find_study_or_fail(uri, name, experiment)
     parent = records.StudyRecord.from_run(found[2])
     given = records.resolve_optuna_storage(optuna_storage, uri) if optuna_storage else None
     serve_dashboard(optuna_storage_of(parent, given), name, port)

@@ -54,6 +54,25 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a socket listening on `port`, from /proc/net/tcp{,6}."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                if width == 8:
+                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                else:
+                    found.add(address)
+    return found
+
+
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, every: float = 0.5):
     """Poll `predicate` until it returns something truthy; fail with `what` on timeout."""
     deadline = time.monotonic() + timeout

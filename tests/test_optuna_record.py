@@ -10,10 +10,10 @@ import json
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import optuna
 import pytest
+from reliability_support import listening_addresses
 from sweep_helpers import STUDY, free_ports, kill_group, run_study
 
 from analysis import records
@@ -72,25 +72,6 @@ def test_load_optuna_study_reads_it_and_writes_nothing(analysis_study, sweep, tm
     assert load_optuna_study(robust.parent) is None
 
 
-def _listening_addresses(port: int) -> set[str]:
-    """The local addresses of the TCP sockets listening on `port` (from /proc)."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                if width == 8:
-                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
-                else:
-                    found.add(address)
-    return found
-
-
 def test_dashboard_serves_the_study_on_localhost_only(analysis_study, tmp_path):
     (port,) = free_ports(1)
     out = tmp_path / "dashboard.out"
@@ -114,7 +95,7 @@ def test_dashboard_serves_the_study_on_localhost_only(analysis_study, tmp_path):
                     names = [s["study_name"] for s in json.load(r)["study_summaries"]]
             except OSError:
                 continue
-        assert _listening_addresses(port) == {"127.0.0.1"}
+        assert listening_addresses(port) == {"127.0.0.1"}
         # It printed the study's own page, and that page is served.
         url = out.read_text().split()[2]
         assert url.startswith(f"http://127.0.0.1:{port}/dashboard/studies/"), out.read_text()

@@ -25,6 +25,7 @@ from reliability_support import (
     clean_env,
     cmdline,
     free_port,
+    listening_addresses,
     pids_in_session,
     run_forked_cli,
     session_of,
@@ -415,25 +416,6 @@ def test_two_studies_at_once_share_one_sqlite_store(tmp_path, procs, ray_env):
 
 
 # --- 7. security ------------------------------------------------------------------------------
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses with a socket listening on `port`, from /proc/net/tcp{,6}."""
-    found = set()
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            local, state = line.split()[1], line.split()[3]
-            address, hex_port = local.split(":")
-            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                if width == 8:
-                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
-                else:
-                    found.add(address)
-    return found
-
-
 @pytest.mark.slow
 def test_ui_listens_on_loopback_only(tmp_path, procs):
     port = free_port()
