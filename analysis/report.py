@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import figures, records
-from analysis.records import param_column, param_name
+from analysis.records import param_name
 from analysis.robustness import StudyAnalysis, analyse
 from analysis.runs import StudyRuns, has_value, load_study, ranked
 from analysis.stats import RESAMPLES
@@ -303,18 +303,9 @@ def _importance(found: StudyAnalysis) -> Section:
 
 
 def _slices(found: StudyAnalysis, out: Path) -> list[Section]:
-    study = found.study
-    params = [param_column(p) for p in found.importance_order() if param_column(p) in study.trials]
-    done = ranked(study)
-    if done.empty or not params:
+    figure = found.slice_figure()
+    if figure is None:
         return []
-    log_params = {
-        param_column(n) for n, d in found.distributions.items() if getattr(d, "log", False)
-    }
-    seeds = found.seeds if not found.seeds.empty else None
-    figure = figures.slice_figure(
-        done, params, study.objectives, log_params, seeds, found.seed_params
-    )
     return [
         Section(
             "Slices",

@@ -12,9 +12,9 @@ notebook shows them and the parent run records them; each is a function a test c
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,9 @@ from analysis.stats import (
     expected_best_of_k,
     variance_share,
 )
+
+if TYPE_CHECKING:
+    from analysis.importance import Importance  # optuna: loaded where importance is computed
 
 VARIANT = run_column("variant")
 
@@ -210,7 +213,7 @@ class StudyAnalysis:
     metric: str  # the first objective, which the figures are about
     mode: str
     distributions: dict
-    importance: object  # analysis.importance.Importance
+    importance: Importance
     seeds: pd.DataFrame  # seed_summary, with `in_search`: the search's value of that config
     seed_params: pd.DataFrame  # variant_params
     luck: VarianceShare | None
@@ -238,15 +241,37 @@ class StudyAnalysis:
         return metrics
 
     def importance_order(self) -> list[str]:
-        """Searched parameter names, most important first when importance is reliable
-        (else in the order of the search space)."""
-        names = [param_name(c) for c in self.study.searched_params()]
-        table = getattr(self.importance, "table", pd.DataFrame())
-        if getattr(self.importance, "reliable", False) and not table.empty:
-            ranked = [p for p in table.index if p in names]
-            return ranked + [p for p in names if p not in ranked]
-        space = [p for p in self.distributions if p in names]
-        return space + [p for p in names if p not in space]
+        return importance_order(self.study, self.importance, self.distributions)
+
+    def slice_figure(self):
+        """Each objective against each searched parameter, most important first, with the
+        re-run configs' seed intervals (None without finished trials or parameters)."""
+        from analysis import figures
+        from analysis.records import param_column
+        from analysis.runs import ranked
+
+        study = self.study
+        columns = [param_column(p) for p in self.importance_order()]
+        columns = [c for c in columns if c in study.trials]
+        done = ranked(study)
+        if done.empty or not columns:
+            return None
+        log_scaled = {
+            param_column(n) for n, d in self.distributions.items() if getattr(d, "log", False)
+        }
+        seeds = None if self.seeds.empty else self.seeds
+        return figures.slice_figure(
+            done, columns, study.objectives, log_scaled, seeds, self.seed_params
+        )
+
+
+def importance_order(study: StudyRuns, found: Importance, distributions: dict) -> list[str]:
+    """Searched parameter names, most important first when importance is reliable (else in
+    the order of the search space)."""
+    names = [param_name(c) for c in study.searched_params()]
+    first = [p for p in found.table.index if p in names] if found.reliable else []
+    first = first or [p for p in distributions if p in names]
+    return first + [p for p in names if p not in first]
 
 
 def analyse(study: StudyRuns, robust: StudyRuns | None = None) -> StudyAnalysis:
@@ -260,10 +285,13 @@ def analyse(study: StudyRuns, robust: StudyRuns | None = None) -> StudyAnalysis:
     seeds = seed_summary(robust, metric, mode) if robust is not None else pd.DataFrame()
     seed_params = variant_params(robust) if robust is not None else pd.DataFrame()
     if not seeds.empty and robust is not study:
+        searched = finished(study, metric)
         seeds["in_search"] = [
-            _search_value(study, seed_params.loc[v], metric) for v in seeds["variant"]
+            _search_value(searched, seed_params.loc[v], metric) for v in seeds["variant"]
         ]
-    partial = StudyAnalysis(
+    pooled = [study] if robust is None or robust is study else [study, robust]
+    order = importance_order(study, found_importance, distributions)
+    return StudyAnalysis(
         study,
         robust,
         metric,
@@ -274,11 +302,7 @@ def analyse(study: StudyRuns, robust: StudyRuns | None = None) -> StudyAnalysis:
         seed_params,
         luck(robust, metric) if robust is not None else None,
         budget(study, metric, mode),
-        None,
-    )
-    pooled = [study] if robust is None or robust is study else [study, robust]
-    return dataclasses.replace(
-        partial, degeneracy=degeneracy_map(pooled, partial.importance_order())
+        degeneracy_map(pooled, order),
     )
 
 
@@ -307,11 +331,10 @@ def distributions_of(study: StudyRuns) -> dict:
         return {}
 
 
-def _search_value(study: StudyRuns, params: pd.Series, metric: str) -> float:
-    """The objective the search recorded for exactly these parameters (NaN for a config
-    the search never ran, such as a neighbour): beside the re-runs' mean, how much the
-    search's pick owed to its seed."""
-    trials = finished(study, metric)
+def _search_value(trials: pd.DataFrame, params: pd.Series, metric: str) -> float:
+    """The objective the search's finished `trials` recorded for exactly these parameters
+    (NaN for a config the search never ran, such as a neighbour): beside the re-runs'
+    mean, how much the search's pick owed to its seed."""
     if trials.empty:
         return math.nan
     match = pd.Series(True, index=trials.index)
