@@ -247,3 +247,76 @@ def test_swaps_that_keep_the_style_sources_digit_count_as_style_not_class(digits
     # Measured: swap_style_acc 0.975 (the reference classifier's test accuracy), swap_acc 0.003.
     assert metrics["swap_style_acc"] >= 0.9
     assert metrics["swap_acc"] <= 0.05 and metrics["degenerate"] == 1.0
+
+
+def three_forward_aae_step(training, index) -> None:
+    """The AAE's step phase by phase, each phase with its own encoder forward: the
+    straightforward version the family's two-forward step must equal."""
+    import torch.nn.functional as F
+
+    from trainables.families.aae import sample_prior
+    from trainables.family import gradient_step
+    from trainables.losses import bernoulli_recon
+
+    model, optimizers, config = training.model, training.optimizers, training.config
+    x, y = training.dataset.x_train[index], training.dataset.y_train[index]
+    recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
+    gradient_step(optimizers["autoencoder"], recon)
+    for _ in range(config.disc_steps):
+        with torch.no_grad():
+            fake = model.encode(x, sample=True)
+        real = sample_prior(config, y, training.generator)
+        logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
+        targets = torch.cat([torch.ones(len(y)), torch.zeros(len(y))])
+        gradient_step(
+            optimizers["discriminator"], F.binary_cross_entropy_with_logits(logits, targets)
+        )
+    fooled = model.discriminate(model.encode(x, sample=True), y)
+    gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+    gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"encoder": "gaussian", "disc_steps": 3},
+        {"prior": "mixture", "label_conditioned": True, "disc_steps": 2},
+        {"encoder": "gaussian", "conditional_decoder": True, "adv_weight": 0.5},
+    ],
+    ids=["defaults", "gaussian-3-disc-steps", "mixture-labelled", "gaussian-conditional"],
+)
+def test_aae_step_equals_the_phase_by_phase_version(digits, params):
+    """The family's step runs two encoder forwards where the phases would run 2 +
+    disc_steps; over several steps every parameter and optimiser state must come out
+    exactly as the phase-by-phase version's, random draws included."""
+    from trainables.family import Training
+
+    config = {"batch_size": 64, **params}
+    runs = []
+    for step in (trainables.get_family("aae").step, three_forward_aae_step):
+        experiment = Experiment.create("aae", config, digits, seed=3, use_reference=False)
+        training = Training(
+            experiment.model,
+            experiment.optimizers,
+            digits,
+            experiment.config,
+            experiment.generator,
+        )
+        experiment.model.train()
+        torch.manual_seed(11)
+        batches = list(experiment.family.batches(digits, experiment.config, experiment.generator))
+        for index in batches[:5]:
+            step(training, index)
+        runs.append(experiment)
+    ours, phased = runs
+    assert_same_state(snapshot(ours.model), snapshot(phased.model))
+    for key in ours.optimizers:
+        a, b = (
+            ours.optimizers[key].state_dict()["state"],
+            phased.optimizers[key].state_dict()["state"],
+        )
+        assert a.keys() == b.keys() and a, key
+        for param in a:
+            for name, value in a[param].items():
+                assert torch.equal(value, b[param][name]), (key, param, name)

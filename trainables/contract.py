@@ -24,7 +24,7 @@ from trainables.cuda_graphs import forbid_host_syncs
 from trainables.data import Dataset, load_dataset
 from trainables.errors import ConfigError
 from trainables.experiment import Experiment
-from trainables.family import Family, Training, optimizers_as_on_gpu
+from trainables.family import Family, Training
 from trainables.images import is_picture
 from trainables.registry import all_families, get_family
 
@@ -155,8 +155,7 @@ def test_training_step_is_cuda_graph_safe(case, contract_digits):
     family = case.family
     if not family.cuda_graphs:
         pytest.skip(f"{family.name} declares cuda_graphs = False")
-    with optimizers_as_on_gpu():
-        experiment = case.experiment(contract_digits)
+    experiment = case.experiment(contract_digits)
     config, generator = experiment.config, experiment.generator
     training = Training(experiment.model, experiment.optimizers, contract_digits, config, generator)
     index = next(iter(family.batches(contract_digits, config, generator)))

@@ -131,10 +131,14 @@ class AAE(FamilyModel):
         self.discriminator = mlp([disc_in, config.disc_width, config.disc_width, 1])
 
     def encode(self, x: torch.Tensor, sample: bool = False) -> torch.Tensor:
-        out = self.encoder(x)
+        return self.code(self.encoder(x), sample)
+
+    def code(self, encoded: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """The code from the encoder's output: itself when deterministic; else its mean, or
+        a sample drawn with fresh noise."""
         if self.config.encoder == "deterministic":
-            return out
-        mu, logvar = out.chunk(2, dim=1)
+            return encoded
+        mu, logvar = encoded.chunk(2, dim=1)
         return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -232,19 +236,31 @@ class AAEFamily(Family[AAEConfig, AAE]):
         }
 
     def step(self, training: Training[AAEConfig, AAE], index: torch.Tensor) -> dict:
-        """The three phases on one batch: reconstruction, discriminator, generator."""
+        """The three phases on one batch: reconstruction, discriminator, generator.
+
+        Two encoder forwards, where phase by phase it would take 2 + disc_steps. The
+        reconstruction's must be its own: it sees the encoder before the autoencoder's
+        update. The discriminator's and the generator's phases both see the encoder after
+        that update, and neither changes it (the discriminator's steps move only the
+        discriminator), so one forward serves both: detached for the discriminator, with
+        its graph for the generator. Sampled codes still draw fresh noise per phase, in
+        the order the phases would draw it, so the updates are the phase-by-phase ones
+        (tests/test_families.py checks them equal). The discriminator's forwards are all
+        fresh: its weights move between them."""
         model, optimizers, config = training.model, training.optimizers, training.config
         x, y = training.dataset.x_train[index], training.dataset.y_train[index]
         recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
         gradient_step(optimizers["autoencoder"], recon)
+        encoded = model.encoder(x)
         # On the CPU the experiment's generator (saved with it); on a GPU the device's RNG
         # (saved too), which a CUDA graph of this step can replay.
         prior_generator = training.generator if y.device.type == "cpu" else None
         for _ in range(config.disc_steps):
-            disc_loss = discriminator_loss(model, config, x, y, prior_generator)
+            fake = model.code(encoded.detach(), sample=True)
+            disc_loss = discriminator_loss(model, config, fake, y, prior_generator)
             gradient_step(optimizers["discriminator"], disc_loss)
         # The encoder tries to make its codes pass for prior samples.
-        fooled = model.discriminate(model.encode(x, sample=True), y)
+        fooled = model.discriminate(model.code(encoded, sample=True), y)
         gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
         gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
         return {
@@ -301,14 +317,12 @@ class AAEFamily(Family[AAEConfig, AAE]):
 
 
 def discriminator_loss(
-    model: AAE, config: AAEConfig, x: torch.Tensor, y: torch.Tensor, generator
+    model: AAE, config: AAEConfig, fake: torch.Tensor, y: torch.Tensor, generator
 ) -> torch.Tensor:
-    """Prior samples are "real", the encoder's codes "fake"."""
+    """Prior samples are "real", the encoder's (detached) codes `fake`."""
     n, device = len(y), y.device
     # Built on the device: no host-to-device copy per step.
     targets = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
-    with torch.no_grad():
-        fake = model.encode(x, sample=True)
     real = sample_prior(config, y, generator)
     logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
     return F.binary_cross_entropy_with_logits(logits, targets)
