@@ -5,7 +5,7 @@ the trainable runs it: `Experiment.train_epoch` then `evaluate()` every epoch (q
 between epochs, full after the last)
 (eval_every=1), on MNIST at the reference sizes. The parent reads the child's peak RSS
 from `wait4` (ru_maxrss) and the child reports VmHWM and, on CUDA, the peak allocated GPU
-memory. Evaluation time is split into the probes (scikit-learn), the reference classifier
+memory. Evaluation time is split into the probes (torch, on the trial's device), the reference classifier
 on decoded swaps, and the rest (encoding, decoding, reconstruction, MMD).
 
 The reference classifier is trained once per dataset and cached on disk; the parent fills
@@ -166,7 +166,7 @@ def run_child(
             command.append("--synthetic")
         elif data_dir:
             command += ["--data-dir", str(data_dir)]
-        env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+        env = dict(os.environ)  # with the wait policy of `study train` (common.py)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         with open(log_path, "w") as log:
             start = time.perf_counter()
