@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from study import threads
 from study.errors import UserError
 from study.spec import StudySpec, TrainSpec, parse_overrides
 
@@ -38,8 +39,12 @@ class StudyGroup(click.Group):
 
 @click.group(cls=StudyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="latent-studies")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Hyperparameter and robustness studies of disentangled and invariant autoencoders."""
+    # Before any command loads torch (this module does not): libgomp reads it once.
+    # Ray's local workers inherit it.
+    threads.configure(ctx.invoked_subcommand)
 
 
 def spec_option(spec_cls: type, name: str):
@@ -477,7 +482,6 @@ def browser_address(host: str, port: int) -> str:
 def ui(name, tracking_uri, experiment, host, port):
     """Start the MLflow UI for the study store and print its URL (and, with NAME, a link
     to study NAME's runs)."""
-    import os
     import shutil
 
     from analysis import records
@@ -646,11 +650,6 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 def main() -> None:
     """The `study` console script."""
-    # Small models on few cores: a spinning OpenMP pool that has to share its cores with
-    # another process slows training by an order of magnitude (measured: 40 s vs 0.8 s for
-    # a digits AAE). Set before torch loads (no command has imported it yet); Ray's local
-    # workers inherit it.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from study.cluster import exit_after_ray
 
     try:

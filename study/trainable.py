@@ -14,13 +14,19 @@ import time
 from functools import lru_cache
 from typing import Any
 
-import ray
-import torch
-from ray import tune
+from study import threads
 
-from analysis.records import TrialConfig
-from trainables import Experiment, load_dataset
-from trainables.images import save_images
+# Before torch loads: a worker that a cluster's `ray start` started has no driver's
+# environment to inherit the policy from (see study/threads.py).
+threads.configure_shared()
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+from ray import tune  # noqa: E402
+
+from analysis.records import TrialConfig  # noqa: E402
+from trainables import Experiment, load_dataset  # noqa: E402
+from trainables.images import save_images  # noqa: E402
 
 IMAGES_DIR = "images"
 CHECKPOINT_SECONDS = 10.0

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 
-# A spinning OpenMP pool that shares its cores with another process is measured 40x slower;
-# set before torch loads (subprocesses inherit it). The `study` CLI does the same.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from study import threads  # noqa: E402
+
+# The benchmarks time what one `study train` does, so they get its OpenMP wait policy
+# (study/threads.py), set before torch loads; subprocesses inherit it.
+threads.configure("train")
 
 import math  # noqa: E402
 import platform  # noqa: E402

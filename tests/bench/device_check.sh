@@ -9,7 +9,7 @@ set -u
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/device-out}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token OMP_WAIT_POLICY=PASSIVE
+export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token
 tar -xJf .devsite/site312.tar.xz -C /tmp
 export PYTHONPATH=/tmp/latent-site312:$PWD
 

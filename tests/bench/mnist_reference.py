@@ -12,7 +12,9 @@ import os
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from study import threads  # noqa: E402
+
+threads.configure("train")  # before torch loads: what `study train` gets
 
 import torch  # noqa: E402
 

@@ -215,7 +215,7 @@ def run(sizes: Sizes, log=print, keep: bool = False) -> dict[str, Any]:
     )
     workdir = Path(tempfile.mkdtemp(prefix="latent-bench-sweep-"))
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env.pop("OMP_WAIT_POLICY", None)  # the CLI's own choice for a sweep (study/threads.py)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     expected = sizes.trials * sizes.trial_seconds / sizes.concurrency
     if sizes.on_cluster:
