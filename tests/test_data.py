@@ -39,6 +39,40 @@ def test_digits_split_is_deterministic(digits):
         assert torch.equal(getattr(digits, name), getattr(again, name)), name
 
 
+def test_digits_come_from_the_cache_as_scikit_learn_splits_them(tmp_path, monkeypatch):
+    """The split is made once with scikit-learn and cached; the cached copy, and a copy
+    rebuilt over a damaged cache file, equal scikit-learn's split."""
+    from trainables import data
+
+    monkeypatch.setenv("LATENT_STUDIES_CACHE", str(tmp_path))
+    fresh = data._split_digits()
+    first = load_dataset("digits")  # splits and writes the cache
+    (cached,) = tmp_path.glob("digits-*.npz")
+    second = load_dataset("digits")  # reads it
+    cached.write_bytes(b"not a zip file")
+    rebuilt = load_dataset("digits")
+    for dataset in (first, second, rebuilt):
+        for key, array in fresh.items():
+            assert torch.equal(getattr(dataset, key), torch.from_numpy(array)), key
+
+
+def test_digits_from_a_warm_cache_do_not_import_scikit_learn(digits):
+    """Importing scikit-learn takes 1.6 s, which every Ray worker's first trial paid."""
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom trainables import load_dataset\nload_dataset('digits')\nprint('sklearn' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "False"
+
+
 def test_digits_splits_are_disjoint(digits):
     # No test image appears in the training split (the dataset has no exact duplicates
     # across the split, so an overlap would mean the split leaks).

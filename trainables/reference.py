@@ -14,17 +14,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from trainables.data import Dataset, shuffled_batches
+from trainables.data import Dataset, cache_root, shuffled_batches
 
 RECIPE_VERSION = 1
 HIDDEN = 256
 EPOCHS_FOR_SAMPLES = 300_000  # about 5 MNIST epochs, 200 digits epochs
-CACHE_ENV = "LATENT_STUDIES_CACHE"
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "latent-studies"
-    return Path(os.environ.get(CACHE_ENV, default)) / "reference"
+    return cache_root() / "reference"
 
 
 def _fingerprint(dataset: Dataset) -> str:
