@@ -1,23 +1,24 @@
 """The OpenMP wait policy each execution context gets, chosen from bench section g
-(`python -m tests.bench.threads`; figures in docs/bench/cpu-2core-threads-2026-11-26.txt).
+(`python -m tests.bench.threads`, or `make bench`; figures of two runs in
+docs/bench/cpu-2core-threads-2026-11-26.json and cpu-2core-speed-2026-11-26.txt).
 
 With two or more intra-op threads every op of a CPU step is a parallel region, and what
 the pool's idle threads do between regions sets the pace. libgomp's default spins (each
 idle thread busy-waits ~300,000 iterations before it sleeps); PASSIVE sleeps at once and
 pays a futex wake-up per region. Measured on 2 cores, median step time against the best
-variant of its row:
+variant of its row, over a small digits AAE and a reference-sized ML-VAE and two runs:
 
   context                                spin (default)  PASSIVE   GOMP_SPINCOUNT=10000
-  one process alone, 2 threads           best            1.1-4.0x  1.03-1.15x
+  one process alone, 2 threads           1.0-1.35x       1.1-4.0x  1.0-1.15x
   2 trials at once, 1 thread each        equal           equal     -
-  2 trials at once, 2 threads each       4.4-18x         best      1.9-2.4x
+  2 trials at once, 2 threads each       2.3-18x         best      1.9-13x
   a 2-thread trial beside a busy driver  1.9-3.5x        best      2.5-9.4x
 
-(4.0x and 18x are the extremes of a small digits AAE and a reference-sized ML-VAE.) So a
-process that shares its cores sleeps; a process alone spins; a short spin count is worse
-than either where it matters. One thread has no pool, hence no policy; one inter-op
-thread instead of torch's default (one per core) was 1.14-1.18x slower than PASSIVE
-alone, so the inter-op pool is left as torch sets it.
+So a process that shares its cores sleeps, and a process alone spins (spin and the short
+spin count trade places between runs there; the default is the simpler choice). One
+thread has no pool, hence no policy. One inter-op thread instead of torch's default (one
+per core) moved PASSIVE's step time by 0.83-1.18x, no consistent way, so the inter-op
+pool is left as torch sets it.
 
 libgomp reads the policy once, when torch loads it: these run before anything imports
 torch, and a policy the user exported always wins.
@@ -30,7 +31,7 @@ import os
 WAIT_POLICY = "OMP_WAIT_POLICY"
 # `study train` spins only when the machine is idle as it starts: a 1-minute load average
 # below this. The average lags (it takes a minute or two to fall after other work ends),
-# which errs on the side of PASSIVE, the choice that never costs more than 4x.
+# which errs on the side of PASSIVE, the choice that never cost more than 4x.
 IDLE_LOAD = 0.5
 # The commands that train in this process alone. Every other command either trains
 # nothing or runs trials on Ray workers, which share their cores with the driver and

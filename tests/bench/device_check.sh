@@ -31,7 +31,7 @@ step env 60 5 python3 -c "import torch, ray, optuna, mlflow, sklearn; print('tor
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
 step pytest_gpu "${PYTEST_LIMIT:-130}" 25 python3 -m pytest -q -p no:cacheprovider -rs \
   ${PYTEST_ARGS:-tests/test_cuda_graphs.py tests/test_gpu.py tests/test_precision.py \
-  tests/test_families.py::test_save_and_restore_on_cuda}
+  tests/test_families.py::test_save_and_restore_on_cuda tests/test_probes.py}
 step bench_abde "${BENCH_LIMIT:-200}" 50 python3 -m tests.bench.run --devices cuda --only abde \
   --data-dir .devdata/mnist --json "$out/bench-cuda.json"
 step bench_c "${SWEEP_LIMIT:-150}" 22 python3 -m tests.bench.run --devices cuda --only c \
