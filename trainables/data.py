@@ -11,6 +11,7 @@ import importlib.metadata
 import os
 import struct
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,13 +116,18 @@ def _load_digits() -> Dataset:
     try:
         with np.load(path) as saved:
             arrays = {key: saved[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, EOFError):  # absent or damaged: split again
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, damaged
         arrays = _split_digits()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so processes racing to fill the cache never read half a file.
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as handle:
-            np.savez(handle, **arrays)
-        os.replace(handle.name, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename: processes racing to fill the cache never read half a file.
+            with tempfile.NamedTemporaryFile(
+                dir=path.parent, suffix=".npz", delete=False
+            ) as handle:
+                np.savez(handle, **arrays)
+            os.replace(handle.name, path)
+        except OSError:  # a cache that cannot be written only costs the next process time
+            pass
     t = torch.from_numpy
     return Dataset(
         "digits",

@@ -13,6 +13,7 @@ threads.configure("train")
 
 import math  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -117,6 +118,11 @@ def timed(fn, device: torch.device | str) -> tuple[float, Any]:
     value = fn()
     sync(device)
     return time.perf_counter() - start, value
+
+
+def spread(values: list[float]) -> float:
+    """(max - min) / median of repeated timings: how noisy the machine was."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
 def cuda_available() -> bool:

@@ -40,7 +40,6 @@ overhead weighs most there.
 from __future__ import annotations
 
 import itertools
-import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tests.bench.common import subset, timed, uint8_images
+from tests.bench.common import spread, subset, timed, uint8_images
 from tests.bench.throughput import ImageArrayDataset, StepCounter
 from trainables import Dataset, Experiment, get_family
 from trainables.losses import kl_to_standard_normal, marginal_kl_bound, squared_error
@@ -534,14 +533,9 @@ def bench_family(
         "speedup": ref_epoch / ours_epoch,
         "reference_seconds_all": ref_times,
         "ours_seconds_all": ours_times,
-        "reference_spread": _spread(ref_times),
-        "ours_spread": _spread(ours_times),
+        "reference_spread": spread(ref_times),
+        "ours_spread": spread(ours_times),
     }
-
-
-def _spread(values: list[float]) -> float:
-    """(max - min) / median of repeated timings: how noisy the machine was."""
-    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
 def run(

@@ -12,7 +12,6 @@ array and applies `ToTensor` per sample, batches of 256 in the family's own orde
 from __future__ import annotations
 
 import dataclasses
-import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -24,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from tests.bench.common import reference_configs, subset, timed, uint8_images
+from tests.bench.common import reference_configs, spread, subset, timed, uint8_images
 from trainables import Dataset, Experiment, get_family
 from trainables.family import Family, Training
 
@@ -315,7 +314,7 @@ def bench_family(
         "ours_epoch_seconds_all": ours_times,
         "dataloader_epoch_seconds_all": plain_times,
         "bare_mm_epoch_seconds_all": mm_times,
-        "ours_epoch_spread": _spread(ours_times),
+        "ours_epoch_spread": spread(ours_times),
         "matmuls_per_step": len(linear),
         "matmul_gflop_per_step": flops(linear) / 1e9,
         "other_matmuls_per_step": len(other),
@@ -327,11 +326,6 @@ def bench_family(
         "hw_ratio": ours_step / mm_step,
         "matmul_shapes_per_step": [list(s) for s in linear],
     }
-
-
-def _spread(values: list[float]) -> float:
-    """(max - min) / median of repeated timings: how noisy the machine was."""
-    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
 def run(
