@@ -449,6 +449,10 @@ def section_c(report: Report, args) -> None:
             f"(first report: setup +{fmt(r['first_report_overhead_s'])} s; each later epoch's checkpoint, "
             f"grids and report +{fmt(r['per_epoch_overhead_s'])} s); share of fit alone {fmt(r['share_of_fit'])}"
         )
+    say(
+        f"  the tail: {fmt(r['tail_slot_seconds'])} slot-seconds idle after a slot's last trial "
+        f"while another still ran (Ray timestamps); share without it {fmt(r['share_without_tail'])}"
+    )
     t = r["timeline"]
     say(
         f"  timeline from the command's start: CLI ready {fmt(t['cli_ready_s'])} s, first trial started "

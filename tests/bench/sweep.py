@@ -156,13 +156,25 @@ def trainable_overheads(trials: list[list[dict[str, Any]]]) -> dict[str, float]:
     }
 
 
+def tail_seconds(trials: list[list[dict[str, Any]]]) -> float:
+    """Slot-seconds idle at the end: each worker process (a slot, as actors are reused)
+    waits from its last trial's last result until the sweep's last result, because a
+    fixed number of trials of unequal length rarely ends on every slot at once."""
+    last_by_slot: dict[Any, float] = {}
+    for results in trials:
+        slot = results[-1].get("pid")
+        last_by_slot[slot] = max(last_by_slot.get(slot, 0.0), results[-1]["timestamp"])
+    end = max(last_by_slot.values())
+    return sum(end - last for last in last_by_slot.values())
+
+
 def fit_seconds(workdir: Path) -> float | None:
     """The study's own wall time of tuner.fit (logged on the MLflow parent run)."""
     try:
-        from analysis.runs import load_study
+        from analysis.records import read_study
 
-        study = load_study(STUDY_NAME, f"sqlite:///{workdir / 'mlflow.db'}", EXPERIMENT)
-        return float(study.parent.data.metrics["wall_seconds"])
+        study = read_study(STUDY_NAME, f"sqlite:///{workdir / 'mlflow.db'}", EXPERIMENT)
+        return float(study.parent.metrics["wall_seconds"])
     except Exception:  # noqa: BLE001 - a diagnostic only; the headline needs no MLflow
         return None
 
@@ -275,6 +287,8 @@ def run(sizes: Sizes, log=print, keep: bool = False) -> dict[str, Any]:
         result["trainable_seconds"] - busy
     ) / sizes.trials
     result.update(trainable_overheads(trials))
+    result["tail_slot_seconds"] = tail_seconds(trials)
+    result["share_without_tail"] = busy / (capacity - result["tail_slot_seconds"])
     result["timeline"] = timeline(trials, started, output, wall)
     result["cli_output_tail"] = [line for _, line in output[-25:]]
     if not math.isfinite(result["share"]):
