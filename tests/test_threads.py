@@ -45,8 +45,9 @@ def test_every_command_but_train_gets_passive(monkeypatch):
 
 def policy_libgomp_loaded(code: str, env_changes: dict[str, str | None]) -> str:
     """Run `code` and then load torch in a fresh interpreter; the wait policy libgomp
-    reports it read."""
-    env = {**os.environ, "OMP_DISPLAY_ENV": "TRUE"}
+    reports it read. Its OMP_WAIT_POLICY line says PASSIVE for an unset policy too, so the
+    spin count tells them apart: 0 when PASSIVE, 300,000 for the default spin."""
+    env = {**os.environ, "OMP_DISPLAY_ENV": "VERBOSE"}
     for key, value in env_changes.items():
         if value is None:
             env.pop(key, None)
@@ -61,9 +62,16 @@ def policy_libgomp_loaded(code: str, env_changes: dict[str, str | None]) -> str:
         timeout=120,
         check=True,
     )
-    lines = [line for line in done.stderr.splitlines() if "OMP_WAIT_POLICY" in line]
+    lines = [line for line in done.stderr.splitlines() if "GOMP_SPINCOUNT" in line]
     assert lines, f"libgomp printed no environment: {done.stderr[-500:]}"
-    return lines[0].split("=", 1)[1].strip(" '")
+    spin_count = int(lines[0].split("=", 1)[1].strip(" '"))
+    return {0: "PASSIVE", 300000: "spin", 30000000000: "ACTIVE"}[spin_count]
+
+
+def test_the_display_tells_the_policies_apart():
+    """The check the tests below rely on: an unset policy is not read as PASSIVE."""
+    assert policy_libgomp_loaded("", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None}) == "spin"
+    assert policy_libgomp_loaded("", {"OMP_WAIT_POLICY": "PASSIVE"}) == "PASSIVE"
 
 
 def test_a_ray_trial_loads_torch_passive_without_a_driver_environment():
@@ -72,12 +80,25 @@ def test_a_ray_trial_loads_torch_passive_without_a_driver_environment():
     assert policy_libgomp_loaded("import study.trainable", {"OMP_WAIT_POLICY": None}) == "PASSIVE"
 
 
-def test_the_study_command_sets_the_policy_before_torch_loads():
-    code = (
+def command(*words: str) -> str:
+    """Code that runs `study WORDS` in-process without exiting."""
+    return (
         "from study.cli import cli\n"
-        "import sys\n"
-        "sys.argv = ['study', 'run', '--help']\n"
+        f"import sys\nsys.argv = ['study', {', '.join(map(repr, words))}]\n"
         "try:\n    cli(prog_name='study')\nexcept SystemExit:\n    pass"
     )
-    assert policy_libgomp_loaded(code, {"OMP_WAIT_POLICY": None}) == "PASSIVE"
-    assert policy_libgomp_loaded(code, {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
+def test_the_study_command_sets_the_policy_before_torch_loads():
+    unset = {"OMP_WAIT_POLICY": None}
+    assert policy_libgomp_loaded(command("run", "--help"), unset) == "PASSIVE"
+    assert (
+        policy_libgomp_loaded(command("run", "--help"), {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+    )
+    # `study train` spins or sleeps by the machine's load as it starts: whichever it is,
+    # libgomp must load with the policy the function gives for that load.
+    load = os.getloadavg()[0]
+    train = policy_libgomp_loaded(command("train", "--help"), unset)
+    if abs(load - threads.IDLE_LOAD) > 0.2:  # not at the threshold, where it may flip
+        expected = threads.wait_policy(True, load) or "spin"
+        assert train == expected, (load, train)
