@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analysis.records import run_column
+from analysis.records import parse_seed_metric, run_column
 from analysis.runs import StudyRuns, params_of_row, ranked
 from analysis.stats import finite_or_none
 from trainables.errors import UserError
@@ -16,12 +16,24 @@ from trainables.io import atomic_directory
 
 
 def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
+    """One trial `row` as a config `study train --config` reproduces. A trial with seed
+    replicas exports `seeds` and, besides its metrics (the seeds' means and their
+    statistics), each seed's own as `seed_metrics`; a solo trial's export has neither."""
     epochs_trained = int(row.get("epoch", row.get(run_column("epochs"), 1)))
-    metrics = {
-        k: float(row[k])
-        for k in study.metric_columns
-        if not k.startswith("train_") and k != "epoch" and finite_or_none(row[k]) is not None
-    }
+    metrics, seed_metrics = {}, {}
+    for key in study.metric_columns:
+        value = finite_or_none(row[key])
+        seeded = parse_seed_metric(key)
+        name = seeded[1] if seeded else key
+        # Training's running losses and the epoch are no result to reproduce.
+        if value is None or name.startswith("train_") or name == "epoch":
+            continue
+        if seeded:
+            seed_metrics.setdefault(seeded[0], {})[name] = value
+        else:
+            metrics[key] = value
+    # Trials recorded before replicas existed have no `seeds` setting: one seed each.
+    seeds = int(finite_or_none(row.get(run_column("seeds"))) or 1)
     return {
         "family": row[run_column("family")],
         "dataset": row[run_column("dataset")],
@@ -29,10 +41,12 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
         # `study train --config` reproduces its metrics.
         "epochs": epochs_trained,
         "seed": int(row[run_column("seed")]),
+        **({"seeds": seeds} if seeds > 1 else {}),
         # Studies recorded before the setting existed trained in float32.
         "precision": row.get(run_column("precision"), "fp32") or "fp32",
         "params": params_of_row(row),
         "metrics": metrics,
+        **({"seed_metrics": dict(sorted(seed_metrics.items()))} if seeds > 1 else {}),
         "source": {
             "study": study.name,
             "trial_id": row["trial_id"],
@@ -45,7 +59,8 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
 
 def robust_best_config(robust: StudyRuns) -> dict[str, Any] | None:
     """The re-run config with the best robust score (the lower end of its seed interval
-    when maximising, the upper when minimising), as one of its runs."""
+    when maximising, the upper when minimising), as one of its runs: the trial that ran
+    all its seeds as replicas, or (re-runs recorded before replicas) one seed's run."""
     from analysis.robustness import seed_summary
 
     metric, mode = robust.objectives[0]

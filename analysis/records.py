@@ -197,6 +197,57 @@ def is_metric_column(column: str) -> bool:
     return column not in INFO_COLUMNS and not column.startswith((PARAM_PREFIX, RUN_PREFIX))
 
 
+# --- seed replicas -------------------------------------------------------------------------
+# A trial with S > 1 seed replicas (`--seeds S`) reports, for every metric M, the mean over
+# its seeds as M itself, their spread as M_std, a 95% percentile-bootstrap interval of the
+# mean as M_lower / M_upper, and each seed's own value as seed_<seed>/M (MLflow's UI
+# groups the slash). A solo trial reports M alone. analysis/seeds.py writes and reads these.
+SEED_AGGREGATES = ("mean", "bound")
+SEED_STATS = ("std", "lower", "upper")
+SEED_PREFIX = "seed_"
+
+
+def seed_metric(metric: str, seed: int) -> str:
+    return f"{SEED_PREFIX}{seed}/{metric}"
+
+
+def stat_metric(metric: str, stat: str) -> str:
+    return f"{metric}_{stat}"
+
+
+def parse_seed_metric(key: str) -> tuple[int, str] | None:
+    """(seed, metric) of a per-seed key, or None for any other key."""
+    head, slash, metric = key.partition("/")
+    if not (slash and head.startswith(SEED_PREFIX) and head[len(SEED_PREFIX) :].isdigit()):
+        return None
+    return int(head[len(SEED_PREFIX) :]), metric
+
+
+def base_metric(key: str, metrics: Iterable[str]) -> str | None:
+    """The metric among `metrics` that `key` reports (itself, a seed's value of it or one of
+    its statistics), or None."""
+    metrics = set(metrics)
+    if key in metrics:
+        return key
+    seeded = parse_seed_metric(key)
+    if seeded is not None:
+        return seeded[1] if seeded[1] in metrics else None
+    for stat in SEED_STATS:
+        base = key.removesuffix(f"_{stat}")
+        if base != key and base in metrics:
+            return base
+    return None
+
+
+def searched_metric(metric: str, mode: str, aggregate: str, seeds: int) -> str:
+    """What the searcher and the scheduler read for objective `metric`: the seeds' mean, or
+    with aggregate "bound" the pessimistic end of its interval (the lower when
+    maximising). One seed has no interval: its value is both."""
+    if seeds <= 1 or aggregate == "mean":
+        return metric
+    return stat_metric(metric, "lower" if mode == "max" else "upper")
+
+
 # --- tags as the writers set them -----------------------------------------------------------
 def objectives_text(objectives: Iterable[str]) -> str:
     return ",".join(objectives)
@@ -253,11 +304,15 @@ def trial_tags(
 def trial_run_name(study: str, trial_id: str, run: Mapping[str, Any]) -> str:
     """A trial run's name, from its study, trial id and run settings (TrialConfig.run): a
     re-run of a variant (a robustness study's trial) is `<variant>-seed<seed>`
-    ("top1-seed1000"), a searched trial `<study>-<trial id>`."""
+    ("top1-seed1000"), or with seed replicas `<variant>-seeds<first>-<last>`
+    ("top1-seeds1000-1002"); a searched trial `<study>-<trial id>`."""
     variant = run.get("variant")
-    if variant:
-        return f"{variant}-seed{run.get('seed')}"
-    return f"{study}-{trial_id}"
+    if not variant:
+        return f"{study}-{trial_id}"
+    seed, seeds = run.get("seed"), int(run.get("seeds") or 1)
+    if seeds > 1:
+        return f"{variant}-seeds{seed}-{int(seed) + seeds - 1}"
+    return f"{variant}-seed{seed}"
 
 
 def finish_tags(trial_status: str, result: Mapping[str, Any]) -> dict[str, str]:

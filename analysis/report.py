@@ -126,6 +126,7 @@ def report_sections(found: StudyAnalysis, out: Path) -> list[Section]:
     parts = [
         _overview(found.study),
         _best_trials(found.study),
+        *_one_seed_or_all(found.study),
         *_seeds(found, out),
         *_luck(found),
         _budget(found, out),
@@ -146,14 +147,19 @@ def _save(figure, out: Path, name: str) -> str:
 def _overview(study: StudyRuns) -> Section:
     trials = study.trials
     counts = trials["status"].value_counts().to_dict()
-    diverged = int(trials.get("diverged", pd.Series(dtype=float)).fillna(0).sum())
-    degenerate = int(trials.get("degenerate", pd.Series(dtype=float)).fillna(0).sum())
+    # Counted per seed: a replicated trial's own `diverged` is the share of its seeds.
+    runs = study.per_seed().trials
+    diverged = int(runs.get("diverged", pd.Series(dtype=float)).fillna(0).sum())
+    degenerate = int(runs.get("degenerate", pd.Series(dtype=float)).fillna(0).sum())
     statuses = ", ".join(f"{k.lower()} {v}" for k, v in counts.items())
     objectives = ", ".join(f"{m} ({d})" for m, d in study.objectives)
-    text = [
-        f"{len(trials)} trials ({statuses}); diverged {diverged}; degenerate {degenerate}. "
-        f"Objectives: {objectives}."
-    ]
+    flagged = f"diverged {diverged}; degenerate {degenerate}"
+    if study.seeds > 1:
+        flagged = (
+            f"each trained with {study.seeds} seed replicas; of their {len(runs)} seed runs "
+            + flagged
+        )
+    text = [f"{len(trials)} trials ({statuses}); {flagged}. Objectives: {objectives}."]
     if "content_acc_grouped" in trials:
         text.append(GROUPED_NOTE)
     return Section("Overview", text)
@@ -161,16 +167,55 @@ def _overview(study: StudyRuns) -> Section:
 
 def _best_trials(study: StudyRuns) -> Section:
     done = ranked(study)
+    column, mode = study.ranked_by
+    objectives = [m for m, _ in study.objectives]
     columns = [
         "trial_id",
-        *[m for m, _ in study.objectives],
+        *objectives,
+        *([column] if column not in objectives else []),
         *[c for c in ("degenerate", "diverged", "epoch") if c in done],
         *study.searched_params(),
     ]
     table = (
         done[columns].head(10).rename(columns=lambda c: param_name(c) or c).set_index("trial_id")
     )
-    return Section("Best trials", [], table)
+    return Section("Best trials", ranking_note(study), table)
+
+
+def ranking_note(study: StudyRuns) -> list[str]:
+    """Which value the trials are ranked by, when it is not the first objective itself."""
+    column, mode = study.ranked_by
+    metric = study.objectives[0][0]
+    if column == metric:
+        return []
+    end = "lower" if mode == "max" else "upper"
+    return [
+        f"Ranked by {column}, the {end} end of the 95% bootstrap interval of {metric}'s mean "
+        f"over each trial's {study.seeds} seeds: what the search optimised "
+        "(`--seed-aggregate bound`). The table's objectives are the seeds' means."
+    ]
+
+
+def _one_seed_or_all(study: StudyRuns) -> list[Section]:
+    """For a study whose trials trained seed replicas: would scoring each config on one
+    seed, as a search without replicas does, have picked the same winner?"""
+    from analysis.seeds import single_seed_rankings
+
+    if study.seeds < 2:
+        return []
+    metric, mode = study.objectives[0]
+    column, _ = study.ranked_by
+    table = single_seed_rankings(ranked(study), metric, mode, column)
+    if table.empty:
+        return []
+    same = int((table[f"winner's rank by {column}"] == 1).sum())
+    text = [
+        f"Each row is the search this study would have been with one seed per trial: the "
+        f"trial that seed alone ranks first by {metric}, where that trial stands by "
+        f"{column}, and Kendall's tau between the two orders. {same} of {len(table)} seeds "
+        "pick the same winner."
+    ]
+    return [Section("One seed or all of them", text, table.set_index("seed"))]
 
 
 def _seeds(found: StudyAnalysis, out: Path) -> list[Section]:

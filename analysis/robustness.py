@@ -8,6 +8,10 @@ notebook shows them and the parent run records them; each is a function a test c
 - `luck`: the share of the objective's variance due to the config rather than the seed;
 - `budget`: best-so-far against trials, and the expected best of k random configs;
 - `degeneracy_map`: the share of degenerate runs over two parameters, seed re-runs counted.
+
+A seed is a seed whether it ran as a trial of its own (`study robustness` before seed
+replicas) or as one replica of a trial (`--seeds`): the figures that count seeds read
+`StudyRuns.per_seed()`, one row per seed either way.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ def seed_summary(robust: StudyRuns, metric: str, mode: str) -> pd.DataFrame:
 
     Ranking by the lower bound (upper when minimising) rather than the mean is what makes
     a config whose one lucky seed lifted its mean lose to a steadier one."""
-    trials = finished(robust, metric)
+    trials = finished(robust.per_seed(), metric)
     if trials.empty or VARIANT not in trials:
         return pd.DataFrame()
     bounds = robust.parent.metric_range(metric)
@@ -97,7 +101,7 @@ def luck(robust: StudyRuns, metric: str) -> VarianceShare | None:
     The configs are the re-run ones (the best few and their neighbours), not a random draw
     from the search space, so the config share is that of the neighbourhood of the best:
     across the whole space it is larger."""
-    trials = finished(robust, metric)
+    trials = finished(robust.per_seed(), metric)
     if trials.empty or VARIANT not in trials:
         return None
     return variance_share(list(trials[metric].astype(float)), list(trials[VARIANT]))
@@ -152,11 +156,13 @@ def degeneracy_map(
 ) -> DegeneracyMap | None:
     """The share of finished runs flagged degenerate over the first two of `params`
     (parameter names, most important first), pooling the search trials with their seed
-    re-runs: a config re-run with three seeds counts three times, as three runs.
+    re-runs: a config run with three seeds counts three times, as three runs, whether they
+    were three trials or one trial's three replicas.
 
     A parameter with at most `bins` + 1 distinct values is binned by value, a wider one by
     quantiles into `bins` cells. None when fewer than two of `params` vary."""
-    frames = [s.trials[s.trials["status"] == "FINISHED"] for s in studies if not s.trials.empty]
+    seeded = [s.per_seed().trials for s in studies if not s.trials.empty]
+    frames = [f[f["status"] == "FINISHED"] for f in seeded]
     frames = [f for f in frames if "degenerate" in f]
     if not frames:
         return None

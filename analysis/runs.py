@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,36 @@ class StudyRuns:
         """Parameters that vary across trials (the searched ones)."""
         return [c for c in self.param_columns if self.trials[c].astype(str).nunique() > 1]
 
+    @property
+    def seeds(self) -> int:
+        """Seed replicas per trial (1 for a study recorded before replicas existed)."""
+        return int(self.parent.params.get("seeds", 1))
+
+    @property
+    def seed_aggregate(self) -> str:
+        """What the searcher read of a replicated trial: "mean" or "bound"."""
+        return self.parent.params.get("seed_aggregate", "mean")
+
+    @property
+    def ranked_by(self) -> tuple[str, str]:
+        """(column, mode) the trials rank by: the first objective as the searcher read it,
+        so a study that searched the pessimistic bound of its seeds is ranked by that bound
+        rather than by a mean one lucky seed can lift."""
+        metric, mode = self.objectives[0]
+        return records.searched_metric(metric, mode, self.seed_aggregate, self.seeds), mode
+
+    def per_seed(self) -> StudyRuns:
+        """The study with one trial row per seed (analysis.seeds.seed_rows): a replicated
+        trial's row once per replica, shaped like the rows of a study that ran each seed as
+        a trial of its own. Analyses that count seeds (intervals over seeds, the
+        config-vs-seed share, degenerate runs) read this, so replicas and older seed
+        re-runs give the same figures. Without replicated trials, the study itself."""
+        from analysis.seeds import seed_rows
+
+        if not any(records.parse_seed_metric(str(c)) for c in self.trials.columns):
+            return self
+        return dataclasses.replace(self, trials=seed_rows(self.trials))
+
 
 def load_study(
     name: str, tracking_uri: str | None = None, experiment: str = records.DEFAULT_EXPERIMENT
@@ -55,9 +86,10 @@ def has_value(values: pd.Series) -> pd.Series:
 
 
 def ranked(study: StudyRuns, metric: str | None = None, mode: str | None = None) -> pd.DataFrame:
-    """Finished, non-diverged trials with a finite objective, best first."""
+    """Finished, non-diverged trials with a finite `metric`, best first; by default by
+    what the study searched (`StudyRuns.ranked_by`)."""
     if metric is None:
-        metric, mode = study.objectives[0]
+        metric, mode = study.ranked_by
     trials = study.trials
     if trials.empty or metric not in trials.columns:
         return trials.iloc[0:0]

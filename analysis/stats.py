@@ -93,8 +93,6 @@ def bootstrap_interval(
     logged outside it by older code. With few seeds the interval is narrower than a
     t-interval (about 0.4 of its width at 3 seeds): it shows the spread the seeds had, not
     a coverage guarantee, which the report says."""
-    from scipy import stats
-
     finite = np.array([v for v in map(finite_or_none, values) if v is not None], dtype=float)
     n = len(finite)
     if n == 0:
@@ -102,24 +100,29 @@ def bootstrap_interval(
     mean = float(finite.mean())
     if n < 2:
         return Interval(mean, math.nan, math.nan, n)
-    if np.ptp(finite) == 0:
-        low = high = mean  # every resample has the same mean
-    else:
-        found = stats.bootstrap(
-            (finite,),
-            np.mean,
-            n_resamples=RESAMPLES,
-            confidence_level=CONFIDENCE,
-            method="percentile",
-            rng=np.random.default_rng(seed),
-        ).confidence_interval
-        low, high = float(found.low), float(found.high)
+    (low,), (high,) = bootstrap_bounds(finite[None, :], seed)
     lowest, highest = bounds
     if lowest is not None:
         low, mean = max(low, lowest), max(mean, lowest)
     if highest is not None:
         high, mean = min(high, highest), min(mean, highest)
-    return Interval(mean, low, high, n)
+    return Interval(mean, float(low), float(high), n)
+
+
+def bootstrap_bounds(values: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% percentile-bootstrap interval of the mean of each row of `values` (rows:
+    metrics; columns: two seeds or more; every value finite), all rows from the same
+    resamples of the columns: one vectorised pass, a millisecond for a trial's metrics,
+    so a trial can report intervals every epoch."""
+    n = values.shape[1]
+    picks = np.random.default_rng(seed).integers(0, n, size=(RESAMPLES, n))
+    means = values[:, picks].mean(axis=2)  # (rows, resamples)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(means, [tail, 100 - tail], axis=1)
+    # Rows whose values are all equal: every resample's mean is that value, to the bit.
+    constant = np.ptp(values, axis=1) == 0
+    low[constant] = high[constant] = values[constant, 0]
+    return low, high
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ DOWNLOAD = click.option("--download", is_flag=True, help="Fetch MNIST-style data
     "config_file",
     help="YAML file (e.g. an export) with family, dataset, epochs, seed, params.",
 )
-@spec_options(TrainSpec, "dataset", "epochs", "seed", "params", "precision")
+@spec_options(TrainSpec, "dataset", "epochs", "seed", "seeds", "params", "precision")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @spec_options(StudySpec, "data_dir")
 @DOWNLOAD
@@ -114,13 +114,13 @@ DOWNLOAD = click.option("--download", is_flag=True, help="Fetch MNIST-style data
     "--preset",
     help="Run a reproduction preset: its variants at several seeds (see `study presets`).",
 )
-@click.option("--seeds", type=int, help="With --preset: how many seeds (default the preset's).")
 def train(
     family,
     config_file,
     dataset,
     epochs,
     seed,
+    seeds,
     params,
     device,
     precision,
@@ -129,12 +129,11 @@ def train(
     out,
     as_json,
     preset,
-    seeds,
 ):
     """Train one model of FAMILY and report its metrics, or a reproduction preset's runs."""
     from study.train import train_once
 
-    if preset or seeds is not None:
+    if preset:
         train_preset(click.get_current_context().params)
         return
 
@@ -145,6 +144,7 @@ def train(
         dataset=dataset,
         epochs=epochs,
         seed=seed,
+        seeds=seeds,
         precision=precision,
     )
     metrics, out_dir = train_once(spec, device, data_dir, download, out, progress=not as_json)
@@ -165,8 +165,6 @@ def train_preset(options: dict) -> None:
     from study.reproduce import json_safe, markdown, reproduce
 
     name, family, seeds = options["preset"], options["family"], options["seeds"]
-    if not name:
-        raise UserError("seeds: --seeds goes with --preset NAME; for one run use --seed")
     preset = load_preset(name)
     if preset.kind != "reproduction":
         raise UserError(
@@ -345,7 +343,8 @@ def status(name, storage, tracking_uri, experiment):
         if counts
         else "  no trials yet"
     )
-    for metric, mode in study.objectives:
+    searched = [study.ranked_by] if study.objectives else []
+    for metric, mode in list(dict.fromkeys(searched + study.objectives)):
         best = ranked(study, metric, mode)
         if not best.empty:
             click.echo(
@@ -400,7 +399,13 @@ def export(name, top, out, robust, tracking_uri, experiment):
 @click.option(
     "--top", type=int, default=3, show_default=True, help="How many of the best configs to re-run."
 )
-@click.option("--seeds", type=int, default=3, show_default=True, help="New seeds per config.")
+@click.option(
+    "--seeds",
+    type=int,
+    default=3,
+    show_default=True,
+    help="New seeds per config (1000 onwards), trained as replicas in one trial per config.",
+)
 @click.option(
     "--neighbours", is_flag=True, help="Also re-run one-step neighbours of the best config."
 )
@@ -413,8 +418,9 @@ def export(name, top, out, robust, tracking_uri, experiment):
 @spec_options(StudySpec, "storage", "tracking_uri", "address")
 @VERBOSE
 def robustness(name, top, seeds, neighbours, robust_name, storage, tracking_uri, address, verbose):
-    """Re-run the best configs of study NAME with new seeds (and neighbours), then print
-    and record (on NAME's MLflow parent run) its robust-best and config-vs-seed share."""
+    """Re-run the best configs of study NAME with new seeds (and neighbours), each config
+    as one trial of --seeds replicas, then print and record (on NAME's MLflow parent run)
+    its robust-best and config-vs-seed share."""
     from analysis.report import headline, load_analysis, record_analysis
     from study.robustness import run_robustness
 
@@ -644,8 +650,33 @@ def demo(trials, epochs, verbose):
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    width = max(len(k) for k in metrics)
-    return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items())
+    """One line per metric; with seed replicas, the mean, its bootstrap bounds, the std
+    and each seed's value."""
+    from analysis.records import parse_seed_metric, stat_metric
+
+    per_seed: dict[str, list[float]] = {}
+    for key, value in metrics.items():
+        if (parsed := parse_seed_metric(key)) is not None:
+            per_seed.setdefault(parsed[1], []).append(value)
+    if not per_seed:
+        width = max(len(k) for k in metrics)
+        return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in metrics.items())
+    width = max(len(k) for k in per_seed)
+    lines = [f"  {'metric':<{width}}  {'mean':>8}  {'95% bounds':>17}  {'std':>7}  seeds"]
+    for name, values in per_seed.items():
+        low, high, std = (metrics.get(stat_metric(name, s)) for s in ("lower", "upper", "std"))
+        bounds = f"[{low:.4f}, {high:.4f}]" if low is not None else ""
+        spread = f"{std:.4f}" if std is not None else ""
+        seeds = " ".join(f"{v:.4f}" for v in values)
+        lines.append(f"  {name:<{width}}  {metrics[name]:8.4f}  {bounds:>17}  {spread:>7}  {seeds}")
+    others = [k for k in metrics if k not in per_seed and parse_seed_metric(k) is None]
+    others = [
+        k
+        for k in others
+        if not any(k == stat_metric(n, s) for n in per_seed for s in ("lower", "upper", "std"))
+    ]
+    lines += [f"  {k:<{width}}  {metrics[k]:8.4f}" for k in others]
+    return "\n".join(lines)
 
 
 def main() -> None:

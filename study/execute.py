@@ -146,7 +146,7 @@ def _callbacks(plan: StudyPlan, parent_id: str):
         source_study=plan.tags.get(records.TAG_SOURCE_STUDY),
     )
     searched = list(plan.space.distributions)
-    return [logger, TrialPrinter(plan.num_samples, spec.parsed_objectives, searched)]
+    return [logger, TrialPrinter(plan.num_samples, spec.searched_objectives, searched)]
 
 
 def resume(
@@ -212,12 +212,12 @@ def _fit(tuner, plan: StudyPlan, queue: tracking.TrackingQueue, parent_id: str) 
             queue.submit("end study run", lambda: queue.client.set_terminated(parent_id, status))
             queue.drain(timeout=10)
     rows = [_row(result, spec) for result in results]
-    summary = study_summary(rows, spec.parsed_objectives)
+    summary = study_summary(rows, spec.searched_objectives)
     summary["wall_seconds"] = time.time() - started
     queue.submit("log study summary", lambda: _log_summary(queue, parent_id, summary))
     queue.submit("end study run", lambda: queue.client.set_terminated(parent_id, "FINISHED"))
     complete = queue.drain(timeout=60)
-    print(summary_table(rows, spec.parsed_objectives, list(plan.space.distributions)))
+    print(summary_table(rows, spec.searched_objectives, list(plan.space.distributions)))
     if not complete:
         print(
             f"warning: {len(queue.pending)} MLflow writes could not be made to "

@@ -22,6 +22,7 @@ from search_spaces.loader import SearchSpace, load_space
 from study import cluster
 from study.spec import StudySpec
 from study.storage import study_exists
+from trainables.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ def plan_search(spec: StudySpec, verbose: bool = False) -> StudyPlan:
     The sampler's Optuna study goes to `spec.optuna_storage`, which must not hold one of
     the study's name already."""
     space = check_inputs(spec)
+    if not space.distributions:
+        # OptunaSearch would fail inside Ray's driver loop with a traceback.
+        raise ConfigError(
+            f"set: every parameter of the search space is held fixed "
+            f"({', '.join(sorted(spec.fixed))}); nothing is left to search: drop a --set, "
+            f"or train the one config with `study train {spec.family} --seeds S`"
+        )
     if not study_exists(spec):  # else execute refuses the name, pointing at `study resume`
         optuna_record.check_new_study(spec.optuna_storage, spec.name)
     check_cluster(spec, verbose)
@@ -58,19 +66,18 @@ def plan_search(spec: StudySpec, verbose: bool = False) -> StudyPlan:
 
 
 def plan_rerun(
-    spec: StudySpec, configs: dict[str, dict[str, Any]], seeds: list[int], tags: dict[str, str]
+    spec: StudySpec, configs: dict[str, dict[str, Any]], tags: dict[str, str]
 ) -> StudyPlan:
-    """Each config (by variant name) once per seed, no search and no early stopping. Each
-    trial carries `variant` in its run settings, so analysis can group its seeds."""
+    """Each config (by variant name) as one trial of `spec.seeds` seed replicas (seeds
+    `spec.seed` onwards), no search and no early stopping. Each trial carries `variant` in
+    its run settings, so analysis can tell the configs apart."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     space = check_inputs(spec)
     check_cluster(spec, verbose=False)
     run = run_settings(spec)
     points = [
-        TrialConfig({**run, "seed": seed, "variant": variant}, params)
-        for variant, params in configs.items()
-        for seed in seeds
+        TrialConfig({**run, "variant": variant}, params) for variant, params in configs.items()
     ]
     # Tune's preset points may only set keys the param space has: give every key a placeholder.
     keys = {k for point in points for k in point.params}
@@ -110,6 +117,7 @@ def run_settings(spec: StudySpec) -> dict[str, Any]:
         "dataset": spec.dataset,
         "epochs": spec.epochs,
         "seed": spec.seed,
+        "seeds": spec.seeds,
         "data_dir": str(Path(spec.data_dir).resolve()) if spec.data_dir else None,
         "eval_every": spec.eval_every,
         "precision": spec.precision,
@@ -199,7 +207,7 @@ def _searcher(spec: StudySpec, space: SearchSpace):
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    objectives = spec.parsed_objectives
+    objectives = spec.searched_objectives
     sampler = getattr(optuna.samplers, sampler_name(spec))(seed=spec.seed)
     if len(objectives) == 1:
         metric, mode = objectives[0]
@@ -224,7 +232,7 @@ def _scheduler(spec: StudySpec):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    metric, mode = spec.parsed_objectives[0]
+    metric, mode = spec.searched_objectives[0]
     return ASHAScheduler(
         time_attr="training_iteration",
         metric=metric,

@@ -2,8 +2,10 @@
 (optionally) their one-step neighbours, as a study of its own named `<study>-robust`.
 
 The trials are a fixed list (Ray Tune's BasicVariantGenerator with preset points), not a
-search; they carry `study.variant` ("top1", "top2", ..., "nbr:noise_std=0.05") so the
-analysis can group seeds of the same config.
+search: one per config, training its new seeds as replicas of one batched model (`--seeds`,
+trainables/replicas.py) rather than as a trial each. They carry `study.variant` ("top1",
+"top2", ..., "nbr:noise_std=0.05"); the analysis reads each replica as a seed of that
+config, as it reads the one-trial-per-seed re-runs that older versions recorded.
 """
 
 from __future__ import annotations
@@ -79,15 +81,15 @@ def run_robustness(
         **{
             **dataclasses.asdict(source_spec),
             "name": name or f"{source}-robust",
-            "trials": len(variants) * seeds,
+            "trials": len(variants),
+            "seed": FIRST_NEW_SEED,
+            "seeds": seeds,
             "scheduler": "none",
             "address": address if address is not None else source_spec.address,
             "tracking_uri": tracking_uri or source_spec.tracking_uri,
         }
     )
-    tags = records.robustness_tags(source)
-    new_seeds = [FIRST_NEW_SEED + s for s in range(seeds)]
-    return execute(plan_rerun(spec, variants, new_seeds, tags), verbose)
+    return execute(plan_rerun(spec, variants, records.robustness_tags(source)), verbose)
 
 
 def best_configs(source: StudySpec, top: int, tracking_uri: str | None) -> dict[str, dict]:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from analysis import records
-from trainables.config import DATASETS, PRECISIONS, check_precision
+from trainables.config import DATASETS, PRECISIONS, check_precision, check_seeds
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
 
@@ -105,6 +105,11 @@ class TrainSpec:
     dataset: str = setting("digits", "Dataset.", choices=DATASETS)
     epochs: int = setting(20, "Training epochs.")
     seed: int = setting(0, "Seed for weights, batches and noise.")
+    seeds: int = setting(
+        1,
+        "Seed replicas trained at once (seeds SEED..SEED+S-1), reported with their mean, "
+        "std and bootstrap bounds; with --preset, the preset's seed count.",
+    )
     precision: str = setting(
         "fp32", "Training arithmetic; bf16 = bfloat16 autocast, for GPUs.", choices=PRECISIONS
     )
@@ -113,13 +118,14 @@ class TrainSpec:
     )
 
     # Keys an export file may carry besides the spec; they are informational.
-    INFO_KEYS = ("metrics", "source", "objectives", "robust")
+    INFO_KEYS = ("metrics", "seed_metrics", "source", "objectives", "robust")
 
     def __post_init__(self) -> None:
         family = get_family(self.family)
         check_dataset(self.dataset)
         check_positive_int("epochs", self.epochs)
         check_positive_int("seed", self.seed, minimum=0)
+        check_seeds(self.seeds)
         check_precision(self.precision)
         if not isinstance(self.params, dict):
             raise ConfigError("params: expected a mapping of parameter names to values")
@@ -218,7 +224,18 @@ class StudySpec:
     fixed: dict[str, Any] = setting(
         {}, "Hold a parameter fixed; repeatable.", flag="--set", metavar="KEY=VALUE"
     )
-    seed: int = setting(0, "Seed of the sampler and of every trial.")
+    seed: int = setting(0, "Seed of the sampler and of every trial (its first replica's).")
+    seeds: int = setting(
+        1,
+        "Seed replicas per trial, trained at once (seeds SEED..SEED+S-1); a trial reports "
+        "their mean, std and bootstrap bounds.",
+    )
+    seed_aggregate: str = setting(
+        "mean",
+        "With --seeds: what Optuna and ASHA rank trials by, the seeds' mean or its "
+        "pessimistic bootstrap bound (lower when maximising).",
+        choices=records.SEED_AGGREGATES,
+    )
     data_dir: str | None = setting(
         None,
         "Directory holding the idx .gz files (or $LATENT_STUDIES_DATA_DIR).",
@@ -237,6 +254,12 @@ class StudySpec:
             self.name or f"{self.family}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         self._check_counts()
+        check_seeds(self.seeds)
+        if self.seed_aggregate not in records.SEED_AGGREGATES:
+            raise ConfigError(
+                f"seed-aggregate: {self.seed_aggregate!r} is not one of "
+                f"{', '.join(records.SEED_AGGREGATES)}"
+            )
         check_precision(self.precision)
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(
@@ -270,6 +293,15 @@ class StudySpec:
     @property
     def parsed_objectives(self) -> list[tuple[str, str]]:
         return [parse_objective(text, self.family) for text in self.objectives]
+
+    @property
+    def searched_objectives(self) -> list[tuple[str, str]]:
+        """(result key, mode) the searcher and the scheduler read for each objective: the
+        metric itself, or with --seeds and --seed-aggregate bound its pessimistic bound."""
+        return [
+            (records.searched_metric(metric, mode, self.seed_aggregate, self.seeds), mode)
+            for metric, mode in self.parsed_objectives
+        ]
 
     @property
     def path(self) -> str:

@@ -28,9 +28,11 @@ from analysis.records import (
     RESULT_TAGS,
     TAG_TRIAL,
     TrialConfig,
+    base_metric,
     find_trial_run,
     finish_tags,
     open_client,
+    parse_seed_metric,
     redact,
     trial_run_name,
     trial_runs,
@@ -236,13 +238,16 @@ class TrialRuns:
 
 
 def result_metrics(result: dict[str, Any], names: set[str], step: int) -> list[Metric]:
-    """The metrics of one result worth recording: the family's, training's, the epoch."""
+    """The metrics of one result worth recording: the family's (with their per-seed values
+    and seed statistics when the trial has seed replicas), training's, the epoch."""
     stamp = int(time.time() * 1000)
     metrics = []
     for key, value in result.items():
         if key in RAY_BOOKKEEPING or not isinstance(value, int | float) or isinstance(value, bool):
             continue
-        if key in names or key.startswith("train_") or key in ("epoch", "eval_seconds"):
+        seeded = parse_seed_metric(key)
+        training = (seeded[1] if seeded else key).startswith("train_")
+        if base_metric(key, names) or training or key in ("epoch", "eval_seconds"):
             metrics.append(Metric(key, float(value), stamp, step))
     return metrics
 

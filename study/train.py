@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import yaml
 
+from analysis.seeds import summarize
 from study.spec import TrainSpec
 from trainables import Dataset, Experiment, load_dataset, pick_device
 from trainables.images import save_images
@@ -17,7 +19,10 @@ from trainables.io import atomic_directory
 
 def default_out_dir(spec: TrainSpec) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / "train" / f"{spec.family}-{spec.dataset}-seed{spec.seed}-{stamp}"
+    seeds = (
+        f"seed{spec.seed}" if spec.seeds == 1 else f"seeds{spec.seed}-{spec.seed + spec.seeds - 1}"
+    )
+    return Path("runs") / "train" / f"{spec.family}-{spec.dataset}-{seeds}-{stamp}"
 
 
 def train_once(
@@ -29,8 +34,10 @@ def train_once(
     progress: bool = True,
     dataset: Dataset | None = None,
 ) -> tuple[dict[str, float], Path]:
-    """Train `spec`, then write weights, the resolved config and the metrics to `out_dir`.
-    `dataset`, when given, is `spec.dataset` already loaded (a preset reuses it).
+    """Train `spec` (its `seeds` replicas at once), then write weights, the resolved config
+    and the metrics to `out_dir`: one run's metrics, or the seeds' summary (means, std,
+    bounds and each seed's value, analysis/seeds.py). `dataset`, when given, is
+    `spec.dataset` already loaded (a preset reuses it).
 
     The directory appears only when everything in it is written (a crash leaves nothing).
     """
@@ -42,11 +49,13 @@ def train_once(
     if dataset is None:
         dataset = load_dataset(spec.dataset, data_dir, download, pick_device(device))
     experiment = Experiment.create(
-        spec.family, spec.params, dataset, spec.seed, precision=spec.precision
+        spec.family, spec.params, dataset, spec.seed, precision=spec.precision, seeds=spec.seeds
     )
 
     _train_epochs(experiment, spec, progress)
-    metrics = experiment.evaluate()
+    family = experiment.family
+    ranges = {name: family.metric_range(name) for name in family.metric_names}
+    metrics = summarize(experiment.evaluate_replicas(), experiment.seeds, ranges)
     metrics["train_seconds"] = experiment.train_seconds
     metrics["eval_seconds"] = experiment.eval_seconds
 
@@ -70,13 +79,22 @@ def _train_epochs(experiment: Experiment, spec: TrainSpec, progress: bool) -> No
         unit="epoch",
         disable=not progress,
     )
+    reported: list[int] = []
     for _ in bar:
-        losses = experiment.train_epoch()
-        bar.set_postfix(loss=f"{losses.get('train_loss', float('nan')):.4g}")
-        if experiment.diverged:
+        losses = experiment.train_replicas()
+        mean_loss = sum(replica.get("train_loss", math.nan) for replica in losses) / len(losses)
+        bar.set_postfix(loss=f"{mean_loss:.4g}")
+        gone = zip(experiment.seeds, experiment.replica_diverged, strict=True)
+        diverged = [seed for seed, diverged_ in gone if diverged_]
+        if diverged and diverged != reported:
             # stderr: with --json, stdout must hold the JSON report alone.
+            which = (
+                "" if len(experiment.seeds) == 1 else f" (seeds {', '.join(map(str, diverged))})"
+            )
             bar.write(
-                f"diverged at epoch {experiment.epoch}: a loss or weight became non-finite",
+                f"diverged{which} at epoch {experiment.epoch}: a loss or weight became non-finite",
                 file=sys.stderr,
             )
+            reported = diverged
+        if experiment.diverged:
             break

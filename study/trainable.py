@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
 from analysis.records import TrialConfig  # noqa: E402
+from analysis.seeds import summarize  # noqa: E402
 from trainables import Experiment, load_dataset  # noqa: E402
 from trainables.images import save_images  # noqa: E402
 
@@ -48,8 +49,9 @@ def _allocated_device_and_threads() -> tuple[str, int]:
 
 def train_trial(config: dict[str, Any]) -> None:
     """Ray Tune function trainable. `config` is a trial-config envelope (records.TrialConfig):
-    run settings (family, dataset, epochs, seed, data_dir, eval_every, precision) and the
-    family parameters."""
+    run settings (family, dataset, epochs, seed, seeds, data_dir, eval_every, precision)
+    and the family parameters. With seeds = S > 1 the trial trains S replicas at once
+    and reports their summary (analysis/seeds.py): means as the metrics themselves."""
     trial = TrialConfig.from_tune(config)
     run, params = trial.run, trial.params
     device, threads = _allocated_device_and_threads()
@@ -58,8 +60,15 @@ def train_trial(config: dict[str, Any]) -> None:
 
     dataset = _cached_dataset(run["dataset"], run.get("data_dir"), device)
     experiment = Experiment.create(
-        run["family"], params, dataset, seed=run["seed"], precision=run.get("precision", "fp32")
+        run["family"],
+        params,
+        dataset,
+        seed=run["seed"],
+        seeds=int(run.get("seeds", 1)),
+        precision=run.get("precision", "fp32"),
     )
+    family = experiment.family
+    ranges = {name: family.metric_range(name) for name in family.metric_names}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -71,17 +80,19 @@ def train_trial(config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     last_checkpoint = None  # this session's: a restored trial checkpoints its first epoch
     while experiment.epoch < epochs and not experiment.diverged:
-        losses = experiment.train_epoch()
+        losses = experiment.train_replicas()
         last = experiment.epoch >= epochs or experiment.diverged
         # Also the first epoch: every result must carry the objectives (Ray rejects a
         # result without the searcher's metric), and between evaluations they repeat.
-        due = last or experiment.epoch % eval_every == 0 or not experiment.last_metrics
+        due = last or experiment.epoch % eval_every == 0 or not experiment.last_replica_metrics
         # Every epoch but the last gets the quick evaluation (smaller subsets, linear
         # probe): a tenth of the cost, and ASHA only needs a fair ranking.
-        metrics = experiment.evaluate(quick=not last) if due else dict(experiment.last_metrics)
+        metrics = (
+            experiment.evaluate_replicas(quick=not last) if due else experiment.last_replica_metrics
+        )
+        per_seed = [{**loss, **metric} for loss, metric in zip(losses, metrics, strict=True)]
         result = {
-            **losses,
-            **metrics,
+            **summarize(per_seed, experiment.seeds, ranges),
             "epoch": experiment.epoch,
             "train_seconds": experiment.train_seconds,
             "eval_seconds": experiment.eval_seconds,

@@ -35,8 +35,8 @@ def cli(args: list[str], cwd, ok: bool = True):
 
 
 def variants(study) -> dict[str, list]:
-    """Each variant's rows of a re-run study."""
-    trials = study.trials
+    """Each variant's rows of a re-run study, a row per seed (its trial's replicas)."""
+    trials = study.per_seed().trials
     return {v: group for v, group in trials.groupby(run_column("variant"))}
 
 
@@ -45,6 +45,7 @@ def test_robustness_re_runs_the_best_configs_with_new_seeds(analysis_study):
     plain = load_study(analysis_study.plain, analysis_study.tracking_uri)
     groups = variants(plain)
     assert sorted(groups) == ["top1", "top2"]
+    assert len(plain.trials) == 2  # a trial per config, its seeds trained as replicas
     best = ranked(study).head(2)
     for rank, (_, searched) in enumerate(best.iterrows(), start=1):
         rows = groups[f"top{rank}"]

@@ -144,7 +144,20 @@ CASES = [
     # --- presets ---
     case("train-unknown-preset", "train --preset nosuch", "preset:", "choose one of"),
     case("train-sweep-preset", "train --preset mlvae-mnist-sweep", "preset:", "study run --preset"),
-    case("train-seeds-without-preset", "train mlvae --seeds 3", "seeds:", "--preset"),
+    case("train-zero-seeds", "train mlvae --seeds 0", "seeds:", "replicas"),
+    case("run-zero-seeds", "run mlvae --seeds 0", "seeds:", "replicas"),
+    case(
+        "run-everything-fixed",
+        "run betavae --set beta=1 --set z_dim=10 --set lr=0.001",
+        "set:",
+        "study train betavae",
+    ),
+    case(
+        "run-bad-seed-aggregate",
+        "run mlvae --seeds 2 --seed-aggregate best",
+        "'--seed-aggregate'",
+        "is not one of",
+    ),
     case("train-preset-zero-seeds", "train --preset mlvae-reference --seeds 0", "seeds:", ">= 1"),
     case("train-preset-other-family", "train icvae --preset mlvae-reference", "family:", "drop"),
     case(

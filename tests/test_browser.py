@@ -153,7 +153,7 @@ def test_the_study_link_shows_its_runs_in_model_training_mode(analysis_study, ui
     missing = [name for name in names if f">{name}<" not in dom]
     assert not missing, f"run names not on the page: {missing}"
     # Only this study's trials: neither its parent run nor its re-runs' trials.
-    assert f">{analysis_study.robust}<" not in dom and ">top1-seed1000<" not in dom
+    assert f">{analysis_study.robust}<" not in dom and ">top1-seeds1000-1001<" not in dom
 
 
 def test_rerun_study_runs_are_named_by_variant_and_seed(analysis_study, ui, tmp_path):
@@ -166,7 +166,8 @@ def test_rerun_study_runs_are_named_by_variant_and_seed(analysis_study, ui, tmp_
         )
         assert trial.tags[records.TAG_SOURCE_STUDY] == analysis_study.name
     names = [trial.run_name for trial in found.trials]
-    assert {"top1-seed1000", "top1-seed1001", "top2-seed1000", "top2-seed1001"} <= set(names)
+    # A trial per config, its seeds (1000, 1001) trained as replicas.
+    assert {"top1-seeds1000-1001", "top2-seeds1000-1001"} <= set(names)
 
     page = records.study_runs_link(address, experiment, analysis_study.robust)
     dom = render(page, tmp_path / "profile")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables import Experiment
+from trainables import Experiment, noise
 from trainables.contract import CASES as CONTRACT_CASES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -85,7 +85,8 @@ def test_a_batch_of_another_size_runs_eagerly(digits_cuda):
 
     def step(index):
         calls.append(len(index))
-        terms = model.loss(digits_cuda.x_train[index], digits_cuda.y_train[index])
+        with noise.standalone(device="cuda"):
+            terms = model.loss(digits_cuda.x_train[index], digits_cuda.y_train[index])
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
@@ -94,3 +95,27 @@ def test_a_batch_of_another_size_runs_eagerly(digits_cuda):
     short = torch.arange(10, device="cuda")
     terms = graph.run(step, short)
     assert calls == [10] and torch.isfinite(terms["loss"])
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=IDS)
+def test_graphed_replicas_follow_their_graphed_solo_runs(digits_cuda, name, params):
+    """S = 3 replicas as one captured step against three solo runs, each captured too:
+    the vmapped step must capture, replay every batch, and keep each replica its own."""
+    seeds = (4, 5, 6)
+    batched = Experiment.create(name, params, digits_cuda, seed=seeds[0], seeds=len(seeds))
+    batched_losses = [batched.train_replicas() for _ in range(2)]
+    assert batched._step_graph is not None and batched._step_graph.graph is not None
+    for k, seed in enumerate(seeds):
+        solo = Experiment.create(name, params, digits_cuda, seed=seed)
+        solo_losses = [solo.train_epoch() for _ in range(2)]
+        for epoch, losses in enumerate(solo_losses):
+            for key, value in losses.items():
+                assert batched_losses[epoch][k][key] == pytest.approx(value, rel=1e-2, abs=1e-3), (
+                    k,
+                    key,
+                )
+        for (key, a), b in zip(
+            solo.model.state_dict().items(), batched.models()[k].state_dict().values(), strict=True
+        ):
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3, msg=key)
+    assert [m["diverged"] for m in batched.evaluate_replicas(quick=True)] == [0.0] * 3

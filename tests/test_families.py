@@ -4,12 +4,14 @@ contract suite, trainables/contract.py, run by tests/test_contract.py."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 import trainables
-from trainables import ConfigError, Experiment
+from trainables import ConfigError, Experiment, noise
 from trainables.contract import assert_same_state, snapshot
 from trainables.losses import kl_to_standard_normal, marginal_kl_bound
 
@@ -100,8 +102,9 @@ def test_mlvae_class_head_receives_gradient(digits, kl_class_weight):
     config = FAMILIES["mlvae"].make_config({"kl_class_weight": kl_class_weight})
     torch.manual_seed(0)
     model = FAMILIES["mlvae"].build(config, digits)
-    x, group_ids = same_label_groups(digits, n_groups=4, group_size=config.group_size)
-    model.loss(x, group_ids, 4)["loss"].backward()
+    x, _ = same_label_groups(digits, n_groups=4, group_size=config.group_size)
+    with noise.standalone():
+        model.loss(x)["loss"].backward()
     # With kl_class_weight 0 the only path is reconstruction: the class code must not be
     # detached on its way to the decoder.
     for parameter in (model.class_head.weight, model.class_head.bias):
@@ -124,8 +127,9 @@ def test_mlvae_frozen_class_heads_pass_no_gradient(digits):
     config = FAMILIES["mlvae"].make_config({"freeze_class_heads": True, "style_dim": 2})
     torch.manual_seed(0)
     model = FAMILIES["mlvae"].build(config, digits)
-    x, group_ids = same_label_groups(digits, n_groups=4, group_size=config.group_size)
-    terms = model.loss(x, group_ids, 4)
+    x, _ = same_label_groups(digits, n_groups=4, group_size=config.group_size)
+    with noise.standalone():
+        terms = model.loss(x)
     # The class KL depends on the class heads alone: frozen, it reaches no parameter.
     assert not terms["kl_class"].requires_grad
     terms["loss"].backward()
@@ -133,14 +137,14 @@ def test_mlvae_frozen_class_heads_pass_no_gradient(digits):
     assert model.style_head.weight.grad.abs().sum() > 0
 
 
-def decoder_inputs(model, x, group_ids, n_groups, seed: int) -> torch.Tensor:
+def decoder_inputs(model, x, seed: int) -> torch.Tensor:
     captured = []
     handle = model.decoder.register_forward_pre_hook(
         lambda module, args: captured.append(args[0].detach())
     )
     try:
-        torch.manual_seed(seed)
-        model.loss(x, group_ids, n_groups)
+        with noise.standalone(seed):
+            model.loss(x)
     finally:
         handle.remove()
     (inputs,) = captured
@@ -159,7 +163,7 @@ def test_mlvae_draws_one_class_noise_per_group(digits):
         config = family.make_config({"noise_std": noise_std, "group_size": k})
         torch.manual_seed(0)
         model = family.build(config, digits)
-        inputs = decoder_inputs(model, x, group_ids, n_groups, seed=1)
+        inputs = decoder_inputs(model, x, seed=1)
         with torch.no_grad():
             _, _, group_mu, _ = model.group_codes(x, group_ids, n_groups)
         return inputs[:, config.style_dim :], inputs[:, : config.style_dim], group_mu[0]
@@ -203,8 +207,8 @@ def test_icvae_loss_terms_match_their_definitions(digits):
     torch.manual_seed(0)
     model = family.build(config, digits)
     x, y = digits.x_train[:12], digits.y_train[:12]
-    torch.manual_seed(1)
-    terms = model.loss(x, y)
+    with noise.standalone(1):
+        terms = model.loss(x, y)
     with torch.no_grad():
         mu, logvar = model.encode(x)
 
@@ -260,20 +264,21 @@ def three_forward_aae_step(training, index) -> None:
 
     model, optimizers, config = training.model, training.optimizers, training.config
     x, y = training.dataset.x_train[index], training.dataset.y_train[index]
-    recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
-    gradient_step(optimizers["autoencoder"], recon)
-    for _ in range(config.disc_steps):
-        with torch.no_grad():
-            fake = model.encode(x, sample=True)
-        real = sample_prior(config, y, training.generator)
-        logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
-        targets = torch.cat([torch.ones(len(y)), torch.zeros(len(y))])
-        gradient_step(
-            optimizers["discriminator"], F.binary_cross_entropy_with_logits(logits, targets)
-        )
-    fooled = model.discriminate(model.encode(x, sample=True), y)
-    gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-    gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
+    with noise.drawing(training.noise, training.noise.step_keys[0]):
+        recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
+        gradient_step(optimizers["autoencoder"], recon)
+        for _ in range(config.disc_steps):
+            with torch.no_grad():
+                fake = model.encode(x, sample=True)
+            real = sample_prior(config, y)
+            logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
+            targets = torch.cat([torch.ones(len(y)), torch.zeros(len(y))])
+            gradient_step(
+                optimizers["discriminator"], F.binary_cross_entropy_with_logits(logits, targets)
+            )
+        fooled = model.discriminate(model.encode(x, sample=True), y)
+        gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
 
 
 @pytest.mark.parametrize(
@@ -282,31 +287,30 @@ def three_forward_aae_step(training, index) -> None:
         {},
         {"encoder": "gaussian", "disc_steps": 3},
         {"prior": "mixture", "label_conditioned": True, "disc_steps": 2},
+        {"prior": "mixture", "encoder": "gaussian", "disc_steps": 2},
         {"encoder": "gaussian", "conditional_decoder": True, "adv_weight": 0.5},
     ],
-    ids=["defaults", "gaussian-3-disc-steps", "mixture-labelled", "gaussian-conditional"],
+    ids=[
+        "defaults",
+        "gaussian-3-disc-steps",
+        "mixture-labelled",
+        "mixture-random-modes",
+        "gaussian-conditional",
+    ],
 )
 def test_aae_step_equals_the_phase_by_phase_version(digits, params):
     """The family's step runs two encoder forwards where the phases would run 2 +
     disc_steps; over several steps every parameter and optimiser state must come out
     exactly as the phase-by-phase version's, random draws included."""
-    from trainables.family import Training
-
     config = {"batch_size": 64, **params}
     runs = []
     for step in (trainables.get_family("aae").step, three_forward_aae_step):
         experiment = Experiment.create("aae", config, digits, seed=3, use_reference=False)
-        training = Training(
-            experiment.model,
-            experiment.optimizers,
-            digits,
-            experiment.config,
-            experiment.generator,
-        )
+        training = experiment.training()
         experiment.model.train()
-        torch.manual_seed(11)
         batches = list(experiment.family.batches(digits, experiment.config, experiment.generator))
         for index in batches[:5]:
+            training.noise.begin_step()
             step(training, index)
         runs.append(experiment)
     ours, phased = runs
@@ -320,3 +324,15 @@ def test_aae_step_equals_the_phase_by_phase_version(digits, params):
         for param in a:
             for name, value in a[param].items():
                 assert torch.equal(value, b[param][name]), (key, param, name)
+
+
+def test_metrics_an_evaluation_cannot_take_are_not_a_divergence(digits):
+    """Without the reference classifier the swap metrics are NaN by design: the run goes on
+    (it used to be marked diverged and stop)."""
+    experiment = Experiment.create("icvae", {}, digits, seed=0, use_reference=False)
+    experiment.train_epoch()
+    metrics = experiment.evaluate()
+    assert math.isnan(metrics["swap_acc"]) and metrics["diverged"] == 0.0
+    assert not experiment.diverged
+    experiment.train_epoch()
+    assert experiment.epoch == 2 and experiment.evaluate()["recon_mse"] < 0.2

@@ -366,6 +366,8 @@ def test_trial_run_names():
     )
     rerun = {**RUN, "variant": "top1", "seed": 1000}
     assert records.trial_run_name("s1-robust", "x_00000", rerun) == "top1-seed1000"
+    replicated = {**rerun, "seeds": 3}
+    assert records.trial_run_name("s1-robust", "x_00000", replicated) == "top1-seeds1000-1002"
     neighbour = {**RUN, "variant": "nbr:kl_style_weight=2", "seed": 1001}
     assert records.trial_run_name("s1-robust", "x_00001", neighbour) == (
         "nbr:kl_style_weight=2-seed1001"

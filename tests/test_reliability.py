@@ -247,7 +247,9 @@ def test_killed_worker_is_retried_from_its_checkpoint(tmp_path, procs, ray_env):
 def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, ray_env):
     trials, name = 4, "driver"
     log = tmp_path / "run.log"
+    # Each trial trains two seed replicas: their per-seed metrics must survive too.
     args = ["run", "mlvae", "--trials", str(trials), "--epochs", "3", "--scheduler", "none"]
+    args += ["--seeds", "2"]
     process = procs.study(*args, "--name", name, cwd=tmp_path, log=log, env=ray_env)
     db = tmp_path / "mlflow.db"
 
@@ -299,6 +301,9 @@ def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, 
         assert tid in by_id, f"finished trial {tid} lost on resume"
         assert by_id[tid].data.metrics == metrics
         assert epoch_steps(uri, by_id[tid]) == steps
+    for run in after:
+        seeded = {records.parse_seed_metric(k) for k in run.data.metrics} - {None}
+        assert {seed for seed, _ in seeded} == {0, 1}, run.data.metrics.keys()
     for run in after:
         assert epoch_steps(uri, run) == list(range(1, int(run.data.metrics["epoch"]) + 1))
     assert client(uri).get_run(lost).info.lifecycle_stage == "deleted"

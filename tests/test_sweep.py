@@ -115,9 +115,12 @@ def test_per_epoch_metrics_are_logged_with_their_step(sweep):
     for child in sweep.record.children:
         run_id = child.info.run_id
         final = child.data.metrics
-        assert metric_names <= set(final), sorted(final)
         epochs = int(final["epoch"])
         assert 1 <= epochs <= EPOCHS  # ASHA may stop a trial at its grace period
+        # A trial's last epoch gets the full evaluation; one ASHA stopped ended on a quick
+        # one (linear probe only), which has everything but the MLP probe's figure.
+        expected = metric_names if epochs == EPOCHS else metric_names - {"leakage_acc_mlp"}
+        assert expected <= set(final), sorted(final)
         for key in ("epoch", "train_loss", OBJECTIVE[0], "recon_mse"):
             history = client.get_metric_history(run_id, key)
             assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key

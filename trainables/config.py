@@ -17,6 +17,8 @@ DATASETS = ("digits", "mnist", "fashion-mnist")
 # Training arithmetic: "bf16" runs each training step's forward pass under bfloat16
 # autocast (loss terms stay float32, see losses.py); evaluation is always float32.
 PRECISIONS = ("fp32", "bf16")
+# Seed replicas one experiment trains at once (trainables.replicas).
+MAX_SEEDS = 64
 
 
 def check_precision(precision: str) -> str:
@@ -26,6 +28,15 @@ def check_precision(precision: str) -> str:
             "bf16 pays on GPUs with bfloat16 matrix units (CUDA), fp32 is the default"
         )
     return precision
+
+
+def check_seeds(seeds: int) -> int:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise ConfigError(
+            f"seeds: expected a whole number in [1, {MAX_SEEDS}], got {seeds!r}; "
+            "--seeds S trains S seed replicas of the config at once"
+        )
+    return seeds
 
 
 @dataclass

@@ -24,7 +24,7 @@ from trainables.cuda_graphs import forbid_host_syncs
 from trainables.data import Dataset, load_dataset
 from trainables.errors import ConfigError
 from trainables.experiment import Experiment
-from trainables.family import Family, Training
+from trainables.family import Family
 from trainables.images import is_picture
 from trainables.registry import all_families, get_family
 
@@ -41,6 +41,9 @@ __all__ = [
     "test_non_finite_weights_mark_the_run_diverged",
     "test_out_of_range_names_the_field",
     "test_reconstruct_gives_images_of_the_inputs",
+    "test_replicas_are_not_coupled",
+    "test_replicas_follow_their_solo_runs",
+    "test_replicas_resume_exactly",
     "test_same_seed_gives_identical_results",
     "test_save_and_restore_resume_exactly",
     "test_training_epoch_changes_every_weight",
@@ -66,8 +69,8 @@ class Case:
     def id(self) -> str:
         return "-".join([self.name, *(f"{k}={v}" for k, v in self.params.items())])
 
-    def experiment(self, dataset: Dataset, seed: int = 0) -> Experiment:
-        return Experiment.create(self.name, self.params, dataset, seed=seed)
+    def experiment(self, dataset: Dataset, seed: int = 0, seeds: int = 1) -> Experiment:
+        return Experiment.create(self.name, self.params, dataset, seed=seed, seeds=seeds)
 
 
 FAMILY_NAMES = sorted(all_families())
@@ -155,16 +158,20 @@ def test_training_step_is_cuda_graph_safe(case, contract_digits):
     family = case.family
     if not family.cuda_graphs:
         pytest.skip(f"{family.name} declares cuda_graphs = False")
-    experiment = case.experiment(contract_digits)
-    config, generator = experiment.config, experiment.generator
-    training = Training(experiment.model, experiment.optimizers, contract_digits, config, generator)
-    index = next(iter(family.batches(contract_digits, config, generator)))
-    experiment.model.train()
-    # Twice: the first step creates the optimisers' state; a graph records a later one.
-    with forbid_host_syncs():
-        for _ in range(2):
-            terms = family.step(training, index)
-    assert "loss" in terms and all(torch.isfinite(t) for t in terms.values())
+    for seeds in (1, 2):  # a solo run's step, and the replicas' vmapped one
+        experiment = case.experiment(contract_digits, seeds=seeds)
+        training = experiment.training()
+        index = next(iter(family.batches(contract_digits, experiment.config, experiment.generator)))
+        if seeds > 1:
+            index = index.expand(seeds, -1)
+        experiment.model.train()
+        # Twice: the first step creates the optimisers' state; a graph records a later one.
+        with forbid_host_syncs():
+            for _ in range(2):
+                training.noise.begin_step()
+                terms = family.step(training, index)
+        assert "loss" in terms and all(torch.isfinite(t).all() for t in terms.values())
+        assert all(t.shape == (() if seeds == 1 else (seeds,)) for t in terms.values())
 
 
 def test_same_seed_gives_identical_results(case, contract_digits):
@@ -197,7 +204,7 @@ def test_save_and_restore_resume_exactly(case, contract_digits, tmp_path):
     original.save(tmp_path)
     saved_weights = snapshot(original.model)
     saved_metrics = dict(original.last_metrics)
-    # Go on with the original (the global RNG is where it was at save time) ...
+    # Go on with the original ...
     losses_original = original.train_epoch()
     metrics_original = original.evaluate()
 
@@ -214,6 +221,85 @@ def test_save_and_restore_resume_exactly(case, contract_digits, tmp_path):
     for key, optimizer in original.optimizers.items():
         assert repr(optimizer.state_dict()) == repr(resumed.optimizers[key].state_dict())
     assert resumed.epoch == original.epoch == 2
+
+
+# --- seed replicas ---------------------------------------------------------------------------
+# Replica k of an S-replica run against the solo run with seed k, after one epoch: the
+# batched matmuls round differently from the single ones (the last bits of a float32), and
+# nothing else may differ. Measured worst over every case (seeds 5-7, 2 CPU threads): loss
+# terms 1.7e-7 relative; all weights together 3.6e-5 relative (ICVAE; 5e-7 for the
+# others). Single weights can differ by up to ~lr: where a gradient is near zero, a
+# rounding-level change can flip the sign of Adam's update (ICVAE: 0.07% of its weights
+# differ by more than 1e-5, the largest by 5e-4). Over more epochs such differences can
+# grow chaotically (ICVAE's reached 2e-3 by epoch 4, as a solo run moved to another
+# thread count does), so the check is on the first epoch; that nothing *couples* the
+# replicas is checked exactly, bit for bit, by test_replicas_are_not_coupled.
+REPLICA_LOSS_RTOL = 1e-5
+REPLICA_WEIGHT_RTOL = 1e-4  # of the norm of all weights
+
+
+def replica_weights(experiment: Experiment, k: int) -> dict[str, torch.Tensor]:
+    return snapshot(experiment.models()[k])
+
+
+def test_replicas_follow_their_solo_runs(case, contract_digits):
+    seeds = (5, 6, 7)
+    batched = case.experiment(contract_digits, seed=seeds[0], seeds=len(seeds))
+    assert batched.seeds == seeds
+    before = [replica_weights(batched, k) for k in range(len(seeds))]
+    losses = batched.train_replicas()
+    metrics = batched.evaluate_replicas(quick=True)
+    for k, seed in enumerate(seeds):
+        solo = case.experiment(contract_digits, seed=seed)
+        # The same initialisation, exactly: each replica is built from its own seed.
+        assert_same_state(snapshot(solo.model), before[k])
+        solo_losses = solo.train_epoch()
+        assert solo_losses.keys() == losses[k].keys()
+        for name, value in solo_losses.items():
+            assert losses[k][name] == pytest.approx(value, rel=REPLICA_LOSS_RTOL), (k, name)
+        ours = torch.cat([v.flatten() for v in snapshot(solo.model).values()])
+        theirs = torch.cat([v.flatten() for v in replica_weights(batched, k).values()])
+        gap = ((ours - theirs).norm() / ours.norm()).item()
+        assert gap <= REPLICA_WEIGHT_RTOL, (k, gap)
+        assert metrics[k]["diverged"] == 0.0
+        assert solo.evaluate(quick=True).keys() == metrics[k].keys()
+
+
+def test_replicas_are_not_coupled(case, contract_digits):
+    """Poison one replica (NaN weights) and another's start (other weights): the untouched
+    replica's trajectory must not move by a single bit, and only the poisoned one diverges."""
+    clean = case.experiment(contract_digits, seed=0, seeds=3)
+    poisoned = case.experiment(contract_digits, seed=0, seeds=3)
+    with torch.no_grad():
+        for parameter in poisoned.model.parameters():
+            parameter[1] = float("nan")
+            parameter[2] += 0.01
+    for _ in range(2):
+        clean_losses, poisoned_losses = clean.train_replicas(), poisoned.train_replicas()
+        assert clean_losses[0] == poisoned_losses[0]
+    assert_same_state(replica_weights(clean, 0), replica_weights(poisoned, 0))
+    assert not clean.diverged and not poisoned.diverged
+    assert poisoned.replica_diverged == [False, True, False]
+    metrics = poisoned.evaluate_replicas()
+    assert metrics[0] == clean.evaluate_replicas()[0]
+    assert metrics[1]["diverged"] == 1.0
+    assert all(math.isnan(v) for name, v in metrics[1].items() if name != "diverged")
+    assert metrics[2]["diverged"] == 0.0
+
+
+def test_replicas_resume_exactly(case, contract_digits, tmp_path):
+    original = case.experiment(contract_digits, seed=2, seeds=2)
+    original.train_replicas()
+    original.save(tmp_path)
+    expected = original.train_replicas()
+    resumed = case.experiment(contract_digits, seed=2, seeds=2)
+    resumed.restore(tmp_path)
+    assert resumed.train_replicas() == expected
+    assert_same_state(snapshot(original.model), snapshot(resumed.model))
+    # A state saved by other seeds is refused, naming the setting.
+    other = case.experiment(contract_digits, seed=3, seeds=2)
+    with pytest.raises(ConfigError, match=r"^seeds: "):
+        other.restore(tmp_path)
 
 
 def test_non_finite_weights_mark_the_run_diverged(case, contract_digits):

@@ -39,9 +39,16 @@ class StepGraph:
     """One experiment's captured step. Captured on first use; invalid once the model's or
     the optimisers' tensors are replaced (Experiment then makes a new one)."""
 
-    def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer]):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: dict[str, torch.optim.Optimizer],
+        state: list[torch.Tensor] = (),
+    ):
         self.model = model
         self.optimizers = list(optimizers.values())
+        # Other tensors the step updates in place (the noise stream's step counter).
+        self.state = list(state)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.index: torch.Tensor | None = None  # the captured step reads its batch here
         self.outputs: dict[str, torch.Tensor] = {}
@@ -60,6 +67,7 @@ class StepGraph:
         # stay the ones training uses, and training starts from where it was.
         params = list(self.model.parameters())
         saved_params = [p.detach().clone() for p in params]
+        saved_extra = [t.clone() for t in self.state]
         saved_state = {k: v.clone() for k, v in _optimizer_tensors(self.optimizers).items()}
         saved_rng = torch.cuda.get_rng_state(index.device)
         side = torch.cuda.Stream(index.device)
@@ -71,6 +79,8 @@ class StepGraph:
         with torch.no_grad():
             for param, saved in zip(params, saved_params, strict=True):
                 param.copy_(saved)
+            for tensor, saved in zip(self.state, saved_extra, strict=True):
+                tensor.copy_(saved)
             for key, tensor in _optimizer_tensors(self.optimizers).items():
                 if key in saved_state:
                     tensor.copy_(saved_state[key])

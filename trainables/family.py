@@ -11,7 +11,6 @@ the declarations. `trainables.contract` is the test suite every family must pass
 from __future__ import annotations
 
 import abc
-import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
@@ -19,12 +18,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 import torch
 from torch import nn
 
-from trainables import cuda_graphs
+from trainables import cuda_graphs, noise
 from trainables.config import FamilyConfig
 from trainables.data import Dataset, shuffled_batches
 from trainables.errors import ConfigError, ContractError
 from trainables.grids import Grid, MakeGrid
 from trainables.metrics import RUN_METRICS, EvalContext, Metric
+from trainables.noise import NoiseStream
+from trainables.replicas import Replicas
 
 __all__ = [
     "Family",
@@ -64,14 +65,27 @@ ModelT = TypeVar("ModelT", bound=FamilyModel)
 
 @dataclass(frozen=True)
 class Training(Generic[ConfigT, ModelT]):
-    """What a training step works on besides its batch. `generator` is the experiment's
-    CPU generator, saved and restored with it."""
+    """What a training step works on besides its batch.
+
+    A step reaches the model only through `each(fn, *tensors)`, which returns
+    `fn(model, *tensors)`: one call for a solo run, and for S seed replicas
+    (`replicas`) one vmapped call over all of them, whose tensors and outputs carry the
+    replica dimension first. Noise inside `fn` comes from `trainables.noise`, drawn per
+    replica; `model` is the stacked model (its parameters have the replica dimension)
+    when there are replicas, so optimisers built from it update every replica."""
 
     model: ModelT
     optimizers: dict[str, torch.optim.Optimizer]
     dataset: Dataset
     config: ConfigT
-    generator: torch.Generator
+    noise: NoiseStream
+    replicas: Replicas | None = None
+
+    def each(self, fn: Callable[..., Any], *tensors: Any) -> Any:
+        if self.replicas is None:
+            with noise.drawing(self.noise, self.noise.step_keys[0]):
+                return fn(self.model, *tensors)
+        return self.replicas.each(fn, self.noise, *tensors)
 
 
 class Family(abc.ABC, Generic[ConfigT, ModelT]):
@@ -128,6 +142,11 @@ class Family(abc.ABC, Generic[ConfigT, ModelT]):
         backward pass and the optimisers' updates. Returns the loss terms, "loss" among
         them, left on the device.
 
+        The same code trains one model or S seed replicas at once: `index` is (batch,) or
+        (S, batch), and the step computes through `training.each(fn, *tensors)` (see
+        Training), drawing its noise from `trainables.noise`. Losses reach
+        `gradient_step` as they come out of `each` (one per replica).
+
         On a GPU the base records the step once as a CUDA graph and replays it for every
         batch, so it must not wait for the device (no .item() or float() of a tensor, no
         branch on a tensor's value, no boolean-mask indexing), must read its batch only
@@ -169,19 +188,23 @@ class Family(abc.ABC, Generic[ConfigT, ModelT]):
         return model
 
     def train_epoch(
-        self,
-        model: ModelT,
-        optimizers: dict[str, torch.optim.Optimizer],
-        dataset: Dataset,
-        config: ConfigT,
-        generator: torch.Generator,
-    ) -> Metrics:
+        self, training: Training[ConfigT, ModelT], generators: list[torch.Generator]
+    ) -> list[Metrics]:
         """Train one epoch: every batch through `step` (a graph replay inside
-        `cuda_graphs.replaying`); returns each loss term's mean over the epoch."""
-        model.train()
-        training = Training(model, optimizers, dataset, config, generator)
-        step = functools.partial(self.step, training)
-        return run_batches(self.batches(dataset, config, generator), step)
+        `cuda_graphs.replaying`), each replica's batches drawn from its own generator.
+        Returns each replica's loss terms, averaged over the epoch."""
+        training.model.train()
+        if len(generators) == 1:
+            batches = self.batches(training.dataset, training.config, generators[0])
+        else:
+            per_replica = [self.batches(training.dataset, training.config, g) for g in generators]
+            batches = (torch.stack(index) for index in zip(*per_replica, strict=True))
+
+        def step(index: torch.Tensor) -> Terms:
+            training.noise.begin_step()
+            return self.step(training, index)
+
+        return run_batches(batches, step, len(generators))
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -264,8 +287,11 @@ def _no_repeats(owner: str, what: str, names: list[str]) -> None:
         raise ContractError(f"{owner}: {what}(s) {', '.join(repeated)} declared twice")
 
 
-def run_batches(batches: Iterable[torch.Tensor], step: Callable[[torch.Tensor], Terms]) -> Metrics:
-    """Run `step(batch_index)` over an epoch and average the terms it returns.
+def run_batches(
+    batches: Iterable[torch.Tensor], step: Callable[[torch.Tensor], Terms], replicas: int = 1
+) -> list[Metrics]:
+    """Run `step(batch_index)` over an epoch and average the terms it returns, per replica
+    (a solo step's terms are scalars; S replicas' have S values).
 
     Terms stay on the device until the end of the epoch, so the loop never waits for a
     `.item()` per step. Inside `cuda_graphs.replaying(graph)` each step is a graph replay.
@@ -280,15 +306,20 @@ def run_batches(batches: Iterable[torch.Tensor], step: Callable[[torch.Tensor], 
             # A clone to start: a graph's outputs are overwritten by its next replay.
             totals[key] = totals[key] + value if key in totals else value.clone()
         n += 1
-    return {key: float(value) / max(n, 1) for key, value in totals.items()}
+    means = {
+        key: (value.double() / max(n, 1)).reshape(-1).tolist() for key, value in totals.items()
+    }
+    return [{key: values[k] for key, values in means.items()} for k in range(replicas)]
 
 
 def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One update from `loss`: a scalar, or one per replica. Replicas' losses are summed:
+    their parameters are disjoint, so each replica's gradient is its own loss's."""
     optimizer.zero_grad(set_to_none=True)
     # Autocast (a bf16 run) covers the forward pass only: backward ops take the dtypes
     # the forward chose, and the update must run in the parameters' float32.
     with torch.autocast(loss.device.type, enabled=False):
-        loss.backward()
+        loss.sum().backward()
         optimizer.step()
 
 
@@ -317,4 +348,7 @@ def mlp(sizes: Iterable[int], final_activation: nn.Module | None = None) -> nn.S
 
 
 def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(labels, n_classes).float()
+    """By comparison, not F.one_hot: that one reads the labels' range on the host (CPU),
+    which neither vmap over replicas nor a CUDA graph allows."""
+    classes = torch.arange(n_classes, device=labels.device)
+    return (labels.unsqueeze(-1) == classes).float()

@@ -42,9 +42,11 @@ def product_of_gaussians(
     Returns per-group (mu, logvar), each of shape (n_groups, dim).
     """
     precision = torch.exp(-logvar)
-    summed_precision = torch.zeros(n_groups, mu.shape[1], dtype=mu.dtype, device=mu.device)
-    summed_precision.index_add_(0, group_ids, precision)
-    weighted_mu = torch.zeros_like(summed_precision).index_add_(0, group_ids, mu * precision)
+    # Out of place: under vmap (seed replicas) the sums are per replica, which an
+    # in-place add into one shared zeros tensor cannot hold.
+    zeros = torch.zeros(n_groups, mu.shape[1], dtype=mu.dtype, device=mu.device)
+    summed_precision = zeros.index_add(0, group_ids, precision)
+    weighted_mu = zeros.index_add(0, group_ids, mu * precision)
     return weighted_mu / summed_precision, -torch.log(summed_precision)
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset as TorchDataset
 from tests.bench.common import reference_configs, spread, subset, timed, uint8_images
 from trainables import Dataset, Experiment, get_family
 from trainables.family import Family, Training
+from trainables.noise import NoiseStream
 
 TARGET_SPEEDUP = 3.0  # ours / DataLoader loop, samples per second
 TARGET_HW_RATIO = 1.3  # our step time / bare-mm time of the same matmuls
@@ -85,6 +86,7 @@ def plain_step(family: Family, training: Training) -> Callable[..., dict]:
     def step(x: torch.Tensor, y: torch.Tensor) -> dict:
         batch = Dataset("batch", x, y, x, y, image_shape, n_classes)
         on_batch = dataclasses.replace(training, dataset=batch)
+        training.noise.begin_step()  # as the family's epoch loop does before each step
         return family.step(on_batch, torch.arange(len(x), device=x.device))
 
     return step
@@ -101,8 +103,8 @@ class PlainLoop:
             torch.manual_seed(seed)
             self.model = fam.build(config, dataset).to(device)
         self.optimizers = fam.make_optimizers(self.model, config)
-        generator = torch.Generator().manual_seed(seed)
-        training = Training(self.model, self.optimizers, dataset, config, generator)
+        stream = NoiseStream.for_seeds([seed], torch.device(device))
+        training = Training(self.model, self.optimizers, dataset, config, stream)
         self.step = plain_step(fam, training)
         self.loader = make_loader(fam, config, dataset, images, labels)
         self.device = device

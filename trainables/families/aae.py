@@ -23,6 +23,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
+from trainables import noise
 from trainables.data import Dataset
 from trainables.errors import ConfigError
 from trainables.family import (
@@ -99,23 +100,23 @@ def sample_prior(
     """Prior samples, one per label. Under the mixture, label k picks mode k when the
     discriminator is label-conditioned and a uniform random mode otherwise.
 
-    Drawn from `generator` (a CPU generator) and moved, or, without one, from the labels'
-    device's own RNG: no copy, and a CUDA graph can replay it."""
+    Drawn from `generator` (a CPU generator, for evaluation) and moved, or, without one,
+    from the training step's noise (trainables.noise), drawn per replica on the labels'
+    device."""
     n, device = len(labels), labels.device
-
-    def draw(sample, *shape):
-        if generator is None:
-            return sample(*shape, device=device)
-        return sample(*shape, generator=generator).to(device)
-
-    noise = draw(torch.randn, n, config.z_dim)
+    if generator is None:
+        gaussian = noise.normal((n, config.z_dim), device)
+    else:
+        gaussian = torch.randn(n, config.z_dim, generator=generator).to(device)
     if config.prior == "gaussian":
-        return noise
+        return gaussian
     if config.label_conditioned:
         modes = labels % MIXTURE_MODES
+    elif generator is None:
+        modes = noise.randint(MIXTURE_MODES, (n,), device)
     else:
-        modes = draw(torch.randint, 0, MIXTURE_MODES, (n,))
-    return mixture_means(device)[modes] + MIXTURE_STD * noise
+        modes = torch.randint(0, MIXTURE_MODES, (n,), generator=generator).to(device)
+    return mixture_means(device)[modes] + MIXTURE_STD * gaussian
 
 
 class AAE(FamilyModel):
@@ -139,7 +140,7 @@ class AAE(FamilyModel):
         if self.config.encoder == "deterministic":
             return encoded
         mu, logvar = encoded.chunk(2, dim=1)
-        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return mu + noise.normal_like(mu) * torch.exp(0.5 * logvar) if sample else mu
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.config.conditional_decoder:
@@ -247,21 +248,15 @@ class AAEFamily(Family[AAEConfig, AAE]):
         the order the phases would draw it, so the updates are the phase-by-phase ones
         (tests/test_families.py checks them equal). The discriminator's forwards are all
         fresh: its weights move between them."""
-        model, optimizers, config = training.model, training.optimizers, training.config
+        optimizers, config = training.optimizers, training.config
         x, y = training.dataset.x_train[index], training.dataset.y_train[index]
-        recon = bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
+        recon = training.each(_reconstruction_loss, x, y)
         gradient_step(optimizers["autoencoder"], recon)
-        encoded = model.encoder(x)
-        # On the CPU the experiment's generator (saved with it); on a GPU the device's RNG
-        # (saved too), which a CUDA graph of this step can replay.
-        prior_generator = training.generator if y.device.type == "cpu" else None
+        encoded = training.each(_encoder_output, x)
         for _ in range(config.disc_steps):
-            fake = model.code(encoded.detach(), sample=True)
-            disc_loss = discriminator_loss(model, config, fake, y, prior_generator)
+            disc_loss = training.each(_discriminator_loss, encoded.detach(), y)
             gradient_step(optimizers["discriminator"], disc_loss)
-        # The encoder tries to make its codes pass for prior samples.
-        fooled = model.discriminate(model.code(encoded, sample=True), y)
-        gen_loss = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        gen_loss = training.each(_generator_loss, encoded, y)
         gradient_step(optimizers["generator"], config.adv_weight * gen_loss)
         return {
             "loss": recon + config.adv_weight * gen_loss,
@@ -316,16 +311,30 @@ class AAEFamily(Family[AAEConfig, AAE]):
         return metrics
 
 
-def discriminator_loss(
-    model: AAE, config: AAEConfig, fake: torch.Tensor, y: torch.Tensor, generator
-) -> torch.Tensor:
-    """Prior samples are "real", the encoder's (detached) codes `fake`."""
+# The step's phases, each a function of one model (Training.each runs it per replica).
+def _reconstruction_loss(model: AAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return bernoulli_recon(model.decode(model.encode(x, sample=True), y), x).mean()
+
+
+def _encoder_output(model: AAE, x: torch.Tensor) -> torch.Tensor:
+    return model.encoder(x)
+
+
+def _discriminator_loss(model: AAE, encoded: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Prior samples are "real", the encoder's (detached) codes "fake"."""
     n, device = len(y), y.device
+    fake = model.code(encoded, sample=True)
+    real = sample_prior(model.config, y)
     # Built on the device: no host-to-device copy per step.
     targets = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
-    real = sample_prior(config, y, generator)
     logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
     return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def _generator_loss(model: AAE, encoded: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The encoder tries to make its codes pass for prior samples."""
+    fooled = model.discriminate(model.code(encoded, sample=True), y)
+    return F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
 
 
 FAMILY = AAEFamily()

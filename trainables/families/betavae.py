@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 
+from trainables import noise
 from trainables.data import Dataset
 from trainables.family import Family, FamilyConfig, FamilyModel, Training, gradient_step, mlp
 from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
@@ -74,7 +75,7 @@ class BetaVAE(FamilyModel):
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z = mu + noise.normal_like(mu) * torch.exp(0.5 * logvar)
         recon = bernoulli_recon(self.decode(z), x).mean()
         kl = kl_to_standard_normal(mu, logvar).mean()
         return {"loss": recon + self.config.beta * kl, "recon": recon, "kl": kl}
@@ -127,7 +128,7 @@ class BetaVAEFamily(Family[BetaVAEConfig, BetaVAE]):
         return BetaVAE(config, dataset.n_pixels)
 
     def step(self, training: Training[BetaVAEConfig, BetaVAE], index: torch.Tensor) -> dict:
-        terms = training.model.loss(training.dataset.x_train[index])
+        terms = training.each(BetaVAE.loss, training.dataset.x_train[index])
         gradient_step(training.optimizers["model"], terms["loss"])
         return terms
 

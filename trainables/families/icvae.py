@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import torch
 
+from trainables import noise
 from trainables.data import Dataset
 from trainables.family import (
     Family,
@@ -61,7 +62,7 @@ class ICVAE(FamilyModel):
         self.decoder = mlp([config.z_dim + n_classes, *reversed(config.hidden), n_pixels])
 
     def encode(self, x: torch.Tensor):
-        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,7 @@ class ICVAE(FamilyModel):
     def loss(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.config
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        z = mu + noise.normal_like(mu) * torch.exp(0.5 * logvar)
         recon = bernoulli_recon(self.decode(z, labels), x).mean()
         kl_prior = kl_to_standard_normal(mu, logvar).mean()
         kl_marginal = marginal_kl_bound(mu, logvar).mean()
@@ -112,7 +113,7 @@ class ICVAEFamily(Family[ICVAEConfig, ICVAE]):
 
     def step(self, training: Training[ICVAEConfig, ICVAE], index: torch.Tensor) -> dict:
         data = training.dataset
-        terms = training.model.loss(data.x_train[index], data.y_train[index])
+        terms = training.each(ICVAE.loss, data.x_train[index], data.y_train[index])
         gradient_step(training.optimizers["model"], terms["loss"])
         return terms
 

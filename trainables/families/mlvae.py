@@ -20,6 +20,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
+from trainables import noise
 from trainables.data import Dataset, GroupBatcher, fixed_groups
 from trainables.errors import ConfigError
 from trainables.family import (
@@ -124,14 +125,16 @@ class MLVAE(FamilyModel):
         group_mu, group_logvar = product_of_gaussians(class_mu, class_logvar, group_ids, n_groups)
         return style_mu, style_logvar, group_mu, group_logvar
 
-    def loss(
-        self, x: torch.Tensor, group_ids: torch.Tensor, n_groups: int
-    ) -> dict[str, torch.Tensor]:
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The loss of a batch laid out group-major (GroupBatcher): consecutive runs of
+        `group_size` samples share a label."""
         cfg = self.config
+        n_groups = len(x) // cfg.group_size
+        group_ids = torch.arange(n_groups, device=x.device).repeat_interleave(cfg.group_size)
         style_mu, style_logvar, group_mu, group_logvar = self.group_codes(x, group_ids, n_groups)
-        style = style_mu + torch.randn_like(style_mu) * torch.exp(0.5 * style_logvar)
+        style = style_mu + noise.normal_like(style_mu) * torch.exp(0.5 * style_logvar)
         # One noise draw per group, shared by its members.
-        group_eps = torch.randn_like(group_mu) * cfg.noise_std
+        group_eps = noise.normal_like(group_mu) * cfg.noise_std
         class_code = (group_mu + group_eps * torch.exp(0.5 * group_logvar))[group_ids]
         logits = self.decode(style, class_code)
         if cfg.recon_loss == "mse":
@@ -232,10 +235,7 @@ class MLVAEFamily(Family[MLVAEConfig, MLVAE]):
         return batcher.epoch(generator)
 
     def step(self, training: Training[MLVAEConfig, MLVAE], index: torch.Tensor) -> dict:
-        k = training.config.group_size
-        n_groups = len(index) // k
-        group_ids = torch.arange(n_groups, device=index.device).repeat_interleave(k)
-        terms = training.model.loss(training.dataset.x_train[index], group_ids, n_groups)
+        terms = training.each(MLVAE.loss, training.dataset.x_train[index])
         gradient_step(training.optimizers["model"], terms["loss"])
         return terms
 
