@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token
 tar -xJf .devsite/site312.tar.xz -C /tmp
 export PYTHONPATH=/tmp/latent-site312:$PWD
 
-steps=" ${STEPS:-env pytest_gpu bench_abde bench_c} "  # also: study_mnist
+steps=" ${STEPS:-env pytest_gpu bench_abde bench_c bench_h} "  # also: study_mnist
 step() {
   local name=$1 limit=$2 lines=$3 start=$SECONDS rc
   shift 3
@@ -31,11 +31,13 @@ step env 60 5 python3 -c "import torch, ray, optuna, mlflow, sklearn; print('tor
 # shellcheck disable=SC2086 # PYTEST_ARGS is a list of words
 step pytest_gpu "${PYTEST_LIMIT:-130}" 25 python3 -m pytest -q -p no:cacheprovider -rs \
   ${PYTEST_ARGS:-tests/test_cuda_graphs.py tests/test_gpu.py tests/test_precision.py \
-  tests/test_families.py::test_save_and_restore_on_cuda tests/test_probes.py}
+  tests/test_families.py::test_save_and_restore_on_cuda tests/test_probes.py tests/test_seeds.py}
 step bench_abde "${BENCH_LIMIT:-200}" 50 python3 -m tests.bench.run --devices cuda --only abde \
   --data-dir .devdata/mnist --json "$out/bench-cuda.json"
 step bench_c "${SWEEP_LIMIT:-150}" 22 python3 -m tests.bench.run --devices cuda --only c \
   --sweep-gpus 0.25 --json "$out/bench-c-cuda.json"
+step bench_h "${SEEDS_LIMIT:-240}" 70 python3 -m tests.bench.run --devices cuda --only h \
+  --data-dir .devdata/mnist --json "$out/bench-h-cuda.json"
 step study_mnist "${STUDY_LIMIT:-420}" 30 bash tests/bench/device_study.sh "$out"
 [[ $steps == *" study_mnist "* ]] && tar -czf "$out/mnist-study.tar.gz" -C /tmp/mnist-study \
   mlflow.db optuna.db mlruns

@@ -1,8 +1,8 @@
 """`make bench`: the project's speed figures, as ratios measured in one run on this machine.
 
-    python -m tests.bench.run            # full run (about 20 minutes on 2 cores)
+    python -m tests.bench.run            # full run (about 25 minutes on 2 cores)
     python -m tests.bench.run --quick    # small sizes, a dry run of every section
-    python -m tests.bench.run --only ab  # some sections (a b c d e f g)
+    python -m tests.bench.run --only ab  # some sections (a b c d e f g h)
 
 Sections (targets from the issue; a MISS is reported, not raised):
   a. training throughput per family, ours vs a torchvision-style DataLoader loop (>= 3x);
@@ -15,7 +15,11 @@ Sections (targets from the issue; a MISS is reported, not raised):
      parameter first in >= 90% of synthetic studies (<= MIN_TRIALS_FOR_IMPORTANCE; no torch)
   g. OpenMP wait policy per execution context: step times under spin, PASSIVE and a short
      spin, alone, in sweeps, oversubscribed and beside a busy driver (our policy <= 1.2x best)
-a, b and d also run on CUDA when a GPU is present (--devices picks), and c trains its
+  h. seed replicas: seed-epochs/s of one experiment of S = 1, 4, 8 replicas vs S solo runs,
+     per family, on digits and MNIST (GPU: an 8-replica epoch <= 1.5x a 1-replica epoch;
+     CPU: >= 1x S solo runs); end to end on the CPU, one sweep trial of 4 seeds vs 4
+     one-seed trials on the same 2 cores (wall <= 1x)
+a, b, d and h also run on CUDA when a GPU is present (--devices picks), and c trains its
 trials on the GPU with --sweep-gpus FRACTION. Figures go to stdout and --json.
 """
 
@@ -49,7 +53,7 @@ from tests.bench.common import (  # noqa: E402
     verdict,
 )
 
-SECTIONS = "abcdefg"
+SECTIONS = "abcdefgh"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -86,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--devices",
         default=None,
-        help="devices for a, b, d, e: 'cpu', 'cuda' or 'cpu,cuda' (default: cpu, and cuda if present)",
+        help="devices for a, b, d, e, h: 'cpu', 'cuda' or 'cpu,cuda' (default: cpu, and cuda if present)",
     )
     parser.add_argument(
         "--sweep-on-cluster",
@@ -174,7 +178,7 @@ def header(report: Report, args, devices: list[str], source: str) -> None:
     if info["cuda"]:
         cuda = info["cuda"]
         say(
-            f"CUDA: {cuda['device']} ({cuda['memory_gib']} GiB, CUDA {cuda['cuda_version']}): a, b and d also run on it"
+            f"CUDA: {cuda['device']} ({cuda['memory_gib']} GiB, CUDA {cuda['cuda_version']}): a, b, d and h also run on it"
         )
     else:
         say(f"CUDA: {NO_CUDA}")
@@ -636,6 +640,131 @@ def section_g(report: Report, args) -> None:
     say()
 
 
+# --- h ---------------------------------------------------------------------------------
+def section_h(report: Report, args, devices: list[str], dataset) -> None:
+    from tests.bench import seeds
+
+    sizes = seeds.QUICK if args.quick else seeds.FULL
+    say(
+        f"h. seed replicas: one experiment of S replicas vs S solo runs, S = {list(sizes.seeds)}, "
+        f"best of {sizes.epochs} timed epoch(s) after a warm-up; end to end on the CPU: "
+        f"{sizes.sweep_seeds} trials vs 1 trial of {sizes.sweep_seeds} seeds"
+    )
+    results: dict[str, Any] = {"sizes": dataclasses.asdict(sizes), "in_process": {}}
+    for device in devices:
+        found = seeds.run_in_process(dataset, torch.device(device), sizes, log=say)
+        results["in_process"][device] = found
+        report.section("h_seeds", results)
+    if "cpu" in devices:
+        results["sweeps"] = seeds.run_sweeps(sizes, log=say)
+        report.section("h_seeds", results)
+    say()
+    section_h_training(report, results["in_process"], sizes)
+    if "sweeps" in results:
+        section_h_sweeps(report, results["sweeps"], sizes)
+
+
+def section_h_check(report: Report, where: str, r: dict[str, Any], sizes) -> tuple[str, str]:
+    """The target of one row, if it has one: on CUDA the largest S against one replica,
+    on the CPU every S > 1 against S solo runs."""
+    from tests.bench import seeds
+
+    name = f"{where} S={r['seeds']}"
+    if where.endswith("cuda") and r["seeds"] == max(sizes.seeds):
+        limit = seeds.TARGET_GPU_EPOCH_RATIO
+        value, figure, better, label = r["ratio_to_one"], "epoch / 1-replica epoch", False, "x1 <="
+    elif where.endswith("cpu") and r["seeds"] > 1:
+        limit = seeds.TARGET_CPU_SPEEDUP
+        value, figure, better, label = (
+            r["speedup_vs_solos"],
+            "speedup vs S solos",
+            True,
+            "speedup >=",
+        )
+    else:
+        return "-", "-"
+    return f"{label} {limit}", report.check("h", f"{name} {figure}", value, limit, better, "x")
+
+
+def section_h_training(report: Report, in_process: dict[str, Any], sizes) -> None:
+    train_rows, eval_rows = [], []
+    for device, found in in_process.items():
+        for data, by_family in found["rows"].items():
+            for family, r in ((f, r) for f, rows in by_family.items() for r in rows):
+                target, result = section_h_check(report, f"{family} {data} {device}", r, sizes)
+                case = [family, data, device, r["seeds"]]
+                train_rows.append(
+                    case
+                    + [r["epoch_s"], r["ratio_to_one"], r["seed_epochs_per_s"]]
+                    + [r["solo_seed_epochs_per_s"], r["speedup_vs_solos"], target, result]
+                )
+                eval_rows.append(case + [r["eval_s"], r["solo_eval_s"], r["eval_ratio"]])
+    case = ["family", "data", "device", "S"]
+    say(
+        table(
+            "h. training: an epoch of S replicas (train_replicas) vs S solo experiments' epochs "
+            "(train_epoch, one after another)",
+            case
+            + ["epoch s", "x1 replica", "seed-ep/s", "solos seed-ep/s", "speedup"]
+            + ["target", "result"],
+            train_rows,
+        )
+    )
+    for device, found in in_process.items():
+        for data, about in found["datasets"].items():
+            say(f"  {data} on {device}: {about['timed']}")
+    say()
+    how = ", ".join(
+        f"{'quick' if f['quick_eval'] else 'full'} on {d}" for d, f in in_process.items()
+    )
+    say(
+        table(
+            "h. evaluation (no target): evaluate_replicas() of S replicas vs S solo evaluate() "
+            f"calls, once per S ({how})",
+            case + ["replicas s", "solos s", "ratio"],
+            eval_rows,
+        )
+    )
+    say()
+
+
+def section_h_sweeps(report: Report, sweeps: dict[str, Any], sizes) -> None:
+    from tests.bench import seeds
+
+    s, limit, rows = sizes.sweep_seeds, seeds.TARGET_SWEEP_RATIO, []
+    figures = ["wall_s", "fit_s", "train_s", "eval_s", "overhead_s"]
+    for family, r in sweeps.items():
+        name = f"{family} sweep wall, 1 trial of {s} seeds / {s} trials"
+        result = report.check("h", name, r["wall_ratio"], limit, False, "x")
+        for kind, last in (
+            ("separate", ["", "", ""]),
+            ("replicas", [r["wall_ratio"], f"<= {limit}", result]),
+        ):
+            run = r[kind]
+            shape = [run["trials"], run["seeds"], run["cpus_per_trial"], run["concurrency"]]
+            rows.append([family, *shape, *(run[f] for f in figures), *last])
+    say(
+        table(
+            f"h. end to end on the CPU: study run FAMILY --dataset {seeds.SWEEP_DATASET} "
+            f"--scheduler none --epochs {sizes.sweep_epochs}, a one-point space (the family's "
+            "defaults; overhead: wall - trials' train+eval / trials at once)",
+            ["family", "trials", "seeds", "cpus/trial", "at once"]
+            + [
+                "wall s",
+                "fit s",
+                "train s",
+                "eval s",
+                "overhead s",
+                "wall ratio",
+                "target",
+                "result",
+            ],
+            rows,
+        )
+    )
+    say()
+
+
 def summary(report: Report) -> None:
     rows = [
         [c["section"], c["figure"], c["value"], c["target"], c["result"]] for c in report.checks
@@ -672,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("f", lambda: section_f(report, args)))
     if "g" in args.only:
         steps.append(("g", lambda: section_g(report, args)))
+    if "h" in args.only:
+        steps.append(("h", lambda: section_h(report, args, devices, dataset)))
     for name, step in steps:
         try:
             step()
