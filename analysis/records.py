@@ -15,11 +15,12 @@ workers import the envelope, and a notebook reading a study never needs Ray.
 from __future__ import annotations
 
 import ast
+import contextlib
 import fcntl
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -420,13 +421,24 @@ def open_client(uri: str) -> MlflowClient:
     from mlflow import MlflowClient
 
     configure_http_client()
-    path = _sqlite_path(uri)
-    if path is None:
+    with sqlite_creation_lock(uri):
         return MlflowClient(uri)
+
+
+@contextlib.contextmanager
+def sqlite_creation_lock(url: str) -> Iterator[None]:
+    """An exclusive lock on the directory of the SQLite file `url` names (no lock for any
+    other URL, and no lock file left behind): held while a store's tables may be created,
+    which two processes must not do at once (MLflow's migrations break each other's;
+    Optuna's `create_all` fails with "table ... already exists")."""
+    path = _sqlite_path(url)
+    if path is None:
+        yield
+        return
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(directory, fcntl.LOCK_EX)
-        return MlflowClient(uri)
+        yield
     finally:
         os.close(directory)  # releases the lock
 

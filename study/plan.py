@@ -169,9 +169,12 @@ class FiniteOptunaSearch(OptunaSearch):
         # SQLite: other studies' drivers and the dashboard share the file; wait for a lock
         # (up to 60 s) rather than fail after SQLite's default 5 s.
         sqlite = self._storage_url.startswith("sqlite:")
-        self._storage = optuna.storages.RDBStorage(
-            self._storage_url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None
-        )
+        # Two studies started together in one directory create optuna.db's tables at once.
+        with records.sqlite_creation_lock(self._storage_url):
+            self._storage = optuna.storages.RDBStorage(
+                self._storage_url,
+                engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else None,
+            )
         super()._setup_study(self._mode)  # create_study(..., load_if_exists=True)
         self._fail_strays()
 
