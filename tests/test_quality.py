@@ -55,18 +55,21 @@ def test_icvae_invariance_penalty_lowers_leakage(digits):
 
 
 def test_aae_codes_move_toward_the_gaussian_prior(digits):
-    experiment = Experiment.create("aae", {}, digits, seed=0)
-    before = experiment.evaluate()
+    # Four seeds at once (replicas): the adversarial game's outcome at 20 epochs varies
+    # from seed to seed more than a one-seed threshold can hold.
+    experiment = Experiment.create("aae", {}, digits, seed=0, seeds=4)
+    before = experiment.evaluate_replicas()
     for _ in range(20):
-        experiment.train_epoch()
-    after = experiment.evaluate()
-    # prior_mmd measured 1.627 at initialisation and 0.037 after 20 epochs
-    # (seed 1: 1.587 and 0.030).
-    assert after["prior_mmd"] < 0.25 * before["prior_mmd"]
-    assert after["prior_mmd"] < 0.3
-    # Reconstructions improve too: measured 0.045 after training.
-    assert after["recon_mse"] < before["recon_mse"]
-    assert after["degenerate"] == 0.0
+        experiment.train_replicas()
+    after = experiment.evaluate_replicas()
+    # prior_mmd measured 1.59-1.63 at initialisation and 0.172, 0.076, 0.035, 0.021 after
+    # 20 epochs (seeds 0-3; solo runs of seeds 0 and 1: 0.391 and 0.089).
+    mmd = sorted(a["prior_mmd"] for a in after)
+    assert all(a["prior_mmd"] < 0.25 * b["prior_mmd"] for a, b in zip(after, before, strict=True))
+    assert mmd[1] < 0.1 and mmd[2] < 0.15, mmd  # the middle two seeds
+    # Reconstructions improve too: measured 0.046-0.052 after training.
+    assert all(a["recon_mse"] < b["recon_mse"] for a, b in zip(after, before, strict=True))
+    assert all(a["degenerate"] == 0.0 for a in after)
 
 
 def test_supervised_aae_puts_each_class_on_its_mode(digits):

@@ -296,10 +296,14 @@ def test_replicas_resume_exactly(case, contract_digits, tmp_path):
     resumed.restore(tmp_path)
     assert resumed.train_replicas() == expected
     assert_same_state(snapshot(original.model), snapshot(resumed.model))
-    # A state saved by other seeds is refused, naming the setting.
+    # A state saved by other seeds is refused, naming the setting; so is one from before
+    # replicas existed (no seeds, no noise stream).
     other = case.experiment(contract_digits, seed=3, seeds=2)
     with pytest.raises(ConfigError, match=r"^seeds: "):
         other.restore(tmp_path)
+    old = {k: v for k, v in original.state_dict().items() if k not in ("seeds", "noise")}
+    with pytest.raises(ConfigError, match=r"^state: written by a version from before"):
+        resumed.load_state_dict(old)
 
 
 def test_non_finite_weights_mark_the_run_diverged(case, contract_digits):

@@ -270,6 +270,11 @@ class Experiment:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "seeds" not in state:
+            raise ConfigError(
+                "state: written by a version from before seed replicas, whose random "
+                "streams this one cannot continue; train it again (start a new study)"
+            )
         if list(state["seeds"]) != list(self.seeds):
             raise ConfigError(
                 f"seeds: the saved state holds seeds {state['seeds']}, this experiment "
