@@ -96,9 +96,7 @@ def seed_rows(trials: pd.DataFrame) -> pd.DataFrame:
     plain = trials.drop(columns=per_seed_columns + stat_columns)
     rows = []
     for index, trial in trials.iterrows():
-        seeds = [
-            seed for seed in seeds_of({c: None for c in per_seed_columns if pd.notna(trial[c])})
-        ]
+        seeds = seeds_of({c: None for c in per_seed_columns if pd.notna(trial[c])})
         if not seeds:
             rows.append(plain.loc[index])
             continue

@@ -652,7 +652,7 @@ def demo(trials, epochs, verbose):
 def format_metrics(metrics: dict[str, float]) -> str:
     """One line per metric; with seed replicas, the mean, its bootstrap bounds, the std
     and each seed's value."""
-    from analysis.records import parse_seed_metric, stat_metric
+    from analysis.records import base_metric, parse_seed_metric, stat_metric
 
     per_seed: dict[str, list[float]] = {}
     for key, value in metrics.items():
@@ -669,12 +669,8 @@ def format_metrics(metrics: dict[str, float]) -> str:
         spread = f"{std:.4f}" if std is not None else ""
         seeds = " ".join(f"{v:.4f}" for v in values)
         lines.append(f"  {name:<{width}}  {metrics[name]:8.4f}  {bounds:>17}  {spread:>7}  {seeds}")
-    others = [k for k in metrics if k not in per_seed and parse_seed_metric(k) is None]
-    others = [
-        k
-        for k in others
-        if not any(k == stat_metric(n, s) for n in per_seed for s in ("lower", "upper", "std"))
-    ]
+    # What no seed reports (the run's timings): one value each.
+    others = [k for k in metrics if base_metric(k, per_seed) is None]
     lines += [f"  {k:<{width}}  {metrics[k]:8.4f}" for k in others]
     return "\n".join(lines)
 

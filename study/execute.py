@@ -71,7 +71,7 @@ def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
         spec.dataset,
         spec.objectives,
         tracking.code_version(),
-        {name: family.metric_range(name) for name in family.metric_names},
+        family.metric_ranges,
     )
     parent = queue.client.create_run(experiment, run_name=spec.name, tags={**study_tags, **tags})
     parent_id = parent.info.run_id

@@ -53,8 +53,7 @@ def train_once(
     )
 
     _train_epochs(experiment, spec, progress)
-    family = experiment.family
-    ranges = {name: family.metric_range(name) for name in family.metric_names}
+    ranges = experiment.family.metric_ranges
     metrics = summarize(experiment.evaluate_replicas(), experiment.seeds, ranges)
     metrics["train_seconds"] = experiment.train_seconds
     metrics["eval_seconds"] = experiment.eval_seconds

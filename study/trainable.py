@@ -67,8 +67,7 @@ def train_trial(config: dict[str, Any]) -> None:
         seeds=int(run.get("seeds", 1)),
         precision=run.get("precision", "fp32"),
     )
-    family = experiment.family
-    ranges = {name: family.metric_range(name) for name in family.metric_names}
+    ranges = experiment.family.metric_ranges
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

@@ -231,6 +231,11 @@ class Family(abc.ABC, Generic[ConfigT, ModelT]):
     def metric_range(self, name: str) -> tuple[float, float | None]:
         return self.metric(name).range
 
+    @property
+    def metric_ranges(self) -> dict[str, tuple[float, float | None]]:
+        """Each declared metric's range, by name (what seed intervals are clipped to)."""
+        return {name: self.metric_range(name) for name in self.metric_names}
+
     def check_metrics(self, metrics: Mapping[str, float]) -> None:
         """Raise ContractError unless every value is a float of a declared metric and lies
         in its declared range: either would be a bug in the family, not in its input."""
