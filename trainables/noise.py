@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -83,8 +84,11 @@ class NoiseStream:
     def begin_step(self) -> None:
         # In place: a CUDA graph of the step replays these on the same tensors.
         self.step.add_(1)
-        self.step_keys.copy_(mix(self.keys ^ mix(self.step)))
+        self._derive_step_keys()
         self.draws = 0
+
+    def _derive_step_keys(self) -> None:
+        self.step_keys.copy_(mix(self.keys ^ mix(self.step)))
 
     def tensors(self) -> list[torch.Tensor]:
         """What a captured step writes besides the model and optimisers (cuda_graphs)."""
@@ -98,7 +102,7 @@ class NoiseStream:
         if not torch.equal(state["keys"], self.keys.cpu()):
             raise ValueError("noise: the saved state belongs to other seeds")
         self.step.copy_(state["step"])
-        self.step_keys.copy_(mix(self.keys ^ mix(self.step)))
+        self._derive_step_keys()
 
 
 _current: contextvars.ContextVar[tuple[NoiseStream, torch.Tensor] | None] = contextvars.ContextVar(
@@ -138,9 +142,7 @@ def _bits(shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     draw = stream.draws
     stream.draws += 1
     base = mix(step_key ^ ((draw * GOLDEN) & MASK))
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     return mix(_element_hash(numel, device) ^ base).view(shape)
 
 
