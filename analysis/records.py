@@ -82,8 +82,10 @@ INFO_COLUMNS = ("run_id", "run_name", "status", "trial_id", "trial_status", "sta
 
 
 def redact(text: str) -> str:
-    """Hide credentials in URIs (scheme://user:password@host -> scheme://***@host)."""
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
+    """Hide credentials in URIs (scheme://user:password@host -> scheme://***@host). A
+    secret may hold '/' (AWS secret keys often do), so everything up to the URI's last '@'
+    before its query goes: hiding too much beats showing a secret."""
+    return re.sub(r"(\w+://)[^@\s?#]*@", r"\1***@", text)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -21,7 +21,7 @@ from analysis.stats import finite_or_none
 from search_spaces.loader import SearchSpace, load_space
 from study import cluster
 from study.spec import StudySpec
-from study.storage import study_exists
+from study.storage import check_storage, study_exists
 from trainables.errors import ConfigError
 
 
@@ -88,8 +88,9 @@ def plan_rerun(
 
 
 def check_inputs(spec: StudySpec, check_data: bool = True) -> SearchSpace:
-    """Every check of the inputs that needs no write: space, tracking store, data."""
+    """Every check of the inputs that needs no write: space, storage, tracking store, data."""
     space = load_space(spec.family, spec.space_file, spec.fixed)
+    check_storage(spec.storage)
     records.check_tracking_uri(spec.tracking_uri)
     if check_data:
         from trainables import load_dataset

@@ -86,6 +86,9 @@ def run_robustness(
             "seeds": seeds,
             "scheduler": "none",
             "address": address if address is not None else source_spec.address,
+            # Beside the source, as the user reached it (an endpoint in the URI or in
+            # the environment).
+            "storage": storage or source_spec.storage,
             "tracking_uri": tracking_uri or source_spec.tracking_uri,
         }
     )

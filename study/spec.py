@@ -305,7 +305,9 @@ class StudySpec:
 
     @property
     def path(self) -> str:
-        return f"{self.storage.rstrip('/')}/{self.name}"
+        from study.storage import join
+
+        return join(self.storage, self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

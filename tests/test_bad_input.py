@@ -93,6 +93,44 @@ CASES = [
         script=True,
     ),
     case("run-malformed-ray-address", "run mlvae --address nowhere", "address:", "host:port"),
+    # --- study run / resume / status: the results storage (no S3 server needed: the
+    # refusals come first; test_shared_storage.py has those a real server gives) ---
+    case(
+        "run-storage-unreachable-endpoint",
+        "run mlvae --storage s3://bucket/dir?endpoint_override=127.0.0.1:{closed}&scheme=http",
+        "storage:",
+        "fix endpoint_override",
+    ),
+    case(
+        "run-storage-unknown-scheme",
+        "run mlvae --storage nosuch://bucket/dir",
+        "storage:",
+        "e.g. s3://",
+    ),
+    case(
+        "run-storage-unknown-option",
+        "run mlvae --storage s3://bucket/dir?endpoint=127.0.0.1",
+        "storage:",
+        "endpoint_override",
+    ),
+    case(
+        "run-storage-credentials-in-uri",
+        "run mlvae --storage s3://AKIAEXAMPLE:se/cret@bucket/dir",
+        "storage:",
+        "AWS_ACCESS_KEY_ID",
+    ),
+    case(
+        "resume-storage-unreachable-endpoint",
+        "resume kept --storage s3://bucket/dir?endpoint_override=127.0.0.1:{closed}&scheme=http",
+        "storage:",
+        "fix endpoint_override",
+    ),
+    case(
+        "status-storage-unreachable-endpoint",
+        "status --storage s3://bucket/dir?endpoint_override=127.0.0.1:{closed}&scheme=http",
+        "storage:",
+        "fix endpoint_override",
+    ),
     # --- study run: per-trial resources no node has (Ray would wait for them forever) ---
     case("run-gpus-no-node-has", "run mlvae --gpus-per-trial 2", "gpus-per-trial:", "GPUs"),
     case("run-cpus-no-node-has", "run mlvae --cpus-per-trial 4096", "cpus-per-trial:", "or less"),
@@ -422,6 +460,7 @@ def test_bad_input(row: Case, outcomes, inputs) -> None:
     assert line.startswith("error: "), shown
     assert row.field in line, f"the error should name {row.field!r}\n{shown}"
     assert row.fix in line, f"the error should say how to fix it ({row.fix!r})\n{shown}"
+    assert "se/cret" not in result.stdout + result.stderr, "a secret in a URI was shown"
     # Nothing announced as started: stdout is empty, or the study's header line alone
     # when the failure is only found when connecting to Ray.
     assert len(result.stdout.splitlines()) <= (1 if "address" in row.field else 0), shown

@@ -79,6 +79,9 @@ def test_params_hide_credentials_and_keep_to_the_value_limit():
     assert records.redact("http://u:p@host:5000 and https://h/x") == (
         "http://***@host:5000 and https://h/x"
     )
+    # AWS secret keys may hold '/': the whole of it goes, not the part after the last '/'.
+    secret = "s3://AKIAEXAMPLE:wJal/rXUt/nFEMI@bucket/dir?endpoint_override=h:9000"
+    assert records.redact(secret) == "s3://***@bucket/dir?endpoint_override=h:9000"
 
 
 def test_reader_columns_of_mlflow_params():
