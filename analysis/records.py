@@ -63,6 +63,8 @@ TAG_DEVICE = "latent_studies.device"  # "cpu" or "cuda", as the trial last repor
 TAG_TRIAL_STATUS = "latent_studies.trial_status"  # Ray's: TERMINATED or ERROR
 TAG_DIVERGED = "latent_studies.diverged"  # "true", only on a diverged trial
 TAG_TIME_TOTAL = "latent_studies.time_total_s"
+# How often Ray restarted the trial from its last checkpoint (a crashed worker, a lost node).
+TAG_RETRIES = "latent_studies.retries"
 
 KIND_STUDY = "study"
 KIND_TRIAL = "trial"

@@ -4,6 +4,7 @@ instead of Ray's log flood (`-v` brings that back)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -38,6 +39,16 @@ class TrialPrinter(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(trial, error=True)
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        saved = trial.latest_checkpoint_result
+        epoch = saved.metrics.get("epoch") if saved is not None else None
+        restart = f"its checkpoint at epoch {epoch}" if epoch else "the start (no checkpoint yet)"
+        print(
+            f"[retry] {trial.trial_id} failed ({failure_reason(trial)}); "
+            f"failure {trial.num_failures}, restarting from {restart}",
+            flush=True,
+        )
+
     def _line(self, trial, error: bool) -> None:
         self.done += 1
         result = trial.last_result or {}
@@ -51,6 +62,18 @@ class TrialPrinter(Callback):
             f"[{self.done}/{self.total}] {trial.trial_id} {status:<11} {scores}  {params}  ({seconds:.1f}s)",
             flush=True,
         )
+
+
+def failure_reason(trial, limit: int = 160) -> str:
+    """The first line of the trial's latest failure, from the error file Ray has just
+    written beside the driver ("Failure # N (occurred at ...)" then the exception)."""
+    try:
+        text = Path(trial.error_file).read_text() if trial.error_file else ""
+    except OSError:
+        text = ""
+    latest = text.rpartition("Failure # ")[2].splitlines()[1:]
+    reasons = [line.strip() for line in latest if line.strip()]
+    return reasons[0][:limit] if reasons else "no error recorded"
 
 
 def trial_status(error, metrics: dict[str, Any], epochs: int) -> str:

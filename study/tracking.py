@@ -26,6 +26,7 @@ from ray.tune import Callback
 
 from analysis.records import (
     RESULT_TAGS,
+    TAG_RETRIES,
     TAG_TRIAL,
     TrialConfig,
     base_metric,
@@ -397,6 +398,11 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, RunStatus.to_string(RunStatus.FINISHED))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # The run stays RUNNING: the retried trial goes on logging to it.
+        self.runs.ensure(trial)
+        self.buffer.add(trial.trial_id, [], [RunTag(TAG_RETRIES, str(trial.num_failures))])
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._finish(trial, RunStatus.to_string(RunStatus.FAILED))
