@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache for the whole session, the digits dataset, MNIST."""
+"""Shared fixtures: an isolated cache for the whole session, the digits dataset, MNIST, the
+shared storage and tracking servers of the cluster tests."""
 
 from __future__ import annotations
 
@@ -30,6 +31,20 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         # A data directory from the developer's shell must not change what the tests see.
         patch.delenv("LATENT_STUDIES_DATA_DIR", raising=False)
         yield cache
+
+
+@pytest.fixture(scope="session")
+def shared_services(tmp_path_factory: pytest.TempPathFactory):
+    """An S3-compatible server (moto) with a bucket and a key, and an `mlflow server` that
+    stores artifacts in that bucket: started once for the cluster and storage tests."""
+    from reliability_support import Processes
+    from s3_support import SharedServices
+
+    processes = Processes()
+    try:
+        yield SharedServices(processes, tmp_path_factory.mktemp("shared-services"))
+    finally:
+        processes.close()
 
 
 @pytest.fixture(scope="session")

@@ -254,10 +254,21 @@ class MlflowServer:
     """A real `mlflow server` on 127.0.0.1:port with a SQLite store; stop() and start()
     again keep the port and the store, as a restarted tracking server would."""
 
-    def __init__(self, processes: Processes, root: Path, port: int | None = None):
+    def __init__(
+        self,
+        processes: Processes,
+        root: Path,
+        port: int | None = None,
+        artifacts: str | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        """`artifacts`: the artifact destination (default a directory under `root`), e.g.
+        s3://bucket/prefix with the endpoint and credentials in `env`."""
         self.processes = processes
         self.root = root
         self.port = port or free_port()
+        self.artifacts = artifacts or str(root / "artifacts")
+        self.env = env or {}
         self.process: subprocess.Popen | None = None
         root.mkdir(parents=True, exist_ok=True)
 
@@ -278,11 +289,11 @@ class MlflowServer:
             "--backend-store-uri",
             f"sqlite:///{self.root / 'mlflow.db'}",
             "--artifacts-destination",
-            str(self.root / "artifacts"),
+            self.artifacts,
             "--serve-artifacts",
         ]
         # MLflow's job runners (eight processes) are not needed for tracking.
-        env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **self.env)
         self.process = self.processes.start(args, self.root, self.root / "server.log", env)
         wait_for(self.healthy, timeout, f"mlflow server on port {self.port} ({self.log_tail()})")
 

@@ -1,4 +1,4 @@
-"""Helpers for the sweep integration tests (test_sweep, test_cluster, test_remote_tracking,
+"""Helpers for the sweep integration tests (test_sweep, test_cluster, test_shared_storage,
 test_gpu).
 
 They run the real `study` CLI in a scratch directory and start real Ray clusters on
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import re
 import secrets
 import shutil
 import signal
@@ -272,16 +271,20 @@ def load_searcher_state(storage: Path, name: str) -> dict:
     return state
 
 
-# --- a two-node Ray cluster -----------------------------------------------------------
+# --- a Ray cluster of several nodes ------------------------------------------------------
 @dataclass
 class RayCluster:
-    """`ray start --head` plus one `ray start --address` worker node, both with one CPU on
-    127.0.0.1, token authentication and private ports and temp dir."""
+    """`ray start --head` plus `workers` worker nodes (`ray start --address`), each with one
+    CPU, on 127.0.0.1, with token authentication and private ports and temp dir. `extra`
+    goes into every Ray process's environment (the driver's too): credentials, settings."""
 
     root: Path
+    workers: int = 1
+    extra: dict[str, str] = field(default_factory=dict)
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     port: int = 0
     log: list[str] = field(default_factory=list)
+    node_manager_ports: list[int] = field(default_factory=list)  # head first
 
     @property
     def address(self) -> str:
@@ -291,7 +294,11 @@ class RayCluster:
     def env(self) -> dict[str, str]:
         """For every Ray process of this cluster, the driver included."""
         return base_env(
-            self.root, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0"
+            self.root,
+            RAY_AUTH_MODE="token",
+            RAY_AUTH_TOKEN=self.token,
+            RAY_USAGE_STATS_ENABLED="0",
+            **self.extra,
         )
 
     def _ray_start(self, args: list[str]) -> None:
@@ -308,7 +315,7 @@ class RayCluster:
             raise RuntimeError(f"ray start {' '.join(args)} failed:\n{self.log[-1]}")
 
     def start(self) -> None:
-        ports = free_ports(14)
+        ports = free_ports(2 + 6 * (1 + self.workers))
         self.port = ports[0]
         used = set(ports)
         common = [
@@ -332,6 +339,7 @@ class RayCluster:
                 "--dashboard-agent-grpc-port",
                 "--runtime-env-agent-port",
             ]
+            self.node_manager_ports.append(ports[first])
             flags = [f"{n}={p}" for n, p in zip(names, ports[first : first + 6], strict=True)]
             return [*flags, f"--min-worker-port={low}", f"--max-worker-port={high}"]
 
@@ -345,24 +353,46 @@ class RayCluster:
                 *node_ports(2),
             ]
         )
-        self._ray_start([f"--address={self.address}", *common, *node_ports(8)])
+        for worker in range(self.workers):
+            self._ray_start([f"--address={self.address}", *common, *node_ports(8 + 6 * worker)])
 
-    def node_ids(self) -> set[str]:
-        """The node ids of this cluster's raylets, from their command lines."""
-        marker = str(self.root)
-        ids = set()
-        for pid in processes_with(marker):
+    def _raylets(self) -> dict[str, tuple[int, int]]:
+        """node id -> (raylet pid, node manager port), from the raylets' command lines."""
+        found = {}
+        for pid in processes_with(str(self.root)):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as handle:
                     args = handle.read().decode(errors="replace").split("\0")
             except OSError:
                 continue
-            if args and args[0].endswith("/raylet"):
-                for arg in args:
-                    match = re.fullmatch(r"--node_id=([0-9a-f]+)", arg)
-                    if match:
-                        ids.add(match.group(1))
-        return ids
+            if not args or not args[0].endswith("/raylet"):
+                continue
+            flags = dict(a.removeprefix("--").split("=", 1) for a in args[1:] if "=" in a)
+            if "node_id" in flags and "node_manager_port" in flags:
+                found[flags["node_id"]] = (pid, int(flags["node_manager_port"]))
+        return found
+
+    def node_ids(self) -> set[str]:
+        """The node ids of this cluster's live raylets."""
+        return set(self._raylets())
+
+    def worker_node_ids(self) -> list[str]:
+        """The worker nodes' ids, in the order they were started."""
+        by_port = {port: node for node, (_, port) in self._raylets().items()}
+        return [by_port[p] for p in self.node_manager_ports[1:] if p in by_port]
+
+    def kill_node(self, node_id: str) -> None:
+        """The node's machine gone at once: SIGKILL to its raylet and everything under it
+        (its trials' workers, its agents), no shutdown of any kind."""
+        raylet, _ = self._raylets()[node_id]
+        table = _proc_table()
+        doomed, frontier = {raylet}, {raylet}
+        while frontier:
+            frontier = {pid for pid, (ppid, _, _) in table.items() if ppid in frontier} - doomed
+            doomed |= frontier
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
 
     def stop(self) -> None:
         """Kill this cluster's processes by pid (not `ray stop`, which would take every
@@ -371,9 +401,9 @@ class RayCluster:
 
 
 @contextlib.contextmanager
-def ray_cluster() -> Iterator[RayCluster]:
+def ray_cluster(workers: int = 1, **extra: str) -> Iterator[RayCluster]:
     with ray_tmpdir() as root:
-        cluster = RayCluster(root)
+        cluster = RayCluster(root, workers, extra)
         try:
             cluster.start()
             yield cluster

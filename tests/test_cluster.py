@@ -1,24 +1,33 @@
-"""`study run --address` against a real two-node Ray cluster started on this machine
-(head + one worker node, one CPU each, token authentication as Ray 2.60 sets up for local
-clusters): the trials must run on both nodes, and MLflow must say which ran where.
+"""`study run --address` against real Ray clusters started on this machine with `ray start`
+(one CPU per node, token authentication as Ray 2.60 sets up for local clusters):
 
-The sweep also evaluates only every EPOCHS epochs (--eval-every), so results between
-evaluations carry the metrics of the last one (which Ray requires of every result)."""
+- a sweep on three nodes with its results in an S3 bucket (moto) and its MLflow artifacts in
+  the same bucket, one worker node killed hard mid-sweep: trials run on every node, the lost
+  node's trial is retried on the others from its last checkpoint in the bucket, and the study
+  ends with every trial, one finished run each;
+- a trial no node can hold is refused in seconds, writing nothing.
+
+The sweep evaluates only at its last epoch (--eval-every), so results between evaluations
+carry the metrics of the first one (Ray requires the objective in every result).
+"""
 
 from __future__ import annotations
 
+import json
+import re
+import time
+
 import pytest
+from reliability_support import Processes, wait_for
 from sweep_helpers import ray_cluster, run_study, study_record
 
 from analysis import records
+from study.storage import SPEC_FILE
+from trainables.experiment import STATE_FILE
 
 pytestmark = pytest.mark.cluster
 
-NAME = "c1"
-TRIALS = 2
-# Each trial must outlast the other node's actor start (several seconds), or Ray reuses the
-# first node's freed actor for the second trial: about 0.1 s an epoch on digits.
-EPOCHS = 150
+SWEEP_TIMEOUT = 420
 
 
 @pytest.fixture(scope="module")
@@ -28,48 +37,138 @@ def cluster():
         yield started
 
 
-def test_trials_run_on_both_nodes(cluster, tmp_path):
-    done = run_study(
-        [
-            "run",
-            "mlvae",
-            "--trials",
-            str(TRIALS),
-            "--epochs",
-            str(EPOCHS),
-            "--eval-every",
-            str(EPOCHS),
-            "--scheduler",
-            "none",
-            "--objective",
-            "swap_acc:max",
-            "--name",
-            NAME,
-            "--address",
-            cluster.address,
-        ],
-        cwd=tmp_path,
-        env=cluster.env,
+@pytest.fixture
+def procs():
+    processes = Processes()
+    yield processes
+    processes.close()
+
+
+def finish(process, log, timeout: float = SWEEP_TIMEOUT) -> str:
+    try:
+        process.wait(timeout=timeout)
+    except Exception:  # noqa: BLE001 - TimeoutExpired: report the log; the fixture kills it
+        pytest.fail(f"`{' '.join(process.args)}` ran past {timeout}s:\n{log.read_text()[-4000:]}")
+    output = log.read_text()
+    assert process.returncode == 0, f"`{' '.join(process.args)}` failed:\n{output[-4000:]}"
+    return output
+
+
+def trial_of(run) -> str:
+    return run.data.tags[records.TAG_TRIAL]
+
+
+def result_lines(s3, prefix: str, trial: str) -> list[dict]:
+    """The results Ray recorded for `trial`, read back from the bucket."""
+    text = s3.read(f"{prefix}/trial_{trial}/result.json").decode()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def running_on(tracking_uri: str, node: str):
+    """A RUNNING trial run whose latest result came from `node`, or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(records.DEFAULT_EXPERIMENT)
+    if found is None:
+        return None
+    runs = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{records.TAG_NODE}` = '{node}' and attributes.status = 'RUNNING'",
     )
-    record = study_record(f"sqlite:///{tmp_path / 'mlflow.db'}", NAME)
+    return runs[0] if runs else None
+
+
+@pytest.mark.slow
+def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
+    shared_services, procs, tmp_path
+):
+    name, trials, epochs, prefix = "lost", 4, 60, "sweeps"
+    s3, tracking = shared_services.s3, shared_services.tracking
+    with ray_cluster(workers=2, **shared_services.env) as three:
+        assert len(three.node_ids()) == 3, three.log
+        all_nodes, victim = three.node_ids(), three.worker_node_ids()[1]
+        log = tmp_path / "run.log"
+        driver = procs.study(
+            *["run", "mlvae", "--name", name, "--trials", str(trials), "--epochs", str(epochs)],
+            *["--eval-every", str(epochs), "--scheduler", "none", "--objective", "swap_acc:max"],
+            *["--storage", s3.uri(prefix), "--address", three.address],
+            *["--tracking-uri", tracking.uri],
+            cwd=tmp_path,
+            log=log,
+            env=three.env,
+        )
+
+        def trial_on_victim():
+            if driver.poll() is not None:
+                pytest.fail(f"the sweep ended before the node was lost:\n{log.read_text()}")
+            return running_on(tracking.uri, victim)
+
+        # Its first result (epoch 1) is logged once its checkpoint is in the bucket.
+        lost_trial = trial_of(
+            wait_for(trial_on_victim, 240, "a trial on the third node", every=0.3)
+        )
+        time.sleep(2.0)  # some epochs past that checkpoint: work the loss throws away
+        killed_at = time.monotonic()
+        three.kill_node(victim)
+        output = finish(driver, log)
+        finished_after = time.monotonic() - killed_at
+
+    record = study_record(tracking.uri, name)
     assert record.parent.info.status == "FINISHED"
-    assert record.parent.data.params["address"] == cluster.address
-    children = record.children
-    assert len(children) == TRIALS, done.describe()
-    for child in children:
-        assert child.info.status == "FINISHED"
-        assert child.data.metrics["epoch"] == EPOCHS
-        # Evaluated after epoch 1 (so every result has the objective) and at the end;
-        # epoch 2 repeats epoch 1's numbers.
-        history = record.client.get_metric_history(child.info.run_id, "swap_acc")
-        values = {m.step: m.value for m in history}
-        assert sorted(values) == list(range(1, EPOCHS + 1))
-        assert values[2] == values[1]
-        names = {a.path for a in record.client.list_artifacts(child.info.run_id, "images")}
-        assert "images/swaps.png" in names
-    # One CPU per node and one per trial: the two trials ran at once, one on each node.
-    nodes = {c.data.tags[records.TAG_NODE] for c in children}
-    assert nodes == cluster.node_ids()
+    assert record.parent.data.params["address"] == three.address
+    assert len(record.children) == trials, output
+    assert {r.info.status for r in record.children} == {"FINISHED"}, output
+    (retried,) = [r for r in record.children if trial_of(r) == lost_trial]
+    assert int(retried.data.tags[records.TAG_RETRIES]) >= 1
+    assert f"[retry] {lost_trial} failed" in output, output
+
+    stored = s3.keys(f"{prefix}/{name}/")
+    assert f"{prefix}/{name}/{SPEC_FILE}" in stored
+    ran_on = set()
+    for run in record.children:
+        trial = trial_of(run)
+        assert run.data.metrics["epoch"] == epochs
+        assert any(
+            k.startswith(f"{prefix}/{name}/trial_{trial}/checkpoint_") and k.endswith(STATE_FILE)
+            for k in stored
+        )
+        listed = {a.path for a in record.client.list_artifacts(run.info.run_id, "images")}
+        assert "images/swaps.png" in listed
+        # The tracking server put the images in the bucket, beside the checkpoints.
+        images = s3.keys(f"mlartifacts/{record.experiment_id}/{run.info.run_id}/artifacts/images/")
+        assert any(k.endswith("/swaps.png") for k in images), images
+        lines = result_lines(s3, f"{prefix}/{name}", trial)
+        ran_on |= {line["node_id"] for line in lines}
+        if trial == lost_trial:
+            # Restarted from its checkpoint in the bucket, not from scratch: the survivors
+            # reported the epochs after the checkpoint's, and the epochs up to it were
+            # trained once. (Ray rewrites result.json when it restarts a trial, so the
+            # lost node's lines may be gone from it; those after the checkpoint, there
+            # when they are, are the work the loss threw away.)
+            found = re.search(rf"\[retry\] {trial} failed .*checkpoint at epoch (\d+)", output)
+            assert found, output
+            saved = int(found.group(1))
+            before = [line["epoch"] for line in lines if line["node_id"] == victim]
+            after = [line["epoch"] for line in lines if line["node_id"] != victim]
+            assert saved >= 1 and after == list(range(saved + 1, epochs + 1)), (saved, after)
+            if before:  # kept: epochs 1 to at least the checkpoint's, each once
+                assert before == list(range(1, len(before) + 1)) and len(before) >= saved
+            assert run.data.tags[records.TAG_NODE] != victim
+            history = record.client.get_metric_history(run.info.run_id, "epoch")
+            assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+        else:
+            # Evaluated after epoch 1 (every result must carry the objective) and at the
+            # end; the epochs between repeat epoch 1's value.
+            history = record.client.get_metric_history(run.info.run_id, "swap_acc")
+            values = {m.step: m.value for m in history}
+            assert sorted(values) == list(range(1, epochs + 1))
+            assert values[2] == values[1]
+    # One CPU per node and per trial: the first three trials ran at once, one on each node
+    # (the lost one found on its node by the wait above, the others in the results).
+    assert ran_on | {victim} == all_nodes
+    retries = [line for line in output.splitlines() if line.startswith("[retry]")]
+    print(f"lost node: the study finished {finished_after:.0f}s after the kill; {retries}")
 
 
 def test_a_trial_no_node_can_hold_is_refused_in_seconds(cluster, tmp_path):

@@ -1,0 +1,251 @@
+"""Studies whose results live on shared storage: a real S3-compatible server (moto, with
+signatures checked against an IAM key) and a real `mlflow server` over HTTP whose artifacts
+go to the same bucket (the lost-node sweep on a three-node cluster is in test_cluster.py).
+
+- a killed driver, then `study resume` from another directory given only the storage URI:
+  exactly the requested trials and runs, everything recorded on the server and stored in
+  the bucket, nothing local; `study robustness` then re-runs the best from the bucket;
+- unusable storage (wrong endpoint, missing bucket, missing or wrong credentials,
+  credentials in the URI): exit 2 in seconds with one line, and nothing written anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import optuna
+import pytest
+import ray.cloudpickle
+from reliability_support import Processes, pids_in_session, wait_for
+from s3_support import S3Server
+from sweep_helpers import base_env, ray_tmpdir, run_study, study_record
+
+from analysis import records
+from study.storage import SPEC_FILE
+from trainables import get_family
+from trainables.experiment import STATE_FILE
+
+pytestmark = pytest.mark.cluster
+
+SWEEP_TIMEOUT = 420
+
+
+@pytest.fixture
+def procs():
+    processes = Processes()
+    yield processes
+    processes.close()
+
+
+def finish(process, log, timeout: float = SWEEP_TIMEOUT) -> str:
+    try:
+        process.wait(timeout=timeout)
+    except Exception:  # noqa: BLE001 - TimeoutExpired: report the log; the fixture kills it
+        pytest.fail(f"`{' '.join(process.args)}` ran past {timeout}s:\n{log.read_text()[-4000:]}")
+    output = log.read_text()
+    assert process.returncode == 0, f"`{' '.join(process.args)}` failed:\n{output[-4000:]}"
+    return output
+
+
+def trial_of(run) -> str:
+    return run.data.tags[records.TAG_TRIAL]
+
+
+# --- a killed driver, resumed from another directory --------------------------------------
+@pytest.mark.slow
+def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, procs, tmp_path):
+    """ML-VAE's two default objectives, so Optuna runs NSGA-II; its state too must come
+    back from the bucket."""
+    name, trials, epochs = "moved", 4, 30
+    s3, tracking = shared_services.s3, shared_services.tracking
+    storage = s3.uri("sweeps")
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    with ray_tmpdir() as ray_tmp:
+        env = base_env(ray_tmp, **shared_services.env)
+        log = first / "run.log"
+        driver = procs.study(
+            *["run", "mlvae", "--name", name, "--trials", str(trials), "--epochs", str(epochs)],
+            *["--eval-every", str(epochs), "--scheduler", "none"],
+            *["--storage", storage, "--tracking-uri", tracking.uri],
+            cwd=first,
+            log=log,
+            env=env,
+        )
+
+        def one_finished():
+            if driver.poll() is not None:
+                pytest.fail(f"the sweep ended before its driver was killed:\n{log.read_text()}")
+            return "[1/" in log.read_text()
+
+        wait_for(one_finished, 240, "a finished trial", every=0.3)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        procs.stop(driver, signal.SIGKILL)  # its local Ray too, as if its machine was gone
+        assert not pids_in_session(driver.pid)
+        assert study_record(tracking.uri, name).parent.info.status == "RUNNING"
+
+        # Another driver: a new directory, the storage URI and the credentials; the spec
+        # in the bucket says where MLflow and the Optuna study are.
+        resume_log = second / "resume.log"
+        resumed = procs.study(
+            "resume", name, "--storage", storage, cwd=second, log=resume_log, env=env
+        )
+        output = finish(resumed, resume_log)
+    assert sorted(p.name for p in second.iterdir()) == ["resume.log"], "resume wrote local files"
+    # The first driver kept only its log and the sampler's Optuna study (optuna.db beside
+    # it: there is no SQLite store to put it next to); no results, no MLflow store.
+    assert sorted(p.name for p in first.iterdir()) == ["optuna.db", "run.log"]
+
+    record = study_record(tracking.uri, name)
+    parent = record.parent
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["tracking_uri"] == tracking.uri
+    assert parent.data.params["storage"] == storage
+    assert parent.data.metrics["trials_total"] == trials
+    objectives = get_family("mlvae").default_objectives
+    assert parent.data.tags[records.TAG_OBJECTIVES] == ",".join(objectives)
+    assert len(objectives) == 2 and parent.data.tags[records.TAG_SAMPLER] == "NSGAIISampler"
+    assert len(record.children) == trials, output
+    assert len({trial_of(r) for r in record.children}) == trials
+    assert {r.info.status for r in record.children} == {"FINISHED"}, output
+
+    stored = s3.keys(f"sweeps/{name}/")
+    assert f"sweeps/{name}/{SPEC_FILE}" in stored
+    metric_names = set(get_family("mlvae").metric_names)
+    for run in record.children:
+        run_id, trial = run.info.run_id, trial_of(run)
+        assert run.data.tags[records.TAG_PARENT] == parent.info.run_id
+        assert metric_names <= set(run.data.metrics)
+        assert run.data.metrics["epoch"] == epochs
+        # No epoch logged twice, though the killed driver's trials ran again from their
+        # checkpoints (a driver killed with -9 may leave a few epochs unlogged, see README).
+        steps = sorted(m.step for m in record.client.get_metric_history(run_id, "recon_mse"))
+        assert len(steps) == len(set(steps)) and steps[-1] == epochs, steps
+        assert any(
+            k.startswith(f"sweeps/{name}/trial_{trial}/checkpoint_") and k.endswith(STATE_FILE)
+            for k in stored
+        )
+        # Artifacts go through the server's proxy into its destination, the bucket.
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri
+        listed = {a.path: a.file_size for a in record.client.list_artifacts(run_id, "images")}
+        assert set(listed) == {
+            "images/reconstructions.png",
+            "images/swaps.png",
+            "images/latent_scatter.png",
+        }
+        where = f"mlartifacts/{record.experiment_id}/{run_id}/artifacts/images/"
+        sizes = {k.rpartition("/")[2]: len(s3.read(k)) for k in s3.keys(where)}
+        assert sizes == {k.removeprefix("images/"): v for k, v in listed.items()}
+
+    # The sampler's state came back from the bucket: multi-objective NSGA-II, every trial.
+    # (One state per driver, named by its start time: the resumed driver's is the last.)
+    state_key = max(k for k in stored if k.rpartition("/")[2].startswith("searcher-state-"))
+    study = ray.cloudpickle.loads(s3.read(state_key))["_ot_study"]
+    assert type(study.sampler) is optuna.samplers.NSGAIISampler
+    assert len(study.directions) == 2
+    assert len(study.trials) >= trials
+
+    # `study status` lists the bucket's studies.
+    listed = run_study(["status", "--storage", storage], cwd=second, env=env)
+    assert name in listed.stdout.split(), listed.describe()
+
+    # The best config re-run from the bucket, again with nothing local; this time the
+    # endpoint comes from AWS_ENDPOINT_URL (which pyarrow reads, in the driver and in Ray's
+    # workers), not from the URI.
+    plain = f"s3://{s3.bucket}/sweeps"
+    robust = run_study(
+        ["robustness", name, "--top", "1", "--seeds", "2", "--storage", plain],
+        cwd=second,
+        env=base_env(None, **shared_services.env, AWS_ENDPOINT_URL=s3.endpoint),
+    )
+    assert "robust-best: top1" in robust.stdout, robust.describe()
+    assert sorted(p.name for p in second.iterdir()) == ["resume.log"]
+    robust_record = study_record(tracking.uri, f"{name}-robust")
+    assert robust_record.parent.data.params["storage"] == plain
+    assert [r.info.status for r in robust_record.children] == ["FINISHED"]
+    robust_keys = s3.keys(f"sweeps/{name}-robust/")
+    assert f"sweeps/{name}-robust/{SPEC_FILE}" in robust_keys
+    assert any(k.endswith(STATE_FILE) for k in robust_keys), robust_keys
+
+
+# --- storage that cannot be used ----------------------------------------------------------
+def bad_storages(s3: S3Server) -> dict[str, tuple[str, dict[str, str], str]]:
+    """case -> (--storage, environment, what the error line must say)."""
+    good = s3.env
+    no_keys = {
+        "AWS_DEFAULT_REGION": good["AWS_DEFAULT_REGION"],
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+        "AWS_CONFIG_FILE": "/nonexistent/config",
+    }
+    wrong = {**good, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    closed = s3.uri("x").replace(f":{s3.port}", f":{s3.port + 1 if s3.port < 65535 else 1}")
+    return {
+        "wrong endpoint": (closed, good, "cannot connect to the S3 endpoint"),
+        "missing bucket": (
+            s3.uri("x").replace(s3.bucket, "no-such-bucket", 1),
+            good,
+            "bucket 'no-such-bucket' does not exist",
+        ),
+        "no credentials": (s3.uri("x"), no_keys, "no AWS credentials in the environment"),
+        "wrong credentials": (s3.uri("x"), wrong, "refused the credentials"),
+        "credentials in the URI": (
+            s3.uri("x").replace(
+                "s3://", f"s3://{good['AWS_ACCESS_KEY_ID']}:{good['AWS_SECRET_ACCESS_KEY']}@"
+            ),
+            good,
+            "has credentials in it",
+        ),
+    }
+
+
+CASES = [
+    "wrong endpoint",
+    "missing bucket",
+    "no credentials",
+    "wrong credentials",
+    "credentials in the URI",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unusable_storage_fails_in_seconds_writing_nothing(shared_services, tmp_path, case):
+    storage, env, expected = bad_storages(shared_services.s3)[case]
+    before = shared_services.s3.keys()
+    runs_before = len(study_record_runs(shared_services.tracking.uri))
+    environment = {k: v for k, v in base_env().items() if not k.startswith("AWS_")}
+    done = run_study(
+        [
+            "run",
+            "mlvae",
+            "--trials",
+            "2",
+            "--storage",
+            storage,
+            "--tracking-uri",
+            shared_services.tracking.uri,
+        ],
+        cwd=tmp_path,
+        env={**environment, **env},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.describe()
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: storage: "), done.describe()
+    assert expected in error[0], done.describe()
+    assert shared_services.s3.env["AWS_SECRET_ACCESS_KEY"] not in done.stdout + done.stderr
+    assert done.seconds < 30, done.describe()
+    assert list(tmp_path.iterdir()) == [], "a refused study wrote files"
+    assert shared_services.s3.keys() == before
+    assert len(study_record_runs(shared_services.tracking.uri)) == runs_before
+
+
+def study_record_runs(uri: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(records.DEFAULT_EXPERIMENT)
+    return [] if found is None else client.search_runs([found.experiment_id], run_view_type=3)
