@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 
@@ -67,6 +67,10 @@ def _filesystem(uri_or_path: str):
             f"{FIELD}: {redact(uri_or_path)!r} is not a storage pyarrow can open "
             f"({_first_line(error)}); {EXAMPLE}"
         ) from None
+    except OSError as error:  # e.g. AWS's region lookup for a bucket it cannot see
+        raise UserError(
+            f"{FIELD}: cannot open {redact(uri_or_path)} ({_first_line(error)}); fix --{FIELD}"
+        ) from None
 
 
 def check_storage(storage: str) -> None:
@@ -86,7 +90,7 @@ def check_storage(storage: str) -> None:
 
     filesystem, path = _filesystem(storage)
     if isinstance(filesystem, pyarrow.fs.S3FileSystem):
-        _check_s3(storage, path)
+        _check_s3(storage, path, filesystem.region)
         return
     try:
         filesystem.get_file_info(path)
@@ -96,11 +100,14 @@ def check_storage(storage: str) -> None:
         ) from None
 
 
-def _check_s3(storage: str, path: str) -> None:
+def _check_s3(storage: str, path: str, region: str) -> None:
+    """HeadBucket through a client with short timeouts and one retry, otherwise set up as
+    Ray's will be (`region`: the one from_uri found for the bucket, or the URI's)."""
     import pyarrow.fs
 
-    query = dict(pair.split("=", 1) for pair in urlsplit(storage).query.split("&") if "=" in pair)
-    options = {k: query[k] for k in ("region", "scheme", "endpoint_override") if k in query}
+    query = dict(parse_qsl(urlsplit(storage).query))
+    options = {k: query[k] for k in ("scheme", "endpoint_override") if k in query}
+    options["region"] = query.get("region", region)
     # FileSystem.from_uri (so Ray) reads the endpoint from the environment when the URI
     # has none; the constructor does not, so it is given here the same way.
     environment_endpoint = _environment_endpoint()
