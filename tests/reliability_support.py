@@ -216,10 +216,13 @@ def _cli_child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str
     main()
 
 
-def run_forked_cli(args: list[str], cwd: Path, timeout: float = 120):
+def run_forked_cli(
+    args: list[str], cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+):
     """Run `study ARGS` as its own process, forked from a server that has imported the CLI
     once (multiprocessing's forkserver): a real process with a real exit status and real
-    file effects, without paying the CLI's seconds of imports per run."""
+    file effects, without paying the CLI's seconds of imports per run. `env` replaces the
+    clean environment."""
     import multiprocessing.connection
 
     global _FORKSERVER
@@ -228,7 +231,8 @@ def run_forked_cli(args: list[str], cwd: Path, timeout: float = 120):
         _FORKSERVER.set_forkserver_preload(PRELOAD)
     out, err = cwd.parent / f".{cwd.name}.out", cwd.parent / f".{cwd.name}.err"
     process = _FORKSERVER.Process(
-        target=_cli_child, args=(list(args), str(cwd), str(out), str(err), clean_env())
+        target=_cli_child,
+        args=(list(args), str(cwd), str(out), str(err), env if env is not None else clean_env()),
     )
     # A forkserver child's exit status arrives as bytes on a pipe, and whoever polls first
     # reads them: `start()` polls every finished child of this process, so a start in one
