@@ -33,6 +33,16 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
         yield cache
 
 
+@pytest.fixture
+def procs():
+    """Processes started by a test, each in its own session, all killed when it ends."""
+    from reliability_support import Processes
+
+    processes = Processes()
+    yield processes
+    processes.close()
+
+
 @pytest.fixture(scope="session")
 def shared_services(tmp_path_factory: pytest.TempPathFactory):
     """An S3-compatible server (moto) with a bucket and a key, and an `mlflow server` that

@@ -186,6 +186,31 @@ class Processes:
             handle.close()
 
 
+# --- waiting for a started command ------------------------------------------------------
+SWEEP_TIMEOUT = 420  # seconds a sweep may take on a loaded 2-core machine
+
+
+def finish(process: subprocess.Popen, log: Path, timeout: float = SWEEP_TIMEOUT) -> str:
+    """Wait for a `study` process started by Processes; fail with its output when it fails
+    or hangs (Processes.close kills it then). Returns its output."""
+    import pytest
+
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"`{' '.join(process.args)}` ran past {timeout}s:\n{tail(log)}")
+    output = log.read_text()
+    assert process.returncode == 0, f"`{' '.join(process.args)}` failed:\n{output[-4000:]}"
+    return output
+
+
+def tail(path: Path, size: int = 4000) -> str:
+    try:
+        return path.read_text()[-size:]
+    except OSError:
+        return ""
+
+
 # --- the CLI forked from a preloaded process ---------------------------------------------
 _FORKSERVER = None
 _STATUS_LOCK = threading.Lock()

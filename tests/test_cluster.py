@@ -1,11 +1,12 @@
-"""`study run --address` against real Ray clusters started on this machine with `ray start`
-(one CPU per node, token authentication as Ray 2.60 sets up for local clusters):
+"""`study run --address` against a real Ray cluster of three nodes started on this machine
+with `ray start` (one CPU each, token authentication as Ray 2.60 sets up for local clusters,
+the bucket's credentials in every node's environment):
 
-- a sweep on three nodes with its results in an S3 bucket (moto) and its MLflow artifacts in
-  the same bucket, one worker node killed hard mid-sweep: trials run on every node, the lost
-  node's trial is retried on the others from its last checkpoint in the bucket, and the study
-  ends with every trial, one finished run each;
-- a trial no node can hold is refused in seconds, writing nothing.
+- a trial no node can hold is refused in seconds, writing nothing;
+- then (last: it takes a node away) a sweep with its results in an S3 bucket (moto) and its
+  MLflow artifacts in the same bucket, one worker node killed hard mid-sweep: trials run on
+  every node, the lost node's trial is retried on the others from its last checkpoint in the
+  bucket, and the study ends with every trial, one finished run each.
 
 The sweep evaluates only at its last epoch (--eval-every), so results between evaluations
 carry the metrics of the first one (Ray requires the objective in every result).
@@ -18,7 +19,7 @@ import re
 import time
 
 import pytest
-from reliability_support import Processes, wait_for
+from reliability_support import finish, wait_for
 from sweep_helpers import ray_cluster, run_study, study_record
 
 from analysis import records
@@ -27,31 +28,14 @@ from trainables.experiment import STATE_FILE
 
 pytestmark = pytest.mark.cluster
 
-SWEEP_TIMEOUT = 420
-
 
 @pytest.fixture(scope="module")
-def cluster():
-    with ray_cluster() as started:
-        assert len(started.node_ids()) == 2, started.log
+def three_nodes(shared_services):
+    """Head and two workers, with the bucket's credentials in every node's environment.
+    The lost-node test, last in this file, takes one of its nodes."""
+    with ray_cluster(workers=2, **shared_services.env) as started:
+        assert len(started.node_ids()) == 3, started.log
         yield started
-
-
-@pytest.fixture
-def procs():
-    processes = Processes()
-    yield processes
-    processes.close()
-
-
-def finish(process, log, timeout: float = SWEEP_TIMEOUT) -> str:
-    try:
-        process.wait(timeout=timeout)
-    except Exception:  # noqa: BLE001 - TimeoutExpired: report the log; the fixture kills it
-        pytest.fail(f"`{' '.join(process.args)}` ran past {timeout}s:\n{log.read_text()[-4000:]}")
-    output = log.read_text()
-    assert process.returncode == 0, f"`{' '.join(process.args)}` failed:\n{output[-4000:]}"
-    return output
 
 
 def trial_of(run) -> str:
@@ -79,44 +63,70 @@ def running_on(tracking_uri: str, node: str):
     return runs[0] if runs else None
 
 
+def test_a_trial_no_node_can_hold_is_refused_in_seconds(three_nodes, tmp_path):
+    """Each node has one CPU: two CPUs per trial would leave Ray waiting forever. The plan
+    must refuse it after joining, naming the flag and what the nodes have, and write
+    nothing (no store, results directory or run)."""
+    done = run_study(
+        [
+            "run",
+            "mlvae",
+            "--trials",
+            "2",
+            "--cpus-per-trial",
+            "2",
+            "--address",
+            three_nodes.address,
+        ],
+        cwd=tmp_path,
+        env=three_nodes.env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.describe()
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: cpus-per-trial: "), done.describe()
+    assert "3 nodes, the largest with 1 CPU and 0 GPUs" in error[0], done.describe()
+    assert "--cpus-per-trial 1 or less" in error[0], done.describe()
+    assert list(tmp_path.iterdir()) == [], "a refused study wrote files"
+    assert done.seconds < 30, done.describe()
+
+
 @pytest.mark.slow
 def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
-    shared_services, procs, tmp_path
+    shared_services, three_nodes, procs, tmp_path
 ):
     name, trials, epochs, prefix = "lost", 4, 60, "sweeps"
     s3, tracking = shared_services.s3, shared_services.tracking
-    with ray_cluster(workers=2, **shared_services.env) as three:
-        assert len(three.node_ids()) == 3, three.log
-        all_nodes, victim = three.node_ids(), three.worker_node_ids()[1]
-        log = tmp_path / "run.log"
-        driver = procs.study(
-            *["run", "mlvae", "--name", name, "--trials", str(trials), "--epochs", str(epochs)],
-            *["--eval-every", str(epochs), "--scheduler", "none", "--objective", "swap_acc:max"],
-            *["--storage", s3.uri(prefix), "--address", three.address],
-            *["--tracking-uri", tracking.uri],
-            cwd=tmp_path,
-            log=log,
-            env=three.env,
-        )
+    assert len(three_nodes.node_ids()) == 3, three_nodes.log
+    all_nodes, victim = three_nodes.node_ids(), three_nodes.worker_node_ids()[1]
+    log = tmp_path / "run.log"
+    driver = procs.study(
+        *["run", "mlvae", "--name", name, "--trials", str(trials), "--epochs", str(epochs)],
+        *["--eval-every", str(epochs), "--scheduler", "none", "--objective", "swap_acc:max"],
+        *["--storage", s3.uri(prefix), "--address", three_nodes.address],
+        *["--tracking-uri", tracking.uri],
+        cwd=tmp_path,
+        log=log,
+        env=three_nodes.env,
+    )
 
-        def trial_on_victim():
-            if driver.poll() is not None:
-                pytest.fail(f"the sweep ended before the node was lost:\n{log.read_text()}")
-            return running_on(tracking.uri, victim)
+    def trial_on_victim():
+        if driver.poll() is not None:
+            pytest.fail(f"the sweep ended before the node was lost:\n{log.read_text()}")
+        return running_on(tracking.uri, victim)
 
-        # Its first result (epoch 1) is logged once its checkpoint is in the bucket.
-        lost_trial = trial_of(
-            wait_for(trial_on_victim, 240, "a trial on the third node", every=0.3)
-        )
-        time.sleep(2.0)  # some epochs past that checkpoint: work the loss throws away
-        killed_at = time.monotonic()
-        three.kill_node(victim)
-        output = finish(driver, log)
-        finished_after = time.monotonic() - killed_at
+    # Its first result (epoch 1) is logged once its checkpoint is in the bucket.
+    lost_trial = trial_of(wait_for(trial_on_victim, 240, "a trial on the third node", every=0.3))
+    time.sleep(2.0)  # some epochs past that checkpoint: work the loss throws away
+    killed_at = time.monotonic()
+    three_nodes.kill_node(victim)
+    output = finish(driver, log)
+    finished_after = time.monotonic() - killed_at
 
     record = study_record(tracking.uri, name)
     assert record.parent.info.status == "FINISHED"
-    assert record.parent.data.params["address"] == three.address
+    assert record.parent.data.params["address"] == three_nodes.address
     assert len(record.children) == trials, output
     assert {r.info.status for r in record.children} == {"FINISHED"}, output
     (retried,) = [r for r in record.children if trial_of(r) == lost_trial]
@@ -169,23 +179,3 @@ def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
     assert ran_on | {victim} == all_nodes
     retries = [line for line in output.splitlines() if line.startswith("[retry]")]
     print(f"lost node: the study finished {finished_after:.0f}s after the kill; {retries}")
-
-
-def test_a_trial_no_node_can_hold_is_refused_in_seconds(cluster, tmp_path):
-    """Each node has one CPU: two CPUs per trial would leave Ray waiting forever. The plan
-    must refuse it after joining, naming the flag and what the nodes have, and write
-    nothing (no store, results directory or run)."""
-    done = run_study(
-        ["run", "mlvae", "--trials", "2", "--cpus-per-trial", "2", "--address", cluster.address],
-        cwd=tmp_path,
-        env=cluster.env,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 2, done.describe()
-    error = done.stderr.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: cpus-per-trial: "), done.describe()
-    assert "2 nodes, the largest with 1 CPU and 0 GPUs" in error[0], done.describe()
-    assert "--cpus-per-trial 1 or less" in error[0], done.describe()
-    assert list(tmp_path.iterdir()) == [], "a refused study wrote files"
-    assert done.seconds < 30, done.describe()

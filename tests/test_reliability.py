@@ -23,29 +23,22 @@ from pathlib import Path
 import pytest
 from reliability_support import (
     MlflowServer,
-    Processes,
     clean_env,
+    finish,
     free_port,
     listening_addresses,
     pids_in_session,
     run_forked_cli,
+    tail,
     wait_for,
 )
 
 from analysis import records
 
 EXPERIMENT = records.DEFAULT_EXPERIMENT
-SWEEP_TIMEOUT = 420  # seconds a sweep may take on a loaded 2-core machine
 
 
 # --- fixtures and helpers -------------------------------------------------------------------
-@pytest.fixture
-def procs():
-    processes = Processes()
-    yield processes
-    processes.close()
-
-
 @pytest.fixture
 def ray_env():
     """Environment for a sweep: a short private RAY_TMPDIR (Ray's socket paths must stay
@@ -55,24 +48,6 @@ def ray_env():
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def finish(process, log: Path, timeout: float = SWEEP_TIMEOUT) -> str:
-    """Wait for a `study` process; fail with its output when it fails or hangs."""
-    try:
-        process.wait(timeout=timeout)
-    except Exception:  # noqa: BLE001 - TimeoutExpired: report the log, the fixture kills it
-        pytest.fail(f"`{' '.join(process.args)}` ran past {timeout}s:\n{tail(log)}")
-    output = log.read_text()
-    assert process.returncode == 0, f"`{' '.join(process.args)}` failed:\n{output[-4000:]}"
-    return output
-
-
-def tail(path: Path, size: int = 4000) -> str:
-    try:
-        return path.read_text()[-size:]
-    except OSError:
-        return ""
 
 
 def client(uri: str):

@@ -18,7 +18,13 @@ import time
 import optuna
 import pytest
 import ray.cloudpickle
-from reliability_support import Processes, clean_env, pids_in_session, run_forked_cli, wait_for
+from reliability_support import (
+    clean_env,
+    finish,
+    pids_in_session,
+    run_forked_cli,
+    wait_for,
+)
 from s3_support import S3Server
 from sweep_helpers import base_env, ray_tmpdir, run_study, study_record
 
@@ -28,25 +34,6 @@ from trainables import get_family
 from trainables.experiment import STATE_FILE
 
 pytestmark = pytest.mark.cluster
-
-SWEEP_TIMEOUT = 420
-
-
-@pytest.fixture
-def procs():
-    processes = Processes()
-    yield processes
-    processes.close()
-
-
-def finish(process, log, timeout: float = SWEEP_TIMEOUT) -> str:
-    try:
-        process.wait(timeout=timeout)
-    except Exception:  # noqa: BLE001 - TimeoutExpired: report the log; the fixture kills it
-        pytest.fail(f"`{' '.join(process.args)}` ran past {timeout}s:\n{log.read_text()[-4000:]}")
-    output = log.read_text()
-    assert process.returncode == 0, f"`{' '.join(process.args)}` failed:\n{output[-4000:]}"
-    return output
 
 
 def trial_of(run) -> str:
@@ -150,8 +137,8 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, pr
     assert len(study.trials) >= trials
 
     # `study status` lists the bucket's studies.
-    listed = run_study(["status", "--storage", storage], cwd=second, env=env)
-    assert name in listed.stdout.split(), listed.describe()
+    listed = run_forked_cli(["status", "--storage", storage], second, env=env)
+    assert listed.returncode == 0 and name in listed.stdout.split(), listed
 
     # The best config re-run from the bucket, again with nothing local; this time the
     # endpoint comes from AWS_ENDPOINT_URL (which pyarrow reads, in the driver and in Ray's
