@@ -2,7 +2,7 @@
 environment for it, sessions found and killed by id (a command's local Ray cluster lives in
 its session), free ports, a real `mlflow server` that can be stopped and started again,
 snapshots of a directory, and the CLI forked from a preloaded process. Sweep-specific
-helpers (running `study`, MLflow records, a two-node Ray cluster) are in sweep_helpers.
+helpers (running `study`, MLflow records, a Ray cluster of several nodes) are in sweep_helpers.
 
 Every process a test starts goes through `Processes` (or sweep_helpers.run_study), which
 kills each started session (the driver, its Ray daemons and workers share the session id)
