@@ -231,6 +231,11 @@ def run_study(
 
 
 # --- MLflow ---------------------------------------------------------------------------
+def trial_of(run) -> str:
+    """The Ray trial id of a trial's MLflow run."""
+    return run.data.tags[records.TAG_TRIAL]
+
+
 @dataclass
 class StudyRecord:
     """What MLflow holds for one study: the parent run and its trial runs."""
@@ -256,6 +261,25 @@ def study_record(tracking_uri: str, name: str, experiment: str = records.DEFAULT
         filter_string=f"tags.`{records.TAG_PARENT}` = '{parent.info.run_id}'",
     )
     return StudyRecord(client, parent, children, found.experiment_id)
+
+
+@dataclass
+class LocalSweep:
+    """A finished sweep: its directory, SQLite store, output and MLflow record."""
+
+    cwd: Path
+    uri: str
+    output: str
+    record: StudyRecord
+
+
+def run_local_sweep(args: list[str], name: str, cwd: Path) -> LocalSweep:
+    """`study ARGS` (a sweep named `name`) in `cwd` on a private local Ray, which must
+    succeed; what MLflow holds of it then."""
+    with ray_tmpdir() as ray_tmp:
+        done = run_study(args, cwd=cwd, env=base_env(ray_tmp))
+    uri = f"sqlite:///{cwd / 'mlflow.db'}"
+    return LocalSweep(cwd, uri, done.stdout, study_record(uri, name))
 
 
 def load_searcher_state(storage: Path, name: str) -> dict:

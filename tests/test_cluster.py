@@ -20,7 +20,7 @@ import time
 
 import pytest
 from reliability_support import finish, wait_for
-from sweep_helpers import ray_cluster, run_study, study_record
+from sweep_helpers import ray_cluster, run_study, study_record, trial_of
 
 from analysis import records
 from study.storage import SPEC_FILE
@@ -36,10 +36,6 @@ def three_nodes(shared_services):
     with ray_cluster(workers=2, **shared_services.env) as started:
         assert len(started.node_ids()) == 3, started.log
         yield started
-
-
-def trial_of(run) -> str:
-    return run.data.tags[records.TAG_TRIAL]
 
 
 def result_lines(s3, prefix: str, trial: str) -> list[dict]:

@@ -32,6 +32,7 @@ from reliability_support import (
     tail,
     wait_for,
 )
+from sweep_helpers import trial_of
 
 from analysis import records
 
@@ -67,10 +68,6 @@ def study_runs(uri: str, study: str) -> tuple[object, list]:
     assert len(parents) == 1, f"expected one parent run for {study}, got {len(parents)}"
     parent = parents[0]
     return parent, records.trial_runs(mlflow, experiment.experiment_id, parent.info.run_id)
-
-
-def trial_id(run) -> str:
-    return run.data.tags[records.TAG_TRIAL]
 
 
 def epoch_steps(uri: str, run) -> list[int]:
@@ -150,10 +147,10 @@ def test_diverging_trial_ends_as_diverged_and_optuna_learns(tmp_path, procs, ray
 
     told = searcher_trials(tmp_path / "ray_results", "diverge")
     for run in diverged:
-        state = told[trial_id(run)].state
+        state = told[trial_of(run)].state
         assert state == TrialState.PRUNED, f"diverged trial told as {state}"
     for run in healthy:
-        trial = told[trial_id(run)]
+        trial = told[trial_of(run)]
         assert trial.state == TrialState.COMPLETE
         assert trial.values == [pytest.approx(run.data.metrics["recon_mse"])]
 
@@ -187,7 +184,7 @@ def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, 
     uri = f"sqlite:///{db}"
     _parent, before = study_runs(uri, name)
     finished = {
-        trial_id(r): (r.data.metrics, epoch_steps(uri, r))
+        trial_of(r): (r.data.metrics, epoch_steps(uri, r))
         for r in before
         if r.info.status == "FINISHED"
     }
@@ -209,10 +206,10 @@ def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, 
 
     parent, after = study_runs(uri, name)
     assert len(after) == trials, output
-    assert len({trial_id(r) for r in after}) == trials
+    assert len({trial_of(r) for r in after}) == trials
     assert {r.info.status for r in after} == {"FINISHED"}, output
     assert parent.info.status == "FINISHED"
-    by_id = {trial_id(r): r for r in after}
+    by_id = {trial_of(r): r for r in after}
     for tid, (metrics, steps) in finished.items():
         assert tid in by_id, f"finished trial {tid} lost on resume"
         assert by_id[tid].data.metrics == metrics

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
-from sweep_helpers import base_env, ray_tmpdir, run_study, study_record
+from sweep_helpers import base_env, run_local_sweep, run_study
 from test_seeds import tolerance
 
 from analysis import records
@@ -27,29 +26,26 @@ SEARCHED = "recon_mse_upper"  # the bound of a minimised objective
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory):
     cwd = tmp_path_factory.mktemp("seed-sweep")
-    with ray_tmpdir() as ray_tmp:
-        done = run_study(
-            [
-                "run",
-                "icvae",
-                "--trials",
-                str(TRIALS),
-                "--epochs",
-                str(EPOCHS),
-                "--seeds",
-                str(len(SEEDS)),
-                "--seed-aggregate",
-                "bound",
-                "--objective",
-                ":".join(OBJECTIVE),
-                "--name",
-                NAME,
-            ],
-            cwd=cwd,
-            env=base_env(ray_tmp),
-        )
-    uri = f"sqlite:///{cwd / 'mlflow.db'}"
-    return SimpleNamespace(cwd=cwd, uri=uri, output=done.stdout, record=study_record(uri, NAME))
+    return run_local_sweep(
+        [
+            "run",
+            "icvae",
+            "--trials",
+            str(TRIALS),
+            "--epochs",
+            str(EPOCHS),
+            "--seeds",
+            str(len(SEEDS)),
+            "--seed-aggregate",
+            "bound",
+            "--objective",
+            ":".join(OBJECTIVE),
+            "--name",
+            NAME,
+        ],
+        NAME,
+        cwd,
+    )
 
 
 def test_each_trial_run_holds_every_seed_and_their_summary(sweep):

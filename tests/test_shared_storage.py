@@ -26,7 +26,7 @@ from reliability_support import (
     wait_for,
 )
 from s3_support import S3Server
-from sweep_helpers import base_env, ray_tmpdir, run_study, study_record
+from sweep_helpers import base_env, ray_tmpdir, run_study, study_record, trial_of
 
 from analysis import records
 from study.storage import SPEC_FILE
@@ -34,10 +34,6 @@ from trainables import get_family
 from trainables.experiment import STATE_FILE
 
 pytestmark = pytest.mark.cluster
-
-
-def trial_of(run) -> str:
-    return run.data.tags[records.TAG_TRIAL]
 
 
 # --- a killed driver, resumed from another directory --------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -15,9 +14,8 @@ import yaml
 from sweep_helpers import (
     base_env,
     load_searcher_state,
-    ray_tmpdir,
+    run_local_sweep,
     run_study,
-    study_record,
 )
 
 from analysis import records
@@ -38,25 +36,22 @@ REPRODUCE_ABS = 1e-5
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory):
     cwd = tmp_path_factory.mktemp("sweep")
-    with ray_tmpdir() as ray_tmp:
-        done = run_study(
-            [
-                "run",
-                "mlvae",
-                "--trials",
-                str(TRIALS),
-                "--epochs",
-                str(EPOCHS),
-                "--objective",
-                ":".join(OBJECTIVE),
-                "--name",
-                NAME,
-            ],
-            cwd=cwd,
-            env=base_env(ray_tmp),
-        )
-    uri = f"sqlite:///{cwd / 'mlflow.db'}"
-    return SimpleNamespace(cwd=cwd, uri=uri, output=done.stdout, record=study_record(uri, NAME))
+    return run_local_sweep(
+        [
+            "run",
+            "mlvae",
+            "--trials",
+            str(TRIALS),
+            "--epochs",
+            str(EPOCHS),
+            "--objective",
+            ":".join(OBJECTIVE),
+            "--name",
+            NAME,
+        ],
+        NAME,
+        cwd,
+    )
 
 
 @pytest.fixture(scope="module")
