@@ -153,6 +153,7 @@ class FiniteOptunaSearch(OptunaSearch):
 
     # Class default: a searcher pickled before storages existed keeps Optuna's in-memory one.
     _storage_url: str | None = None
+    _last_reported: dict[str, int] | None = None  # trial id -> the last step told to Optuna
 
     def __init__(self, *args: Any, storage_url: str | None = None, **kwargs: Any):
         self._storage_url = storage_url
@@ -199,6 +200,17 @@ class FiniteOptunaSearch(OptunaSearch):
         for trial in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number not in known:
                 self._ot_study.tell(trial.number, state=TrialState.FAIL)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # A trial retried from its checkpoint repeats the iterations after it. Optuna keeps
+        # the first value of a step and warns for each repeat: dozens of lines per lost node.
+        step = result.get("training_iteration", 0)
+        if self._last_reported is None:
+            self._last_reported = {}
+        if step and step <= self._last_reported.get(trial_id, 0):
+            return
+        self._last_reported[trial_id] = step
+        super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]

@@ -4,8 +4,8 @@ the bucket's credentials in every node's environment):
 
 - a trial no node can hold is refused in seconds, writing nothing;
 - then (last: it takes a node away) a sweep with its results in an S3 bucket (moto) and its
-  MLflow artifacts in the same bucket, one worker node killed hard mid-sweep: trials run on
-  every node, the lost node's trial is retried on the others from its last checkpoint in the
+  MLflow artifacts in the same bucket, the first worker node seen running a trial killed hard
+  mid-trial: that trial is retried on a surviving node from its last checkpoint in the
   bucket, and the study ends with every trial, one finished run each.
 
 The sweep evaluates only at its last epoch (--eval-every), so results between evaluations
@@ -44,19 +44,16 @@ def result_lines(s3, prefix: str, trial: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def running_on(tracking_uri: str, node: str):
-    """A RUNNING trial run whose latest result came from `node`, or None."""
+def running_on(tracking_uri: str, nodes: set[str]):
+    """A RUNNING trial run whose latest result came from one of `nodes`, or None."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(records.DEFAULT_EXPERIMENT)
     if found is None:
         return None
-    runs = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.`{records.TAG_NODE}` = '{node}' and attributes.status = 'RUNNING'",
-    )
-    return runs[0] if runs else None
+    runs = client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'")
+    return next((r for r in runs if r.data.tags.get(records.TAG_NODE) in nodes), None)
 
 
 def test_a_trial_no_node_can_hold_is_refused_in_seconds(three_nodes, tmp_path):
@@ -92,10 +89,13 @@ def test_a_trial_no_node_can_hold_is_refused_in_seconds(three_nodes, tmp_path):
 def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
     shared_services, three_nodes, procs, tmp_path
 ):
-    name, trials, epochs, prefix = "lost", 4, 60, "sweeps"
+    # Trials long enough (~15 s on two cores) to outlast the seconds the driver takes to
+    # start each one (2-5 s apart here). With 60-epoch trials (~5 s) a CI sweep once ended
+    # before the test saw any trial on the second worker, then the fixed victim.
+    name, trials, epochs, prefix = "lost", 3, 150, "sweeps"
     s3, tracking = shared_services.s3, shared_services.tracking
     assert len(three_nodes.node_ids()) == 3, three_nodes.log
-    all_nodes, victim = three_nodes.node_ids(), three_nodes.worker_node_ids()[1]
+    workers = set(three_nodes.worker_node_ids())
     log = tmp_path / "run.log"
     driver = procs.study(
         *["run", "mlvae", "--name", name, "--trials", str(trials), "--epochs", str(epochs)],
@@ -107,13 +107,15 @@ def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
         env=three_nodes.env,
     )
 
-    def trial_on_victim():
+    def trial_on_a_worker():
         if driver.poll() is not None:
-            pytest.fail(f"the sweep ended before the node was lost:\n{log.read_text()}")
-        return running_on(tracking.uri, victim)
+            pytest.fail(f"the sweep ended before a node was lost:\n{log.read_text()}")
+        return running_on(tracking.uri, workers)
 
-    # Its first result (epoch 1) is logged once its checkpoint is in the bucket.
-    lost_trial = trial_of(wait_for(trial_on_victim, 240, "a trial on the third node", every=0.3))
+    # Its first result (epoch 1) is logged once its checkpoint is in the bucket. The victim
+    # is a worker node (the head holds the cluster) running a trial, whichever Ray chose.
+    running = wait_for(trial_on_a_worker, 240, "a trial on a worker node", every=0.3)
+    lost_trial, victim = trial_of(running), running.data.tags[records.TAG_NODE]
     time.sleep(2.0)  # some epochs past that checkpoint: work the loss throws away
     killed_at = time.monotonic()
     three_nodes.kill_node(victim)
@@ -128,10 +130,10 @@ def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
     (retried,) = [r for r in record.children if trial_of(r) == lost_trial]
     assert int(retried.data.tags[records.TAG_RETRIES]) >= 1
     assert f"[retry] {lost_trial} failed" in output, output
+    assert "already reported" not in output, output  # Optuna's warning per repeated step
 
     stored = s3.keys(f"{prefix}/{name}/")
     assert f"{prefix}/{name}/{SPEC_FILE}" in stored
-    ran_on = set()
     for run in record.children:
         trial = trial_of(run)
         assert run.data.metrics["epoch"] == epochs
@@ -145,7 +147,6 @@ def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
         images = s3.keys(f"mlartifacts/{record.experiment_id}/{run.info.run_id}/artifacts/images/")
         assert any(k.endswith("/swaps.png") for k in images), images
         lines = result_lines(s3, f"{prefix}/{name}", trial)
-        ran_on |= {line["node_id"] for line in lines}
         if trial == lost_trial:
             # Restarted from its checkpoint in the bucket, not from scratch: the survivors
             # reported the epochs after the checkpoint's, and the epochs up to it were
@@ -170,8 +171,5 @@ def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
             values = {m.step: m.value for m in history}
             assert sorted(values) == list(range(1, epochs + 1))
             assert values[2] == values[1]
-    # One CPU per node and per trial: the first three trials ran at once, one on each node
-    # (the lost one found on its node by the wait above, the others in the results).
-    assert ran_on | {victim} == all_nodes
     retries = [line for line in output.splitlines() if line.startswith("[retry]")]
     print(f"lost node: the study finished {finished_after:.0f}s after the kill; {retries}")

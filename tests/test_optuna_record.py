@@ -114,3 +114,28 @@ def test_dashboard_of_a_robustness_study_says_where_to_look(analysis_study):
     assert len(lines) == 1, done.describe()
     assert lines[0].startswith("error: optuna-storage:")
     assert f"study dashboard {analysis_study.name}" in lines[0]
+
+
+def test_a_retried_trial_repeating_steps_reaches_optuna_once_per_step(tmp_path):
+    """A trial retried from its checkpoint repeats the iterations after it. Each step
+    reaches Optuna once, with its first value, and without Optuna's warning per repeat
+    (dozens of lines in the driver's output after a lost node)."""
+    import warnings
+
+    from study.plan import FiniteOptunaSearch
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = FiniteOptunaSearch(
+        {"x": optuna.distributions.FloatDistribution(0, 1)},
+        metric="loss",
+        mode="min",
+        study_name="retried",
+        storage_url=storage,
+    )
+    searcher.suggest("t1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for step, loss in [(1, 0.9), (2, 0.8), (3, 0.7), (2, 0.5), (3, 0.4), (4, 0.3)]:
+            searcher.on_trial_result("t1", {"loss": loss, "training_iteration": step})
+    (trial,) = optuna.load_study(study_name="retried", storage=storage).trials
+    assert trial.intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7, 4: 0.3}
