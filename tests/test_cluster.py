@@ -89,7 +89,7 @@ def test_a_trial_no_node_can_hold_is_refused_in_seconds(three_nodes, tmp_path):
 def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
     shared_services, three_nodes, procs, tmp_path
 ):
-    # Trials long enough (~15 s on two cores) to outlast the seconds the driver takes to
+    # Trials long enough (~11 s on two cores) to outlast the seconds the driver takes to
     # start each one (2-5 s apart here). With 60-epoch trials (~5 s) a CI sweep once ended
     # before the test saw any trial on the second worker, then the fixed victim.
     name, trials, epochs, prefix = "lost", 3, 150, "sweeps"
