@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from analysis import optuna_record, records
@@ -57,7 +58,7 @@ def plan_search(spec: StudySpec, verbose: bool = False) -> StudyPlan:
     return StudyPlan(
         spec,
         space,
-        _searcher(spec, space),
+        ResumableSearchGenerator(_searcher(spec, space)),
         _scheduler(spec),
         spec.trials,
         param_space(spec),
@@ -135,6 +136,37 @@ def sampler_name(spec: StudySpec) -> str:
     return "TPESampler" if len(spec.objectives) == 1 else "NSGAIISampler"
 
 
+class ResumableSearchGenerator(SearchGenerator):
+    """SearchGenerator that, on restore, counts as created the trials Ray restored.
+
+    Ray saves the trials (experiment_state) and this generator's count of the trials it
+    created (search_gen_state) in separate files, and uploads them file by file in a
+    background thread while its next save may already be rewriting them. A driver killed
+    then leaves storage with files from different saves. With the count behind the
+    trials, `resume` creates trials beyond the requested number; with it ahead, fewer.
+    The trials are what resume runs, so they set the count.
+    """
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(dirpath)
+        restored = restored_trial_count(dirpath)
+        if restored is not None:
+            self._counter = restored
+
+
+def restored_trial_count(dirpath: str) -> int | None:
+    """How many trials the newest experiment state in `dirpath` holds: the file Ray's
+    TuneController.resume restores its trials from."""
+    import json
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    states = sorted(Path(dirpath).glob(TuneController.CKPT_FILE_TMPL.format("*")))
+    if not states:
+        return None
+    return len(json.loads(states[-1].read_text())["trial_data"])
+
+
 class FiniteOptunaSearch(OptunaSearch):
     """OptunaSearch that tells Optuna a trial whose objective is not finite (a diverged
     one) as PRUNED.
@@ -202,6 +234,8 @@ class FiniteOptunaSearch(OptunaSearch):
                 self._ot_study.tell(trial.number, state=TrialState.FAIL)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._knows(trial_id, result):
+            return
         # A trial retried from its checkpoint repeats the iterations after it. Optuna keeps
         # the first value of a step and warns for each repeat: dozens of lines per lost node.
         step = result.get("training_iteration", 0)
@@ -213,10 +247,37 @@ class FiniteOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if not self._knows(trial_id, result):
+            return  # errored before any result: no parameters to tell Optuna about
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if result and any(finite_or_none(result.get(m)) is None for m in metrics):
             result = None  # no value: Ray tells PRUNED (FAIL when the trial errored)
         super().on_trial_complete(trial_id, result, error)
+
+    def _knows(self, trial_id: str, result: dict | None) -> bool:
+        """Whether `trial_id` has an Optuna trial, after giving one to a trial this
+        searcher never suggested but Ray restored: its state is saved in a file apart from
+        the trials' (see ResumableSearchGenerator), so after a killed driver it can be a
+        save behind them. OptunaSearch would raise KeyError and end the resumed study.
+        The new Optuna trial is asked with the trial's parameters (from the flattened
+        result Ray passes searchers), so its value is told like any other."""
+        if trial_id in self._ot_trials or trial_id in self._completed_trials:
+            return True
+        prefix = "config/"
+        config = {k[len(prefix) :]: v for k, v in (result or {}).items() if k.startswith(prefix)}
+        if not config:
+            return False
+        if self._ot_study is None and self._storage_url:
+            self._open_study()
+        names = getattr(self._space, "distributions", self._space)  # DefineByRun or a dict
+        self._ot_study.enqueue_trial({k: config[k] for k in names if k in config})
+        if callable(self._space):
+            trial = self._ot_study.ask()
+            self._space(trial)
+        else:
+            trial = self._ot_study.ask(fixed_distributions=self._space)
+        self._ot_trials[trial_id] = trial
+        return True
 
 
 def _searcher(spec: StudySpec, space: SearchSpace):

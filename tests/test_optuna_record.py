@@ -139,3 +139,34 @@ def test_a_retried_trial_repeating_steps_reaches_optuna_once_per_step(tmp_path):
             searcher.on_trial_result("t1", {"loss": loss, "training_iteration": step})
     (trial,) = optuna.load_study(study_name="retried", storage=storage).trials
     assert trial.intermediate_values == {1: 0.9, 2: 0.8, 3: 0.7, 4: 0.3}
+
+
+def test_a_restored_trial_the_searcher_never_saw_is_told_to_optuna_with_its_parameters(tmp_path):
+    """After a killed driver, the searcher Ray restores can be a save behind the trials it
+    restores. Such a trial's results and end reach Optuna as a trial with its parameters
+    (a conditional one left out where its condition failed), not a KeyError that ends the
+    resumed study."""
+    from search_spaces.loader import DefineByRun
+    from study.plan import FiniteOptunaSearch
+
+    dist = optuna.distributions
+    space = DefineByRun(
+        {"a": dist.CategoricalDistribution(["p", "q"]), "b": dist.FloatDistribution(0, 1)},
+        {"b": ({"a": "q"}, 0.5)},  # b is searched only where a == "q"
+    )
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = FiniteOptunaSearch(
+        space, metric="loss", mode="min", study_name="restored", storage_url=storage
+    )
+    searcher.suggest("known")
+    searcher.on_trial_complete("known", {"loss": 1.0, "config/a": "p", "config/b": 0.5})
+    for trial_id, a, b, loss in [("lost-q", "q", 0.25, 0.3), ("lost-p", "p", 0.5, 0.7)]:
+        flat = {"config/a": a, "config/b": b, "config/epochs": 3}
+        searcher.on_trial_result(trial_id, {"loss": loss + 0.1, "training_iteration": 1, **flat})
+        searcher.on_trial_complete(trial_id, {"loss": loss, "training_iteration": 2, **flat})
+    searcher.on_trial_complete("errored-before-any-result", None, error=True)
+
+    trials = optuna.load_study(study_name="restored", storage=storage).trials
+    told = [(t.state.name, t.params, t.value) for t in trials]
+    assert told[1:] == [("COMPLETE", {"a": "q", "b": 0.25}, 0.3), ("COMPLETE", {"a": "p"}, 0.7)]
+    assert trials[1].intermediate_values == {1: pytest.approx(0.4)}

@@ -199,6 +199,10 @@ def test_killed_driver_resumes_to_exactly_the_requested_trials(tmp_path, procs, 
     # searcher does not know.
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     stray = optuna_study(storage, name).ask().number
+    # Ray uploads its trials and its count of created trials as separate files, so a kill
+    # mid-upload can leave a count from an earlier save. The resumed study must still run
+    # exactly the requested trials: make the count as stale as it gets.
+    set_saved_trial_count(tmp_path / "ray_results" / name, 0)
 
     resume_log = tmp_path / "resume.log"
     resumed = procs.study("resume", name, cwd=tmp_path, log=resume_log, env=ray_env)
@@ -243,6 +247,40 @@ def optuna_study(storage: str, name: str):
     import optuna
 
     return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.mark.parametrize("saved_count", [0, 5])
+def test_a_restored_search_counts_the_restored_trials_whatever_its_saved_count(
+    tmp_path, saved_count
+):
+    """Behind the trials, resume would create trials beyond the requested number (a CI run
+    from S3 ended with 6 of 4); ahead of them, fewer. The fields read are Ray's own: the
+    killed-driver test above restores a real experiment."""
+    import optuna
+
+    from study.plan import FiniteOptunaSearch, ResumableSearchGenerator
+
+    def generator():
+        space = {"x": optuna.distributions.FloatDistribution(0, 1)}
+        return ResumableSearchGenerator(FiniteOptunaSearch(space, metric="loss", mode="min"))
+
+    saved = generator()
+    saved._counter = saved_count
+    saved.save_to_dir(str(tmp_path), session_str="2026-01-01_00-00-00")
+    trials = [["{}", "{}"]] * 3
+    for session, held in [("2025-12-31_00-00-00", trials[:1]), ("2026-01-01_00-00-00", trials)]:
+        (tmp_path / f"experiment_state-{session}.json").write_text(json.dumps({"trial_data": held}))
+    restored = generator()
+    restored.restore_from_dir(str(tmp_path))
+    assert restored._counter == 3
+
+
+def set_saved_trial_count(experiment_dir: Path, count: int) -> None:
+    """Overwrite the count of created trials in the newest saved search state."""
+    path = max(experiment_dir.glob("search_gen_state-*.json"))  # a pickle, despite its name
+    state = pickle.loads(path.read_bytes())
+    state["counter"] = count
+    path.write_bytes(pickle.dumps(state))
 
 
 def record_lost_trial_run(uri: str, study: str) -> str:
