@@ -20,7 +20,7 @@ from analysis import optuna_record, records
 from analysis.records import TrialConfig
 from analysis.stats import finite_or_none
 from search_spaces.loader import SearchSpace, load_space
-from study import cluster
+from study import cluster, samplers
 from study.spec import StudySpec
 from study.storage import check_storage, study_exists
 from trainables.errors import ConfigError
@@ -132,8 +132,7 @@ def param_space(spec: StudySpec) -> dict[str, Any]:
 
 
 def sampler_name(spec: StudySpec) -> str:
-    """TPE for one objective; NSGA-II when there are several."""
-    return "TPESampler" if len(spec.objectives) == 1 else "NSGAIISampler"
+    return samplers.sampler_class(len(spec.objectives)).__name__
 
 
 class ResumableSearchGenerator(SearchGenerator):
@@ -285,7 +284,7 @@ def _searcher(spec: StudySpec, space: SearchSpace):
     from ray.tune.search import ConcurrencyLimiter
 
     objectives = spec.searched_objectives
-    sampler = getattr(optuna.samplers, sampler_name(spec))(seed=spec.seed)
+    sampler = samplers.sampler_class(len(spec.objectives))(seed=spec.seed)
     if len(objectives) == 1:
         metric, mode = objectives[0]
     else:

@@ -170,3 +170,43 @@ def test_a_restored_trial_the_searcher_never_saw_is_told_to_optuna_with_its_para
     told = [(t.state.name, t.params, t.value) for t in trials]
     assert told[1:] == [("COMPLETE", {"a": "q", "b": 0.25}, 0.3), ("COMPLETE", {"a": "p"}, 0.7)]
     assert trials[1].intermediate_values == {1: pytest.approx(0.4)}
+
+
+def test_a_multi_objective_searcher_saves_and_resumes_on_every_optuna(tmp_path):
+    """Ray pickles the searcher with the Tuner and at every save. Optuna 5.1's NSGA-II
+    sampler holds a lock pickle refuses; ours saves, restores into a new searcher that
+    goes on with the same study, and stores the generation under Optuna's own key."""
+    import pickle
+
+    from study.plan import FiniteOptunaSearch
+    from study.samplers import sampler_class
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+
+    def searcher():
+        return FiniteOptunaSearch(
+            {"x": optuna.distributions.FloatDistribution(0, 1)},
+            metric=["loss", "acc"],
+            mode=["min", "max"],
+            sampler=sampler_class(2)(seed=0),
+            study_name="two-objectives",
+            storage_url=storage,
+        )
+
+    first = searcher()
+    pickle.loads(pickle.dumps(first))  # what tune.Tuner does before any trial
+    for trial_id in ("t1", "t2"):
+        x = first.suggest(trial_id)["x"]
+        first.on_trial_complete(trial_id, {"loss": x, "acc": 1 - x})
+    first.save(str(tmp_path / "searcher.pkl"))
+
+    resumed = searcher()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    x = resumed.suggest("t3")["x"]
+    resumed.on_trial_complete("t3", {"loss": x, "acc": 1 - x})
+    pickle.loads(pickle.dumps(resumed)).suggest("t4")  # the restored lock works too
+
+    trials = optuna.load_study(study_name="two-objectives", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 + ["RUNNING"]
+    generation_key = optuna.samplers.NSGAIISampler._get_generation_key()
+    assert all(generation_key in t.system_attrs for t in trials)

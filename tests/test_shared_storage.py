@@ -15,7 +15,6 @@ import os
 import signal
 import time
 
-import optuna
 import pytest
 import ray.cloudpickle
 from reliability_support import (
@@ -29,6 +28,7 @@ from s3_support import S3Server
 from sweep_helpers import base_env, ray_tmpdir, run_study, study_record, trial_of
 
 from analysis import records
+from study import samplers
 from study.storage import SPEC_FILE
 from trainables import get_family
 from trainables.experiment import STATE_FILE
@@ -128,7 +128,7 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, pr
     # (One state per driver, named by its start time: the resumed driver's is the last.)
     state_key = max(k for k in stored if k.rpartition("/")[2].startswith("searcher-state-"))
     study = ray.cloudpickle.loads(s3.read(state_key))["_ot_study"]
-    assert type(study.sampler) is optuna.samplers.NSGAIISampler
+    assert type(study.sampler) is samplers.NSGAIISampler  # Optuna's, picklable
     assert len(study.directions) == 2
     assert len(study.trials) >= trials
 
