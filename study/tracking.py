@@ -316,7 +316,10 @@ class MetricBuffer:
             )
 
     def _due(self, trial_id: str, now: float) -> bool:
-        return now - self.last_sent.get(trial_id, 0.0) >= METRICS_EVERY_SECONDS
+        # A trial never sent is due at once: monotonic time starts at an arbitrary point (the
+        # boot, on Linux), so no timestamp stands for "never".
+        last = self.last_sent.get(trial_id)
+        return last is None or now - last >= METRICS_EVERY_SECONDS
 
 
 def finish_run(

@@ -326,6 +326,33 @@ def test_the_tracking_callback_writes_what_the_reading_side_loads(store, monkeyp
     assert images == ["images/swaps.png"]
 
 
+@pytest.mark.parametrize("uptime", [1.0, 1e6])  # seconds since the monotonic clock's zero
+def test_a_trial_first_result_goes_out_at_once_whatever_the_clock_reads(monkeypatch, uptime):
+    """Linux's monotonic clock starts at the boot: a machine up for less than the throttle
+    once held back every trial's first result."""
+    from study import tracking
+
+    class Sent(list):
+        def submit(self, what, operation):
+            self.append(what)
+
+    clock = [uptime]
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: clock[0])
+    sent = Sent()
+    buffer = tracking.MetricBuffer(sent, runs=None)
+    metric = lambda step: tracking.Metric("epoch", step, 0, step)  # noqa: E731
+    buffer.add("t1", [metric(1)], [])
+    buffer.add("t1", [metric(2)], [])
+    clock[0] += tracking.METRICS_EVERY_SECONDS
+    buffer.add("t1", [metric(3)], [])
+    buffer.add("t2", [metric(1)], [])
+    assert sent == [
+        "metrics of t1 to epoch 1",
+        "metrics of t1 to epoch 3",
+        "metrics of t2 to epoch 1",
+    ]
+
+
 def epochs_of(client, run_id: str) -> list[int]:
     return sorted(int(m.step) for m in client.get_metric_history(run_id, "epoch"))
 
