@@ -1,15 +1,26 @@
 # `make demo` and `make test` each create or refresh .venv from a fresh clone, then run.
+# .venv holds exactly what uv.lock pins (`make lock` refreshes it); `make check-latest`
+# tries the newest releases in a venv of its own.
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
+# uv installs the lock; the first one comes from pip, at the version uv.lock pins.
+UV_VERSION := $(shell awk '/^name = "uv"$$/ {getline; gsub(/[^0-9.]/, ""); print}' uv.lock)
+# Never a Python of uv's own: the machine's $(PYTHON), or the venv made from it.
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup demo test lint format bench clean browser
+.PHONY: setup demo test lint format bench clean browser lock check-latest check-oldest
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# --locked: a pyproject.toml changed without `make lock` stops here, with uv's reason.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --quiet --locked --python $(PY) --extra dev --extra s3
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -49,5 +60,33 @@ browser:
 bench: setup
 	$(PY) -m tests.bench.run
 
+# Every dependency at its newest release that pyproject's ranges allow (the lock ignored;
+# torch too): run `make lock` after it, and commit uv.lock when `make test` passes.
+lock: $(UV)
+	$(UV) lock --upgrade
+
+# The releases pyproject's ranges allow, lock ignored, in a venv of their own, and the
+# sweep, resume and analysis tests there:
+#   check-latest  the newest of everything, torch included (--no-config: [tool.uv]'s
+#                 torch pins left out);
+#   check-oldest  every direct dependency at its lower bound (torch at the lock's).
+# CHECK_PINS adds requirements, e.g. `make check-latest CHECK_PINS=optuna==5.0.0`.
+CHECK_VENV ?= .venv-check
+CHECK_PINS ?=
+CHECK_TESTS ?= tests/test_sweep.py tests/test_seed_sweep.py tests/test_reliability.py \
+	tests/test_shared_storage.py tests/test_optuna_record.py tests/test_records.py \
+	tests/test_analysis.py tests/test_seed_analysis.py tests/test_importance.py
+check-latest: RESOLVE := --no-config --resolution highest
+check-oldest: RESOLVE := --resolution lowest-direct
+check-latest check-oldest: $(UV)
+	rm -rf $(CHECK_VENV)
+	$(UV) venv --quiet --python $(PYTHON) $(CHECK_VENV)
+	$(UV) pip install --quiet $(RESOLVE) --python $(CHECK_VENV)/bin/python \
+		-e '.[dev,s3]' $(CHECK_PINS)
+	@echo "$@: $(CHECK_VENV) has"
+	@$(UV) pip list --python $(CHECK_VENV)/bin/python | grep -E -i \
+		'^(torch|torchvision|ray|optuna|optuna-dashboard|mlflow|numpy|pandas|pyarrow|scikit-learn|sqlalchemy|matplotlib) '
+	$(CHECK_VENV)/bin/python -m pytest -p no:cacheprovider $(CHECK_TESTS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(CHECK_VENV) .pytest_cache .ruff_cache *.egg-info
