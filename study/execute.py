@@ -2,7 +2,11 @@
 on Ray Tune, and return what happened. `resume` continues an interrupted one.
 
 Everything that can be checked without a write was checked by the plan (plan.py); this
-step is where the study's directory and MLflow runs come into being.
+step is where the study's directory and MLflow runs come into being. A study is whole or
+absent: whatever fails after its parent run exists and before its first trial starts
+removes what this command made (nothing is left that `status` or `resume` would take for
+a study, and the name is free again); a failure after that marks the parent run failed
+and keeps the results for `study resume`.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ray.tune import Callback
+
 from analysis import optuna_record, records
 from analysis.records import TrialConfig
 from analysis.stats import finite_or_none
 from study import cluster, tracking
-from study.errors import UserError
+from study.errors import StudyFailed, UserError
 from study.plan import StudyPlan, check_cluster, check_inputs
 from study.spec import StudySpec
-from study.storage import read_spec, study_exists, write_spec
+from study.storage import read_spec, remove_study, study_exists, write_spec
 
 
 @dataclass(frozen=True)
@@ -40,13 +46,26 @@ def execute(plan: StudyPlan, verbose: bool = False) -> StudyOutcome:
         f"objectives {', '.join(spec.objectives)}",
         flush=True,
     )
-    queue, parent_id = _start(spec, plan.tags, verbose)
-    return _fit(_tuner(plan, parent_id, verbose), plan, queue, parent_id)
+    queue, parent = _start(spec, plan.tags, verbose)
+    parent_id = parent.info.run_id
+    first = TrialsStarted()
+    try:
+        queue.client.log_batch(parent_id, params=records.params_of(spec.public_dict()))
+        write_spec(spec)
+        return _fit(_tuner(plan, parent_id, verbose, first), plan, queue, parent_id)
+    except BaseException as error:
+        kept = _trials_started(first, queue, parent)
+        ended = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        left = () if kept else _unmake(plan, queue, parent_id, ended)
+        # Bad input and Ctrl-C keep their own handling; anything else is unexpected.
+        if isinstance(error, Exception) and not isinstance(error, UserError):
+            raise StudyFailed(spec.name, kept, left) from error
+        raise
 
 
 def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
-    """Claim the study name, join Ray, create the MLflow parent run and save the spec.
-    Returns the tracking queue and the parent run id."""
+    """Claim the study name, join Ray and create the MLflow parent run. Returns the
+    tracking queue and the parent run."""
     if study_exists(spec):
         raise UserError(
             f"name: study {spec.name!r} already exists in {records.redact(spec.storage)}; "
@@ -74,15 +93,78 @@ def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
         family.metric_ranges,
     )
     parent = queue.client.create_run(experiment, run_name=spec.name, tags={**study_tags, **tags})
-    parent_id = parent.info.run_id
+    return queue, parent
+
+
+class TrialsStarted(Callback):
+    """Whether a trial of this driver's sweep has started: the line between a study that
+    could not start (removed) and one that failed (kept for `study resume`). Module level:
+    Tune pickles it with the Tuner, and `resume` unpickles it."""
+
+    started = False
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started = True
+
+
+def _trials_started(first: TrialsStarted, queue: tracking.TrackingQueue, parent) -> bool:
+    """Whether any trial of the study started: seen by this driver's callback or, where
+    Tune's loop ran elsewhere (Ray Client runs it on the cluster), by a trial run in
+    MLflow. When MLflow cannot say, one did: a study kept by mistake is removed by hand,
+    a study removed by mistake is lost."""
+    if first.started:
+        return True
     try:
-        queue.client.log_batch(parent_id, params=records.params_of(spec.public_dict()))
-        write_spec(spec)
-    except BaseException:
-        # Nothing half-made: no orphan parent run when the study cannot even start.
-        queue.client.delete_run(parent_id)
-        raise
-    return queue, parent_id
+        return bool(records.trial_runs(queue.client, parent.info.experiment_id, parent.info.run_id))
+    except Exception:  # noqa: BLE001 - any store error means "cannot say"
+        return True
+
+
+def _unmake(
+    plan: StudyPlan, queue: tracking.TrackingQueue, parent_id: str, status: str
+) -> tuple[str, ...]:
+    """Remove what this command made of a study that could not start: its directory
+    (the spec, Tune's tuner.pkl and state), the Optuna study its searcher created, its
+    parent run (ended with `status`, then deleted). Each is tried whatever became of the
+    others; returns what could not be removed, each with how to remove it."""
+    spec = plan.spec
+    left = []
+    try:
+        # `_start` refused a name whose directory exists: this one is this command's.
+        remove_study(spec)
+    except Exception as error:  # noqa: BLE001 - reported, and the rest still removed
+        left.append(f"{records.redact(spec.path)} ({_reason(error)}): remove it")
+    if records.TAG_OPTUNA_STORAGE in plan.tags:
+        try:
+            # The plan checked the storage held no study of this name.
+            _delete_optuna_study(spec.optuna_storage, spec.name)
+        except Exception as error:  # noqa: BLE001
+            left.append(
+                f"Optuna study {spec.name} in {records.redact(spec.optuna_storage)} "
+                f"({_reason(error)}): optuna delete-study --study-name {spec.name}"
+            )
+    queue.submit("end study run", lambda: queue.client.set_terminated(parent_id, status))
+    queue.submit("delete study run", lambda: queue.client.delete_run(parent_id))
+    if not queue.drain(timeout=10):
+        left.append(
+            f"MLflow run {parent_id} in {records.redact(spec.tracking_uri)} "
+            f"(unreachable): mlflow runs delete --run-id {parent_id}"
+        )
+    return tuple(left)
+
+
+def _delete_optuna_study(url: str, name: str) -> None:
+    import optuna
+
+    if name in optuna_record.study_names(url):  # read-only: no storage file is created
+        optuna.delete_study(
+            study_name=name, storage=optuna.storages.RDBStorage(url, skip_table_creation=True)
+        )
+
+
+def _reason(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return records.redact(f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__)
 
 
 def _trainable(spec: StudySpec):
@@ -95,7 +177,7 @@ def _trainable(spec: StudySpec):
     )
 
 
-def _tuner(plan: StudyPlan, parent_id: str, verbose: bool):
+def _tuner(plan: StudyPlan, parent_id: str, verbose: bool, first: TrialsStarted):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
 
@@ -114,7 +196,7 @@ def _tuner(plan: StudyPlan, parent_id: str, verbose: bool):
         run_config=RunConfig(
             name=spec.name,
             storage_path=spec.storage,
-            callbacks=_callbacks(plan, parent_id),
+            callbacks=[first, *_callbacks(plan, parent_id)],
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             verbose=2 if verbose else 0,

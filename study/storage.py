@@ -15,6 +15,7 @@ an unreachable endpoint for about 6 s per call, and Ray makes many calls).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -208,6 +209,15 @@ def write_spec(spec: StudySpec) -> None:
             f"{FIELD}: cannot write the study's spec to {redact(spec.path)} "
             f"({_first_line(error)}); check that the storage is writable, or pass another --{FIELD}"
         ) from None
+
+
+def remove_study(spec: StudySpec) -> None:
+    """Delete the study's directory and everything in it (its spec, Tune's files), local
+    or on S3 alike; a directory that was never made is no error. Only for a study this
+    command made: `execute` calls it for one that could not start."""
+    fs, path = _filesystem(spec.path)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_dir(path)
 
 
 def read_spec(name: str, storage: str = DEFAULT_STORAGE) -> StudySpec:
