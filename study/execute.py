@@ -248,13 +248,19 @@ def resume(
     cluster.quiet_logs(verbose)
     cluster.connect(spec.address, verbose)
     queue = tracking.TrackingQueue(spec.tracking_uri, client)
-    queue.client.update_run(parent_id, status="RUNNING")
     records.experiment_id(queue.client, spec.experiment)  # a store from before the kind tag
     tuner = tune.Tuner.restore(
         spec.path, trainable=_trainable(spec), resume_unfinished=True, resume_errored=True
     )
     plan = StudyPlan(spec, space, None, None, spec.trials, {})
-    return _fit(tuner, plan, queue, parent_id)
+    # RUNNING only from here: `_fit` ends the run whatever happens to the trials.
+    queue.client.update_run(parent_id, status="RUNNING")
+    try:
+        return _fit(tuner, plan, queue, parent_id)
+    except UserError:
+        raise
+    except Exception as error:
+        raise StudyFailed(spec.name, kept=True) from error
 
 
 def _existing_parent(spec: StudySpec):
@@ -284,7 +290,8 @@ def _fit(tuner, plan: StudyPlan, queue: tracking.TrackingQueue, parent_id: str) 
     started = time.time()
     status = "FAILED"
     try:
-        results = tuner.fit()
+        rows = [_row(result, spec) for result in tuner.fit()]
+        summary = study_summary(rows, spec.searched_objectives)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -293,8 +300,6 @@ def _fit(tuner, plan: StudyPlan, queue: tracking.TrackingQueue, parent_id: str) 
         if status != "FINISHED":
             queue.submit("end study run", lambda: queue.client.set_terminated(parent_id, status))
             queue.drain(timeout=10)
-    rows = [_row(result, spec) for result in results]
-    summary = study_summary(rows, spec.searched_objectives)
     summary["wall_seconds"] = time.time() - started
     queue.submit("log study summary", lambda: _log_summary(queue, parent_id, summary))
     queue.submit("end study run", lambda: queue.client.set_terminated(parent_id, "FINISHED"))
