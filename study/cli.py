@@ -18,7 +18,9 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
 class StudyGroup(click.Group):
-    """Turns every user error, click's included, into one line on stderr and exit 2."""
+    """Turns every user error, click's included, into one line on stderr and exit 2, and
+    any other error into one line naming it and the log file holding its traceback, and
+    exit 1 (see failure_log)."""
 
     def main(self, args=None, prog_name=None, **kwargs):
         try:
@@ -35,6 +37,11 @@ class StudyGroup(click.Group):
         except UserError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except Exception as error:  # noqa: BLE001 - a bug or a fault no check foresaw
+            from study.failure_log import report
+
+            click.echo(report(error, sys.argv[1:] if args is None else list(args)), err=True)
+            sys.exit(1)
 
 
 @click.group(cls=StudyGroup, context_settings={"help_option_names": ["-h", "--help"]})
