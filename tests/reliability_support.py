@@ -29,6 +29,10 @@ BIN = Path(sys.executable).parent
 # The installed console script when there is one (what a user runs), else the module.
 STUDY = [str(BIN / "study")] if (BIN / "study").exists() else [sys.executable, "-m", "study.cli"]
 MLFLOW = str(BIN / "mlflow") if (BIN / "mlflow").exists() else shutil.which("mlflow") or "mlflow"
+# `study` with a piece of its sweep broken on purpose (see broken_study.py): BROKEN_STUDY +
+# [WHERE, *args]; SMALL_SWEEP: one objective (a TPE sampler) and one short trial.
+BROKEN_STUDY = [sys.executable, str(Path(__file__).with_name("broken_study.py"))]
+SMALL_SWEEP = ["run", "mlvae", "--trials", "1", "--epochs", "1", "--objective", "swap_acc:max"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -200,13 +200,15 @@ def run_study(
     env: dict[str, str] | None = None,
     timeout: float = STUDY_TIMEOUT_S,
     check: bool = True,
+    study: list[str] = STUDY,
 ) -> Completed:
     """Run `study ARGS` in `cwd` in its own session; on timeout the whole group (the
     driver and any local Ray it started) is stopped, and at the end whatever is left of
-    its session is killed, so nothing it started outlives it."""
+    its session is killed, so nothing it started outlives it. `study`: the command, when
+    not the installed one."""
     start = time.monotonic()
     process = subprocess.Popen(
-        [*STUDY, *args],
+        [*study, *args],
         cwd=cwd,
         env=env if env is not None else base_env(),
         stdout=subprocess.PIPE,

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from reliability_support import (
+    BROKEN_STUDY,
+    SMALL_SWEEP,
     MlflowServer,
     clean_env,
     finish,
@@ -32,9 +34,9 @@ from reliability_support import (
     tail,
     wait_for,
 )
-from sweep_helpers import trial_of
+from sweep_helpers import run_study, trial_of
 
-from analysis import records
+from analysis import optuna_record, records
 
 EXPERIMENT = records.DEFAULT_EXPERIMENT
 
@@ -428,3 +430,99 @@ def test_credentials_are_redacted_from_error_lines(tmp_path):
         assert result.returncode == 2, result.stderr
         assert "***@127.0.0.1" in result.stderr
         assert "secret" not in result.stdout + result.stderr
+
+
+# --- 8. an unexpected error: no half-made study ----------------------------------------------
+def run_states(db: Path) -> list[tuple[str, str, str]]:
+    """(name, status, lifecycle stage) of every run in an MLflow SQLite store, deleted
+    runs included."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+        return connection.execute("select name, status, lifecycle_stage from runs").fetchall()
+
+
+def one_error_line(done, expected: str) -> Path:
+    """The command failed with one line on stderr starting with `expected` and naming a
+    log file that holds the traceback; returns the log's path."""
+    assert done.returncode == 1, done.describe()
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.describe()
+    assert lines[0].startswith(expected), done.describe()
+    log = Path(lines[0].rpartition("; traceback in ")[2])
+    assert log.is_file(), lines[0]
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text
+    return log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "where, cause",
+    [
+        ("pickle", "TypeError: cannot pickle '_thread.lock' object"),
+        ("add", "RuntimeError: the scheduler broke adding the first trial"),
+    ],
+    ids=["tuner-pickle", "tune-loop"],
+)
+def test_a_study_that_cannot_start_leaves_nothing_half_made(tmp_path, ray_env, where, cause):
+    """Whatever breaks after the parent run exists and before the first trial starts (as
+    Tune pickling a searcher it cannot, seen with Optuna 5.1's NSGA-II; or inside Tune's
+    loop, after Optuna made its study): one line, the traceback in a log, and nothing kept
+    that `status` or `resume` would take for a study. The name is free again at once."""
+    name = "unmade"
+    args = [*SMALL_SWEEP, "--name", name]
+    failed = run_study([where, *args], tmp_path, ray_env, check=False, study=BROKEN_STUDY)
+    log = one_error_line(
+        failed, f"error: study {name} could not start: {cause}; nothing was kept; traceback in "
+    )
+    assert cause in log.read_text()
+    assert log.parent == tmp_path / "logs"
+
+    # MLflow: the parent run ended as failed and was deleted; nothing is left RUNNING.
+    db = tmp_path / "mlflow.db"
+    assert run_states(db) == [(name, "FAILED", "deleted")]
+    assert records.find_study(f"sqlite:///{db}", name, EXPERIMENT) is None
+    # Storage: no spec, no tuner.pkl, no study directory at all.
+    assert not (tmp_path / "ray_results" / name).exists()
+    # Optuna: the study the searcher made at its first suggestion (where it got that far:
+    # optuna.db exists only then) is gone.
+    optuna_db = tmp_path / "optuna.db"
+    assert optuna_db.exists() == (where == "add")
+    assert name not in optuna_record.study_names(f"sqlite:///{optuna_db}")
+    status = run_forked_cli(["status"], tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert name not in status.stdout
+    refused = run_forked_cli(["resume", name], tmp_path)
+    assert refused.returncode == 2 and f"no study {name!r}" in refused.stderr
+
+    # The name is free: the same sweep, unbroken, runs under it.
+    run_study(args, tmp_path, ray_env)
+    status = run_forked_cli(["status", name], tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"study {name}: mlvae on digits, 1/1 trials in MLflow" in status.stdout
+    assert [state for state in run_states(db) if state[1] == "RUNNING"] == []
+
+
+@pytest.mark.slow
+def test_a_study_that_fails_after_its_first_trial_started_is_kept_for_resume(tmp_path, ray_env):
+    """Past the first trial's start the study has results: an unexpected error marks its
+    parent run failed and keeps it whole, and `study resume` completes it."""
+    name = "kept"
+    args = ["result", *SMALL_SWEEP, "--name", name]
+    failed = run_study(args, tmp_path, ray_env, check=False, study=BROKEN_STUDY)
+    one_error_line(
+        failed,
+        f"error: study {name} failed: RuntimeError: the scheduler broke at the first result; "
+        f"its results are kept: continue it with `study resume {name}`; traceback in ",
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent, runs = study_runs(uri, name)
+    assert parent.info.status == "FAILED"
+    assert len(runs) == 1
+    assert [s for s in run_states(tmp_path / "mlflow.db") if s[1] == "RUNNING"] == []
+    status = run_forked_cli(["status"], tmp_path)
+    assert name in status.stdout, status.stdout + status.stderr
+
+    run_study(["resume", name], tmp_path, ray_env)
+    parent, runs = study_runs(uri, name)
+    assert parent.info.status == "FINISHED"
+    assert [run.info.status for run in runs] == ["FINISHED"]

@@ -18,6 +18,8 @@ import time
 import pytest
 import ray.cloudpickle
 from reliability_support import (
+    BROKEN_STUDY,
+    SMALL_SWEEP,
     clean_env,
     finish,
     pids_in_session,
@@ -153,6 +155,32 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, pr
     robust_keys = s3.keys(f"sweeps/{name}-robust/")
     assert f"sweeps/{name}-robust/{SPEC_FILE}" in robust_keys
     assert any(k.endswith(STATE_FILE) for k in robust_keys), robust_keys
+
+
+# --- a study that cannot start -------------------------------------------------------------
+def test_a_study_that_cannot_start_leaves_nothing_in_the_bucket(shared_services, tmp_path):
+    """As tests/test_reliability.py's study that cannot start, its results on S3 and its
+    runs on a tracking server: the study's prefix (its spec, Tune's tuner.pkl) is gone
+    from the bucket, and its parent run ended as failed and was deleted."""
+    s3, tracking = shared_services.s3, shared_services.tracking
+    name, storage = "unmade-s3", s3.uri("unmade")
+    args = [*SMALL_SWEEP, "--name", name, "--storage", storage, "--tracking-uri", tracking.uri]
+    with ray_tmpdir() as ray_tmp:
+        env = base_env(ray_tmp, **shared_services.env)
+        done = run_study(["pickle", *args], tmp_path, env, check=False, study=BROKEN_STUDY)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.describe()
+    assert lines[0].startswith(
+        f"error: study {name} could not start: TypeError: cannot pickle '_thread.lock' object; "
+        "nothing was kept; traceback in "
+    ), done.describe()
+    # The storage's own directory stays (an empty marker, as ray_results/ stays locally).
+    assert s3.keys("unmade/") == ["unmade/"]
+    runs = [r for r in all_runs(tracking.uri) if r.data.tags.get(records.TAG_STUDY) == name]
+    assert [(r.info.status, r.info.lifecycle_stage) for r in runs] == [("FAILED", "deleted")]
+    env = {**clean_env(), **shared_services.env}
+    listed = run_forked_cli(["status", "--storage", storage], tmp_path, env=env)
+    assert listed.returncode == 0 and name not in listed.stdout, listed
 
 
 # --- storage that cannot be used ----------------------------------------------------------
