@@ -16,27 +16,139 @@ from study import threads
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+IDLE = threads.Machine(threads=2, cores=2, others=0.0)
+
+
 @pytest.mark.parametrize(
-    ("alone", "load", "policy"),
+    ("command", "machine", "policy"),
     [
-        (True, 0.1, None),  # `study train` on an idle machine: libgomp's spin
-        (True, 0.6, "PASSIVE"),  # ... on a busy one
-        (False, 0.0, "PASSIVE"),  # trials share their cores with the driver and each other
-        (False, 5.0, "PASSIVE"),
+        ("train", IDLE, None),  # `study train` alone: libgomp's spin
+        ("train", threads.Machine(2, 2, 0.4), None),  # a task runnable in under half the looks
+        ("train", threads.Machine(2, 2, 0.5), "PASSIVE"),  # ... in half: it takes a core
+        ("train", threads.Machine(2, 2, 1.0), "PASSIVE"),  # beside a busy process
+        ("train", threads.Machine(1, 2, 1.0), None),  # one thread and the busy one fit
+        ("train", threads.Machine(4, 8, 3.8), None),  # 4 threads and 4 busy cores fit 8
+        ("train", threads.Machine(4, 8, 4.5), "PASSIVE"),
+        ("train", threads.Machine(4, 2, 0.0), "PASSIVE"),  # more threads than cores
+        ("train", threads.Machine(2, 2, None), "PASSIVE"),  # no /proc to read
+        ("train", None, "PASSIVE"),
+        ("run", IDLE, "PASSIVE"),  # trials share their cores with the driver and each other
+        ("resume", None, "PASSIVE"),
+        (None, None, "PASSIVE"),  # `study --help`
     ],
 )
-def test_policy_per_context(alone, load, policy):
-    assert threads.wait_policy(alone, load) == policy
+def test_policy_per_context(command, machine, policy):
+    assert threads.wait_policy(command, machine) == policy
+
+
+def stat(pid: int, state: str, cpu: int, name: str = "python") -> str:
+    """A /proc/PID/task/TID/stat line: field 3 the state, field 39 the CPU."""
+    middle = " ".join(["0"] * 35)
+    return f"{pid} ({name}) {state} {middle} {cpu} 0 0 0 0\n"
+
+
+def test_a_stat_line_gives_state_and_cpu():
+    """The reader's own stat line has the shape the synthetic ones copy."""
+    own = Path(f"/proc/self/task/{os.getpid()}/stat").read_text()
+    assert threads.runnable_on([own], {int(own.rsplit(")", 1)[1].split()[36])}) == 1
+    assert threads.runnable_on([stat(7, "R", 1)], {1}) == 1
+
+
+def test_runnable_tasks_counted_on_our_cores():
+    stats = [
+        stat(10, "R", 0),
+        stat(11, "R", 1),
+        stat(12, "R", 3),  # on a core this process may not use
+        stat(13, "S", 0),  # sleeping
+        stat(14, "D", 1),  # waiting for I/O
+        stat(15, "R", 1, name="a ) S (name"),  # the name may hold ') S ('
+        "16 (cut short) R 1",  # a line that ended while it was read
+    ]
+    assert threads.runnable_on(stats, {0, 1}) == 3
+
+
+def fake_proc(root: Path, tasks: dict[int, list[str]]) -> Path:
+    """A /proc with these processes' tasks (pid -> their stat lines), a non-process
+    entry, and a process that ended between listing and reading."""
+    for pid, lines in tasks.items():
+        for number, line in enumerate(lines):
+            task = root / str(pid) / "task" / str(pid + number)
+            task.mkdir(parents=True)
+            (task / "stat").write_text(line)
+    (root / "loadavg").write_text("9.00 9.00 9.00 5/100 12345\n")
+    (root / "99999").mkdir()  # no task directory: gone
+    return root
+
+
+def test_the_machine_read_from_proc(tmp_path, monkeypatch):
+    me = os.getpid()
+    proc = fake_proc(
+        tmp_path,
+        {
+            me: [stat(me, "R", 0), stat(me, "R", 1)],  # our own threads never count
+            1000: [stat(1000, "R", 0), stat(1001, "S", 1)],  # a thread of it is runnable
+            2000: [stat(2000, "S", 0)],
+            3000: [stat(3000, "R", 5)],  # another core's
+        },
+    )
+    monkeypatch.setattr(threads, "available_cores", lambda: {0, 1})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    machine = threads.read_machine(proc=proc, looks=3, interval=0)
+    assert machine == threads.Machine(threads=2, cores=2, others=1.0)
+    assert threads.wait_policy("train", machine) == "PASSIVE"
+    assert threads.read_machine(proc=tmp_path / "absent", looks=3, interval=0).others is None
+
+
+def test_runnable_others_is_the_mean_over_the_looks(monkeypatch):
+    looks = iter([[stat(1, "R", 0)], [], [stat(1, "R", 0), stat(2, "R", 1)], []])
+    monkeypatch.setattr(threads, "task_stats", lambda proc, exclude: next(looks))
+    assert threads.runnable_others({0, 1}, looks=4, interval=0) == 0.75
+
+
+def test_the_real_proc_is_readable():
+    """Whatever runs here now: a count, on this process's cores."""
+    machine = threads.read_machine(looks=2, interval=0)
+    assert machine.cores == len(threads.available_cores())
+    assert machine.others is not None and machine.others >= 0
+
+
+@pytest.mark.parametrize(
+    ("environ", "planned"),
+    [
+        ({}, 8),  # torch's default: one per core
+        ({"OMP_NUM_THREADS": "2"}, 2),
+        ({"OMP_NUM_THREADS": "3,2"}, 3),  # nested levels: the outer one
+        ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "4"}, 4),  # torch reads MKL's last
+        ({"OMP_NUM_THREADS": "many"}, 8),
+        ({"OMP_NUM_THREADS": "0"}, 8),
+    ],
+)
+def test_the_threads_torch_will_run(environ, planned):
+    assert threads.planned_threads(environ, 8) == planned
 
 
 def test_a_policy_the_user_exported_wins(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setattr(threads, "read_machine", lambda: IDLE)
     for command in ("train", "run", None):
         threads.configure(command)
         assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_every_command_but_train_gets_passive(monkeypatch):
+def test_train_spins_only_where_its_threads_fit(monkeypatch):
+    for machine, policy in ((IDLE, None), (threads.Machine(2, 2, 1.0), "PASSIVE")):
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        monkeypatch.setattr(threads, "read_machine", lambda machine=machine: machine)
+        threads.configure("train")
+        assert os.environ.get("OMP_WAIT_POLICY") == policy
+
+
+def test_every_command_but_train_gets_passive_without_reading_the_machine(monkeypatch):
+    def unread():
+        raise AssertionError("only `study train` reads the machine")
+
+    monkeypatch.setattr(threads, "read_machine", unread)
     for command in ("run", "resume", "robustness", "demo", None):
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
         threads.configure(command)
@@ -89,16 +201,18 @@ def command(*words: str) -> str:
     )
 
 
+def machine_reads(machine: threads.Machine) -> str:
+    """Code that makes `study train` read `machine` instead of this one's /proc."""
+    return f"from study import threads\nthreads.read_machine = lambda: threads.{machine!r}\n"
+
+
 def test_the_study_command_sets_the_policy_before_torch_loads():
     unset = {"OMP_WAIT_POLICY": None}
     assert policy_libgomp_loaded(command("run", "--help"), unset) == "PASSIVE"
     assert (
         policy_libgomp_loaded(command("run", "--help"), {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
     )
-    # `study train` spins or sleeps by the machine's load as it starts: whichever it is,
-    # libgomp must load with the policy the function gives for that load.
-    load = os.getloadavg()[0]
-    train = policy_libgomp_loaded(command("train", "--help"), unset)
-    if abs(load - threads.IDLE_LOAD) > 0.2:  # not at the threshold, where it may flip
-        expected = threads.wait_policy(True, load) or "spin"
-        assert train == expected, (load, train)
+    train = command("train", "--help")
+    assert policy_libgomp_loaded(machine_reads(IDLE) + train, unset) == "spin"
+    busy = threads.Machine(2, 2, 1.0)
+    assert policy_libgomp_loaded(machine_reads(busy) + train, unset) == "PASSIVE"
