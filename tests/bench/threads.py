@@ -14,15 +14,26 @@ Contexts, each the way it runs in this project on a machine of C cores:
   solo-1-thread the same on one thread (is a pool worth having at all?)
   sweep        a sweep at concurrency C: C trials at once, 1 thread each (Ray's CPU count)
   oversub      an oversubscribed sweep: C trials at once, C threads each
-  busy-driver  a trial with C threads beside a driver that keeps one core busy (the case
-               that motivated PASSIVE: a spinning pool sharing its cores with another
+  busy-driver  C threads beside a process that keeps one core busy: a trial beside its
+               driver, or a `study train` on a machine one other process keeps busy (the
+               case that motivated PASSIVE: a spinning pool sharing its cores with another
                process made a digits AAE 50x slower)
   sweep+driver C trials at 1 thread beside the busy driver
 
     python -m tests.bench.threads [--quick] [--json PATH]
 
 Each figure is the median training-step time of the trials in that context (ms); the
-table gives each variant's time relative to the best in its row.
+table gives each variant's time relative to the best in its row, and "ours": the policy
+study/threads.py picks there, asked in a fresh process with the context's other processes
+already running (for `study train` it reads the machine), against the target
+TARGET_POLICY_RATIO.
+
+The busy minute: C processes keep every core busy for a minute (BUSY_SECONDS), which
+lifts the load average; the moment they end, a lone `study train` starts (a worker that
+sets its policy the way the CLI does, before torch loads); then, once the one-minute load
+average has fallen below 0.5 (the old rule's idle mark: at least IDLE_WAIT_MIN, at most
+IDLE_WAIT_MAX seconds later), the same launch again. Our policy looks only at what runs
+now, so both launches get the same policy and the same time (TARGET_BUSY_MINUTE_RATIO).
 """
 
 from __future__ import annotations
@@ -36,7 +47,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from study import threads as study_threads
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Our policy's step time against the best variant's, in every context (our target).
+TARGET_POLICY_RATIO = 1.2
+# A lone `study train` right after a busy minute against the same after the load decayed.
+TARGET_BUSY_MINUTE_RATIO = 1.1
+# The busy minute, and how long the idle launch waits for the load average to fall below
+# IDLE_LOAD (quick runs: a shorter busy spell, enough to lift the average above it).
+BUSY_SECONDS = {"full": 60.0, "quick": 30.0}
+IDLE_WAIT_MIN = {"full": 120.0, "quick": 0.0}
+IDLE_WAIT_MAX = {"full": 300.0, "quick": 60.0}
+IDLE_LOAD = 0.5
+# The policy names study/threads.py gives, as the variants here name them.
+VARIANT_OF_POLICY = {None: "spin", "PASSIVE": "passive"}
 
 
 # The variants: what a process's environment says before torch loads, and its inter-op
@@ -53,6 +78,8 @@ VARIANTS = {
     "spin-10k": Variant({"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}),
     "passive-interop1": Variant({"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": None}, 1),
 }
+# Not a fixed variant: the worker sets the policy itself, the way `study train` does.
+OURS = Variant({"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": None})
 # The workloads: a small model where per-op overhead is everything (digits AAE, the 50x
 # case), and a reference-sized MNIST-shaped step.
 WORKLOADS = {
@@ -67,21 +94,26 @@ class Context:
     trials: int  # processes training at once
     threads: int  # torch intra-op threads each
     busy_driver: bool
+    command: str  # the `study` command whose processes these are
 
 
 def contexts(cores: int) -> list[Context]:
     return [
-        Context("solo", 1, cores, False),
-        Context("solo-1-thread", 1, 1, False),
-        Context("sweep", cores, 1, False),
-        Context("oversub", cores, cores, False),
-        Context("busy-driver", 1, cores, True),
-        Context("sweep+driver", cores, 1, True),
+        Context("solo", 1, cores, False, "train"),
+        Context("solo-1-thread", 1, 1, False, "train"),
+        Context("sweep", cores, 1, False, "run"),
+        Context("oversub", cores, cores, False, "run"),
+        Context("busy-driver", 1, cores, True, "train"),
+        Context("sweep+driver", cores, 1, True, "run"),
     ]
 
 
 # --- the worker: one process, one workload, step times to stdout ------------------------
-def worker(workload: str, threads: int, seconds: float, interop: int | None) -> None:
+def worker(workload: str, threads: int, seconds: float, interop: int | None, ours: bool) -> None:
+    policy = None
+    if ours:  # as the CLI does, before torch loads
+        study_threads.configure("train")
+        policy = VARIANT_OF_POLICY[os.environ.get("OMP_WAIT_POLICY")]
     import torch
 
     torch.set_num_threads(threads)
@@ -109,7 +141,15 @@ def worker(workload: str, threads: int, seconds: float, interop: int | None) -> 
         experiment.train_epoch()
         times.append((time.perf_counter() - start) / max(steps_per_epoch, 1) * 1e3)
     times.sort()
-    print(json.dumps({"step_ms": times[len(times) // 2], "epochs": len(times)}), flush=True)
+    figures = {"step_ms": times[len(times) // 2], "epochs": len(times), "policy": policy}
+    print(json.dumps(figures), flush=True)
+
+
+def choose(command: str) -> None:
+    """What study/threads.py picks for `command` here and now, and what it read."""
+    policy, machine = study_threads.decide(command)
+    reading = machine._asdict() if machine else None
+    print(json.dumps({"policy": VARIANT_OF_POLICY[policy], "machine": reading}), flush=True)
 
 
 def busy_driver() -> None:
@@ -123,7 +163,7 @@ def busy_driver() -> None:
 # --- the parent -------------------------------------------------------------------------
 def environment(variant: str, threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    for key, value in VARIANTS[variant].env.items():
+    for key, value in (OURS if variant == "ours" else VARIANTS[variant]).env.items():
         if value is None:
             env.pop(key, None)
         else:
@@ -133,42 +173,69 @@ def environment(variant: str, threads: int) -> dict[str, str]:
     return env
 
 
+def spawn(args: list[str], variant: str, threads: int, output: bool) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.bench.threads", *args],
+        cwd=REPO_ROOT,
+        env=environment(variant, threads),
+        stdout=subprocess.PIPE if output else None,
+        text=True,
+    )
+
+
+def answer(process: subprocess.Popen, what: str) -> dict:
+    """The last line a worker or a probe printed."""
+    out, _ = process.communicate(timeout=600)
+    if process.returncode != 0:
+        raise RuntimeError(f"{what}: exit status {process.returncode}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+class BusyDrivers:
+    """`count` processes that keep a core busy each, for the length of a `with`."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> BusyDrivers:
+        self.processes = [spawn(["--busy-driver"], "passive", 1, False) for _ in range(self.count)]
+        return self
+
+    def __exit__(self, *_) -> None:
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait()
+
+
+def train(workload: str, threads: int, seconds: float, variant: str, count: int = 1) -> list[dict]:
+    """`count` workers training `workload` at once; what each reports."""
+    args = ["--worker", workload, "--threads", str(threads), "--seconds", str(seconds)]
+    if variant == "ours":
+        args.append("--ours")
+    elif VARIANTS[variant].interop:
+        args += ["--interop", str(VARIANTS[variant].interop)]
+    workers = [spawn(args, variant, threads, True) for _ in range(count)]
+    return [answer(w, f"{workload} {variant} worker") for w in workers]
+
+
 def measure(context: Context, workload: str, variant: str, seconds: float) -> float:
     """The median of the trials' median step times (ms) with `context` running."""
-    driver = None
-    if context.busy_driver:
-        driver = subprocess.Popen(
-            [sys.executable, "-m", "tests.bench.threads", "--busy-driver"],
-            cwd=REPO_ROOT,
-            env=environment("passive", 1),
-        )
-    try:
-        command = [sys.executable, "-m", "tests.bench.threads", "--worker", workload]
-        command += ["--threads", str(context.threads), "--seconds", str(seconds)]
-        if VARIANTS[variant].interop:
-            command += ["--interop", str(VARIANTS[variant].interop)]
-        trials = [
-            subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=environment(variant, context.threads),
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(context.trials)
-        ]
-        results = []
-        for trial in trials:
-            out, _ = trial.communicate(timeout=600)
-            if trial.returncode != 0:
-                raise RuntimeError(f"{workload} {variant} {context.name}: worker failed")
-            results.append(json.loads(out.strip().splitlines()[-1])["step_ms"])
-    finally:
-        if driver is not None:
-            driver.kill()
-            driver.wait()
-    results.sort()
+    with BusyDrivers(1 if context.busy_driver else 0):
+        reports = train(workload, context.threads, seconds, variant, context.trials)
+    results = sorted(r["step_ms"] for r in reports)
     return results[len(results) // 2]
+
+
+def our_policy(context: Context) -> dict:
+    """The variant study/threads.py picks for the context's command, asked by a fresh
+    process once the context's busy driver (if any) is running, and what it read."""
+    with BusyDrivers(1 if context.busy_driver else 0):
+        if context.busy_driver:
+            time.sleep(0.5)  # the driver's interpreter is up and computing
+        probe = spawn(["--choose", context.command], "ours", context.threads, True)
+        return answer(probe, f"{context.name} probe")
 
 
 def variants_for(context: Context) -> list[str]:
@@ -181,24 +248,115 @@ def variants_for(context: Context) -> list[str]:
     return ["spin", "passive", "spin-10k"]
 
 
-def run(quick: bool = False, log=print) -> dict:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    seconds = 1.0 if quick else 2.5
-    figures: dict = {"cores": cores, "seconds_per_measurement": seconds, "rows": []}
+def verdict(value: float, target: float) -> str:
+    return "PASS" if value <= target else "FAIL"
+
+
+def policy_table(cores: int, seconds: float, log) -> list[dict]:
+    rows = []
     for workload in WORKLOADS:
-        for context in contexts(cores or 1):
-            row = {"workload": workload, "context": context.name, "ms": {}}
-            for variant in variants_for(context):
-                row["ms"][variant] = measure(context, workload, variant, seconds)
+        for context in contexts(cores):
+            chosen = our_policy(context)
+            row = {"workload": workload, "context": context.name, "command": context.command}
+            row["ms"] = {v: measure(context, workload, v, seconds) for v in variants_for(context)}
             best = min(row["ms"].values())
             row["relative"] = {v: ms / best for v, ms in row["ms"].items()}
+            row["ours"], row["machine"] = chosen["policy"], chosen["machine"]
+            row["ours_over_best"] = row["relative"][row["ours"]]
+            row["result"] = verdict(row["ours_over_best"], TARGET_POLICY_RATIO)
             log(
                 f"  {workload:12s} {context.name:13s} "
                 + "  ".join(
                     f"{v} {ms:7.2f} ms ({row['relative'][v]:.2f}x)" for v, ms in row["ms"].items()
                 )
+                + f"  | ours {row['ours']} {row['ours_over_best']:.2f}x of best: {row['result']}"
             )
-            figures["rows"].append(row)
+            rows.append(row)
+    return rows
+
+
+def readings(cores: int, log) -> list[dict]:
+    """What study/threads.py reads as other runnable tasks with 0..C busy processes, and
+    /proc/loadavg's running-tasks field (less the reader) for comparison."""
+    rows = []
+    for busy in range(cores + 1):
+        with BusyDrivers(busy):
+            time.sleep(0.5)
+            ours = study_threads.runnable_others(study_threads.available_cores(), looks=50)
+            field = []
+            for _ in range(50):
+                running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+                field.append(int(running) - 1)
+                time.sleep(study_threads.LOOK_INTERVAL_S)
+        rows.append({"busy": busy, "ours": ours, "loadavg_field": sum(field) / len(field)})
+        log(
+            f"  {busy} busy: runnable others read {ours:.2f} (the loadavg field "
+            f"{rows[-1]['loadavg_field']:.2f})"
+        )
+    return rows
+
+
+def lone_train(workload: str, cores: int, seconds: float) -> dict:
+    """A lone `study train` as it starts now: the policy it picks, its step time, and
+    what the old rule (the one-minute load average below IDLE_LOAD) would have picked."""
+    load = os.getloadavg()[0]
+    report = train(workload, cores, seconds, "ours")[0]
+    old = "spin" if load < IDLE_LOAD else "passive"
+    return {
+        "step_ms": report["step_ms"],
+        "policy": report["policy"],
+        "load_1min": load,
+        "old_rule": old,
+    }
+
+
+def wait_for_idle(mode: str) -> float:
+    """Seconds waited for the one-minute load average to fall below IDLE_LOAD."""
+    started = time.monotonic()
+    while True:
+        waited = time.monotonic() - started
+        if waited >= IDLE_WAIT_MAX[mode]:
+            return waited
+        if waited >= IDLE_WAIT_MIN[mode] and os.getloadavg()[0] < IDLE_LOAD:
+            return waited
+        time.sleep(1.0)
+
+
+def busy_minute(cores: int, mode: str, seconds: float, log) -> dict:
+    """Lone launches right after every core was busy for BUSY_SECONDS, then again once the
+    load has decayed (see the module's docstring)."""
+    log(f"  busy minute: {cores} busy processes for {BUSY_SECONDS[mode]:.0f} s")
+    with BusyDrivers(cores):
+        time.sleep(BUSY_SECONDS[mode])
+    after_busy = {w: lone_train(w, cores, seconds) for w in WORKLOADS}
+    waited = wait_for_idle(mode)
+    after_idle = {w: lone_train(w, cores, seconds) for w in WORKLOADS}
+    rows = []
+    for workload in WORKLOADS:
+        busy, idle = after_busy[workload], after_idle[workload]
+        ratio = busy["step_ms"] / idle["step_ms"]
+        row = {"workload": workload, "after_busy": busy, "after_idle": idle, "ratio": ratio}
+        row["result"] = verdict(ratio, TARGET_BUSY_MINUTE_RATIO)
+        log(
+            f"  {workload:12s} after the busy minute {busy['step_ms']:7.2f} ms ({busy['policy']}; "
+            f"load {busy['load_1min']:.2f}, the old rule: {busy['old_rule']}), "
+            f"{waited:.0f} s later {idle['step_ms']:7.2f} ms ({idle['policy']}; load "
+            f"{idle['load_1min']:.2f}, the old rule: {idle['old_rule']}): {ratio:.2f}x, {row['result']}"
+        )
+        rows.append(row)
+    return {"busy_seconds": BUSY_SECONDS[mode], "idle_wait_seconds": waited, "rows": rows}
+
+
+def run(quick: bool = False, log=print) -> dict:
+    cores = len(study_threads.available_cores())
+    mode = "quick" if quick else "full"
+    seconds = 1.0 if quick else 2.5
+    lone_seconds = 3.0 if quick else 5.0
+    figures: dict = {"cores": cores, "seconds_per_measurement": seconds}
+    figures["readings"] = readings(cores, log)
+    figures["rows"] = policy_table(cores, seconds, log)
+    figures["busy_minute"] = busy_minute(cores, mode, lone_seconds, log)
+    figures["busy_minute"]["seconds_per_measurement"] = lone_seconds
     return figures
 
 
@@ -208,14 +366,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--interop", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=4.0, help=argparse.SUPPRESS)
+    parser.add_argument("--ours", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--choose", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--busy-driver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="1 s per measurement")
     parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args(argv)
     if args.busy_driver:
         busy_driver()
+    elif args.choose:
+        choose(args.choose)
     elif args.worker:
-        worker(args.worker, args.threads, args.seconds, args.interop)
+        worker(args.worker, args.threads, args.seconds, args.interop, args.ours)
     else:
         figures = run(args.quick)
         if args.json:
