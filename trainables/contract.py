@@ -11,6 +11,8 @@ should give (closed forms, what its paper says it learns) is tested beside it, n
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import math
 import typing
@@ -224,45 +226,88 @@ def test_save_and_restore_resume_exactly(case, contract_digits, tmp_path):
 
 
 # --- seed replicas ---------------------------------------------------------------------------
-# Replica k of an S-replica run against the solo run with seed k, after one epoch: the
-# batched matmuls round differently from the single ones (the last bits of a float32), and
-# nothing else may differ. Measured worst over every case (seeds 5-7, 2 CPU threads): loss
-# terms 1.7e-7 relative; all weights together 3.6e-5 relative (ICVAE; 5e-7 for the
-# others). Single weights can differ by up to ~lr: where a gradient is near zero, a
-# rounding-level change can flip the sign of Adam's update (ICVAE: 0.07% of its weights
-# differ by more than 1e-5, the largest by 5e-4). Over more epochs such differences can
-# grow chaotically (ICVAE's reached 2e-3 by epoch 4, as a solo run moved to another
-# thread count does), so the check is on the first epoch; that nothing *couples* the
-# replicas is checked exactly, bit for bit, by test_replicas_are_not_coupled.
-REPLICA_LOSS_RTOL = 1e-5
-REPLICA_WEIGHT_RTOL = 1e-4  # of the norm of all weights
+# Replica k of an S-replica run against the solo run with seed k, after one epoch. The
+# batched matmuls sum in another order than the single ones, and nothing else may differ.
+# Gaps are measured against how far the epoch moved the weights (the displacement): a real
+# difference (another batch, another noise draw, a coupled replica) is of that order.
+#
+# float64: the summation order is all there is. Measured on every case, threads 1 and 2,
+# ATEN_CPU_CAPABILITY default and AVX-512: weights 1e-14 of the displacement, losses 7e-16
+# relative. The bound 1e-9 leaves five orders for other kernels and CPUs, and eight below a
+# real difference.
+#
+# float32 (what runs): a rounding-level difference can also flip a discrete choice, a ReLU
+# input next to 0 or the sign of an Adam step on a gradient next to 0, and the trajectory
+# forks for the units involved, by Adam steps of at most lr each. One-ulp changes of the
+# start measure that: over 18 per family (seeds 5-7) the worst moved the weights by 1.9e-3
+# of the displacement (betavae, a decoder unit's ReLU; 1.4e-4 the worst of the others). An
+# Intel CPU's summation order took the same fork (3.6e-4 of the weights' norm, 1.9e-3 of the
+# displacement). The bound, 1e-2, is five such forks. The epoch-mean losses stayed within
+# 4e-7 relative even across the fork: bound 1e-5.
+# That nothing *couples* the replicas is checked exactly, bit for bit, by
+# test_replicas_are_not_coupled; over more epochs a fork can grow (as a solo run moved to
+# another thread count does), so this check is on the first epoch.
+@dataclass(frozen=True)
+class ReplicaBound:
+    loss_rtol: float
+    weights_of_displacement: float
+
+
+REPLICA_BOUNDS = {
+    torch.float64: ReplicaBound(loss_rtol=1e-9, weights_of_displacement=1e-9),
+    torch.float32: ReplicaBound(loss_rtol=1e-5, weights_of_displacement=1e-2),
+}
 
 
 def replica_weights(experiment: Experiment, k: int) -> dict[str, torch.Tensor]:
     return snapshot(experiment.models()[k])
 
 
-def test_replicas_follow_their_solo_runs(case, contract_digits):
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Models built, and tensors made without a dtype, in `dtype`."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("dtype", list(REPLICA_BOUNDS), ids=lambda dtype: str(dtype)[6:])
+def test_replicas_follow_their_solo_runs(case, contract_digits, dtype):
+    bound = REPLICA_BOUNDS[dtype]
+    data = dataclasses.replace(
+        contract_digits,
+        x_train=contract_digits.x_train.to(dtype),
+        x_test=contract_digits.x_test.to(dtype),
+    )
     seeds = (5, 6, 7)
-    batched = case.experiment(contract_digits, seed=seeds[0], seeds=len(seeds))
-    assert batched.seeds == seeds
-    before = [replica_weights(batched, k) for k in range(len(seeds))]
-    losses = batched.train_replicas()
-    metrics = batched.evaluate_replicas(quick=True)
-    for k, seed in enumerate(seeds):
-        solo = case.experiment(contract_digits, seed=seed)
-        # The same initialisation, exactly: each replica is built from its own seed.
-        assert_same_state(snapshot(solo.model), before[k])
-        solo_losses = solo.train_epoch()
-        assert solo_losses.keys() == losses[k].keys()
-        for name, value in solo_losses.items():
-            assert losses[k][name] == pytest.approx(value, rel=REPLICA_LOSS_RTOL), (k, name)
-        ours = torch.cat([v.flatten() for v in snapshot(solo.model).values()])
-        theirs = torch.cat([v.flatten() for v in replica_weights(batched, k).values()])
-        gap = ((ours - theirs).norm() / ours.norm()).item()
-        assert gap <= REPLICA_WEIGHT_RTOL, (k, gap)
-        assert metrics[k]["diverged"] == 0.0
-        assert solo.evaluate(quick=True).keys() == metrics[k].keys()
+    with default_dtype(dtype):
+        batched = case.experiment(data, seed=seeds[0], seeds=len(seeds))
+        assert batched.seeds == seeds
+        assert all(p.dtype == dtype for p in batched.model.parameters())
+        before = [replica_weights(batched, k) for k in range(len(seeds))]
+        losses = batched.train_replicas()
+        metrics = batched.evaluate_replicas(quick=True)
+        for k, seed in enumerate(seeds):
+            solo = case.experiment(data, seed=seed)
+            # The same initialisation, exactly: each replica is built from its own seed.
+            assert_same_state(snapshot(solo.model), before[k])
+            solo_losses = solo.train_epoch()
+            assert solo_losses.keys() == losses[k].keys()
+            for name, value in solo_losses.items():
+                assert losses[k][name] == pytest.approx(value, rel=bound.loss_rtol), (k, name)
+            start, ours = flat_weights(before[k]), flat_weights(snapshot(solo.model))
+            theirs = flat_weights(replica_weights(batched, k))
+            gap = ((ours - theirs).norm() / (ours - start).norm()).item()
+            assert gap <= bound.weights_of_displacement, (k, gap)
+            assert metrics[k]["diverged"] == 0.0
+            assert solo.evaluate(quick=True).keys() == metrics[k].keys()
+
+
+def flat_weights(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.flatten().double() for v in state.values() if v.is_floating_point()])
 
 
 def test_replicas_are_not_coupled(case, contract_digits):

@@ -306,7 +306,9 @@ class AAEFamily(Family[AAEConfig, AAE]):
             spread = z_test.std(dim=0).mean() < 0.05 * prior.std(dim=0).mean()
             metrics["degenerate"] = float(spread)
         if config.prior == "mixture" and config.label_conditioned:
-            nearest = torch.cdist(z_test, mixture_means(z_test.device)).argmin(dim=1)
+            nearest = torch.cdist(z_test, mixture_means(z_test.device).to(z_test.dtype)).argmin(
+                dim=1
+            )
             metrics["mode_acc"] = float((nearest == y_test % MIXTURE_MODES).float().mean())
         return metrics
 
@@ -322,12 +324,13 @@ def _encoder_output(model: AAE, x: torch.Tensor) -> torch.Tensor:
 
 def _discriminator_loss(model: AAE, encoded: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Prior samples are "real", the encoder's (detached) codes "fake"."""
-    n, device = len(y), y.device
     fake = model.code(encoded, sample=True)
-    real = sample_prior(model.config, y)
-    # Built on the device: no host-to-device copy per step.
-    targets = torch.cat([torch.ones(n, device=device), torch.zeros(n, device=device)])
-    logits = torch.cat([model.discriminate(real, y), model.discriminate(fake, y)])
+    # Prior samples and targets in the codes' dtype and device, not float32: a float64
+    # model (the contract suite's rounding check) computes its loss in float64 throughout.
+    real = sample_prior(model.config, y).to(fake.dtype)
+    real_logits, fake_logits = model.discriminate(real, y), model.discriminate(fake, y)
+    logits = torch.cat([real_logits, fake_logits])
+    targets = torch.cat([torch.ones_like(real_logits), torch.zeros_like(fake_logits)])
     return F.binary_cross_entropy_with_logits(logits, targets)
 
 
