@@ -60,6 +60,10 @@ def connect(address: str | None, verbose: bool) -> None:
     # Workers import this project: make sure they find it from the driver's directory.
     repo = str(Path(__file__).resolve().parent.parent)
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
+    # Ray 2.60's default: a trial that asks for no GPU keeps the visible devices as they
+    # are (the trainable picks its device from what Ray allocated). Older Rays hide them,
+    # and warn on stderr of every driver that this default will change.
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as error:
