@@ -211,6 +211,57 @@ def train_preset(options: dict) -> None:
 
 
 @cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every reproduction preset.")
+@click.option(
+    "--out",
+    default="runs/reproductions",
+    show_default=True,
+    help="Where the runs go, one directory per preset; a rerun keeps the finished ones.",
+)
+@spec_options(TrainSpec, "dataset", "epochs", "seeds", "params")
+@click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
+@spec_options(StudySpec, "data_dir")
+@DOWNLOAD
+def reproduce(names, everything, out, dataset, epochs, seeds, params, device, data_dir, download):
+    """Run reproduction presets NAMES (or --all), resuming, and summarise each (see `study
+    presets`). --dataset, --epochs, --seeds and --set override every preset's own."""
+    from pathlib import Path
+
+    from study.presets import load_preset, preset_names
+    from study.reproduce import TimeLeft, plan_preset, run_plans
+
+    if everything and names:
+        raise UserError("names: give preset names or --all, not both")
+    if not everything and not names:
+        raise UserError("names: name reproduction presets (see `study presets`) or pass --all")
+    if seeds is not None and seeds < 1:
+        raise UserError(f"seeds: expected a whole number >= 1, got {seeds}")
+    overrides = parse_overrides(params)
+    chosen = [load_preset(n) for n in (names or preset_names())]
+    if names:
+        for preset in chosen:
+            if preset.kind != "reproduction":
+                raise UserError(
+                    f"names: {preset.name} is a {preset.kind} preset; "
+                    f"run it with `study run --preset {preset.name}`"
+                )
+    plans = [
+        plan_preset(
+            p,
+            p.train_specs(seeds, dataset=dataset, epochs=epochs, params=overrides),
+            Path(out) / p.name,
+        )
+        for p in chosen
+        if p.kind == "reproduction"
+    ]
+    clock = TimeLeft(sum(job.estimate for plan in plans for job in plan.jobs))
+    jobs = sum(len(plan.jobs) for plan in plans)
+    click.echo(f"{len(plans)} presets, {jobs} runs to train ({clock.text()} by the presets' sizes)")
+    run_plans(plans, clock, device, data_dir, download, click.echo)
+
+
+@cli.command()
 @click.argument("name", required=False)
 def presets(name):
     """List the presets shipped with the package, or print preset NAME's YAML."""

@@ -86,23 +86,25 @@ class Preset:
     def train_specs(
         self, seeds: int | None = None, first_seed: int = 0, **settings: Any
     ) -> list[tuple[Variant, TrainSpec]]:
-        """Every (variant, seed) run, seed-major so an interrupted reproduction already has
-        every variant at its first seeds. `settings` override dataset, epochs, precision
-        and (as `params`) parameters of every variant."""
+        """One spec per variant, its seeds (first_seed onwards) trained as replicas.
+        `settings` override dataset, epochs, precision and (as `params`) parameters of
+        every variant."""
         overrides = settings.pop("params", {}) or {}
-        runs = []
-        for seed in range(first_seed, first_seed + (seeds or self.seeds)):
-            for variant in self.variants:
-                spec = TrainSpec(
+        return [
+            (
+                variant,
+                TrainSpec(
                     family=self.family,
                     dataset=settings.get("dataset") or self.dataset,
                     epochs=settings.get("epochs") or self.epochs,
-                    seed=seed,
+                    seed=first_seed,
+                    seeds=seeds or self.seeds,
                     precision=settings.get("precision") or "fp32",
                     params={**self.params, **variant.params, **overrides},
-                )
-                runs.append((variant, spec))
-        return runs
+                ),
+            )
+            for variant in self.variants
+        ]
 
 
 def presets_dir() -> Path:

@@ -1,10 +1,14 @@
-"""`study train --preset NAME`: a reproduction preset's variants trained at several seeds,
-summarised as mean and 95% interval per variant beside the reference's figures.
+"""Reproduction presets, run: `study train --preset NAME` and `study reproduce`.
 
-Each run is an ordinary `study train` output directory under `<out>/<variant>/seed<S>`,
-written whole or not at all; a rerun with the same `--out` keeps the finished runs and
-trains only the missing ones. The summary (`summary.json`, `summary.md`, figures) is
-written last, atomically.
+Each variant's seeds train as one run of seed replicas (`study train --seeds`), written as an
+ordinary `study train` output directory `<out>/<variant>/seeds<A>-<B>` (or `seed<A>`), whole
+or not at all, with the commit, packages and device it was made with. A rerun with the same
+`--out` keeps every finished run and trains only the seeds that no run holds yet, so more
+seeds can be added later, and an interrupted reproduction loses at most the run in progress.
+
+The summary (`summary.json`, `summary.md`, the preset's figures) is written last,
+atomically: per variant and metric, the mean over seeds and its 95% percentile-bootstrap
+interval (analysis/stats.py, the same interval as every report of this tool).
 """
 
 from __future__ import annotations
@@ -13,75 +17,271 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from analysis import records
 from study.presets import Preset, Variant, matches
+from study.provenance import PROVENANCE_FILE
 from study.spec import TrainSpec
-from study.train import train_once
+from trainables.errors import ConfigError
 from trainables.metrics import metric_range
 
 SUMMARY_FILE = "summary.json"
+INTERVAL = "mean [95% percentile-bootstrap interval of the mean over seeds]"
+# Run settings that must agree for a kept run to count towards a rerun's seeds.
+SAME_SETTINGS = ("family", "dataset", "epochs", "precision", "params")
+# Without a measured time, a seed-epoch is guessed at this; the guess is corrected by
+# every run that finishes (TimeLeft).
+GUESS_SECONDS_PER_SEED_EPOCH = 30.0
 
 
 def default_out_dir(preset: Preset) -> Path:
     return Path("runs") / "presets" / f"{preset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def seed_dirname(first: int, count: int) -> str:
+    return f"seed{first}" if count == 1 else f"seeds{first}-{first + count - 1}"
+
+
+@dataclass
+class Job:
+    """Seeds of one variant still to train, as one run of replicas."""
+
+    variant: Variant
+    spec: TrainSpec
+    run_dir: Path
+    estimate: float
+
+
+@dataclass
+class TimeLeft:
+    """The estimated seconds left: what the remaining runs were guessed to take, scaled by
+    how long the finished runs took against their own guesses (so a machine twice as fast
+    as the guess's shows half the time after its first run)."""
+
+    guessed_left: float
+    guessed_done: float = 0.0
+    measured_done: float = 0.0
+
+    def finished(self, job: Job, seconds: float | None) -> None:
+        self.guessed_left -= job.estimate
+        if seconds is not None:  # a kept run says nothing of this machine's speed
+            self.guessed_done += job.estimate
+            self.measured_done += seconds
+
+    @property
+    def seconds(self) -> float:
+        pace = self.measured_done / self.guessed_done if self.guessed_done else 1.0
+        return max(self.guessed_left, 0.0) * pace
+
+    def text(self) -> str:
+        minutes = self.seconds / 60
+        return f"about {minutes:.0f} min left" if minutes >= 1 else "under a minute left"
+
+
+@dataclass
+class PresetPlan:
+    """A preset's runs: those kept from an earlier call and the jobs still to train."""
+
+    preset: Preset
+    specs: list[tuple[Variant, TrainSpec]]
+    out_dir: Path
+    seeds: list[int]
+    kept: dict[str, list[Path]] = field(default_factory=dict)
+    jobs: list[Job] = field(default_factory=list)
+
+
+def plan_preset(
+    preset: Preset, specs: list[tuple[Variant, TrainSpec]], out_dir: Path
+) -> PresetPlan:
+    """What is kept under `out_dir` and what is left to train, for one spec per variant
+    (seed = the first seed, seeds = how many). A kept run made with other settings is
+    refused: its seeds would be summarised beside runs of another experiment."""
+    first, count = specs[0][1].seed, specs[0][1].seeds
+    plan = PresetPlan(preset, specs, out_dir, list(range(first, first + count)))
+    per_seed_epoch = _seconds_per_seed_epoch(preset)
+    for variant, spec in specs:
+        variant_dir = out_dir / variant.dirname
+        held: set[int] = set()
+        plan.kept[variant.name] = []
+        for run_dir in sorted(variant_dir.glob("seed*")) if variant_dir.is_dir() else []:
+            seeds = _kept_seeds(run_dir, spec)
+            if seeds and set(seeds) & set(plan.seeds):
+                plan.kept[variant.name].append(run_dir)
+                held.update(seeds)
+        for start, length in _ranges([s for s in plan.seeds if s not in held]):
+            job_spec = TrainSpec(**{**spec.to_dict(), "seed": start, "seeds": length})
+            plan.jobs.append(
+                Job(
+                    variant,
+                    job_spec,
+                    variant_dir / seed_dirname(start, length),
+                    per_seed_epoch * spec.epochs * length,
+                )
+            )
+    return plan
+
+
+def _seconds_per_seed_epoch(preset: Preset) -> float:
+    if not preset.cpu_minutes:
+        return GUESS_SECONDS_PER_SEED_EPOCH
+    return preset.cpu_minutes * 60 / (len(preset.variants) * preset.seeds * preset.epochs)
+
+
+def _kept_seeds(run_dir: Path, spec: TrainSpec) -> list[int]:
+    """The seeds a finished run under `run_dir` holds (none for an unfinished one)."""
+    config_file = run_dir / "config.yaml"
+    if not (run_dir / "metrics.json").is_file() or not config_file.is_file():
+        return []
+    config = yaml.safe_load(config_file.read_text()) or {}
+    wanted = spec.to_dict()
+    for key in SAME_SETTINGS:
+        if config.get(key) != wanted[key]:
+            raise ConfigError(
+                f"out: {run_dir} holds a run with another {key} ({_short(config.get(key))}, "
+                f"not {_short(wanted[key])}); choose another --out or remove it"
+            )
+    first = int(config.get("seed", 0))
+    return list(range(first, first + int(config.get("seeds", 1))))
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _ranges(seeds: list[int]) -> list[tuple[int, int]]:
+    """Consecutive runs of `seeds` as (first, count)."""
+    runs: list[tuple[int, int]] = []
+    for seed in sorted(seeds):
+        if runs and runs[-1][0] + runs[-1][1] == seed:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((seed, 1))
+    return runs
+
+
 def reproduce(
     preset: Preset,
-    runs: list[tuple[Variant, TrainSpec]],
+    specs: list[tuple[Variant, TrainSpec]],
     out_dir: str | Path | None = None,
     device: str = "auto",
     data_dir: str | None = None,
     download: bool = False,
-    echo=print,
+    echo: Callable[[str], None] = print,
 ) -> tuple[dict[str, Any], Path]:
+    """Train what `specs` (one per variant) still lack under `out_dir`, then summarise."""
+    plan = plan_preset(preset, specs, Path(out_dir) if out_dir else default_out_dir(preset))
+    clock = TimeLeft(sum(job.estimate for job in plan.jobs))
+    summary = run_plans([plan], clock, device, data_dir, download, echo)[0]
+    return summary, plan.out_dir
+
+
+def run_plans(
+    plans: list[PresetPlan],
+    clock: TimeLeft,
+    device: str,
+    data_dir: str | None,
+    download: bool,
+    echo: Callable[[str], None],
+) -> list[dict[str, Any]]:
+    """Train every plan's jobs in turn, with a line per run and the time left, and write
+    each preset's summary once its runs are done."""
+    from study.train import train_once
     from trainables import load_dataset, pick_device
 
-    out_dir = Path(out_dir) if out_dir else default_out_dir(preset)
-    start = time.perf_counter()
-    # Every run of a preset trains on one dataset: load it once (and fail before any run).
-    dataset = load_dataset(runs[0][1].dataset, data_dir, download, pick_device(device))
-    seeds = len(runs) // len(preset.variants)
-    echo(
-        f"{preset.name}: {len(preset.variants)} variants x {seeds} seeds, {runs[0][1].epochs} "
-        f"epochs each, {preset.family} on {dataset.name}, into {out_dir}"
-    )
-    results: dict[str, list[dict[str, float]]] = {v.name: [] for v, _ in runs}
-    for i, (variant, spec) in enumerate(runs, 1):
-        run_dir = out_dir / variant.dirname / f"seed{spec.seed}"
-        done = run_dir / "metrics.json"
-        if done.exists():
-            metrics = json.loads(done.read_text())
-            echo(f"[{i}/{len(runs)}] {variant.name} seed {spec.seed}: kept from {run_dir}")
-        else:
-            metrics, _ = train_once(spec, out_dir=run_dir, progress=False, dataset=dataset)
-            echo(
-                f"[{i}/{len(runs)}] {variant.name} seed {spec.seed}: "
-                + ", ".join(f"{m} {_fmt(metrics.get(m))}" for m in preset.metrics)
-                + f" ({metrics['train_seconds']:.0f} s)"
+    total = sum(len(p.jobs) for p in plans)
+    done = 0
+    summaries = []
+    for plan in plans:
+        preset, kept = plan.preset, sum(map(len, plan.kept.values()))
+        epochs = plan.specs[0][1].epochs
+        echo(
+            f"{preset.name}: {len(plan.specs)} variants x {len(plan.seeds)} seeds, {epochs} "
+            f"epochs, {preset.family} on {plan.specs[0][1].dataset}, into {plan.out_dir}"
+            + (f" ({kept} runs kept)" if kept else "")
+        )
+        dataset = None
+        if plan.jobs:
+            # One dataset for every run of the preset, loaded (or refused) before any run.
+            dataset = load_dataset(
+                plan.specs[0][1].dataset, data_dir, download, pick_device(device)
             )
-        results[variant.name].append(metrics)
-    summary = summarise(preset, runs, results, time.perf_counter() - start)
-    write_summary(summary, out_dir)
-    return summary, out_dir
+        for job in plan.jobs:
+            started = time.perf_counter()
+            metrics, _ = train_once(job.spec, out_dir=job.run_dir, progress=False, dataset=dataset)
+            seconds = time.perf_counter() - started
+            clock.finished(job, seconds)
+            done += 1
+            seeds = ", ".join(map(str, range(job.spec.seed, job.spec.seed + job.spec.seeds)))
+            seeds = f"seed {seeds}" if job.spec.seeds == 1 else f"seeds {seeds}"
+            echo(
+                f"[{done}/{total}] {preset.name} {job.variant.name} {seeds}: "
+                + ", ".join(f"{m} {_fmt(metrics.get(m))}" for m in preset.metrics)
+                + f" ({seconds:.0f} s; {clock.text()})"
+            )
+            plan.kept[job.variant.name].append(job.run_dir)
+        summary = summarise(plan)
+        write_summary(summary, plan.out_dir)
+        summaries.append(summary)
+    return summaries
 
 
-def summarise(
-    preset: Preset,
-    runs: list[tuple[Variant, TrainSpec]],
-    results: dict[str, list[dict[str, float]]],
-    wall_seconds: float,
-) -> dict[str, Any]:
-    first = {v.name: (v, spec) for v, spec in reversed(runs)}
+def seed_results(run_dir: Path) -> dict[int, dict[str, float]]:
+    """Each seed's metrics from one run (a solo run's, or a replica run's per-seed keys)."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    first, count = int(config.get("seed", 0)), int(config.get("seeds", 1))
+    if count == 1:
+        return {first: metrics}
+    per_seed: dict[int, dict[str, float]] = {s: {} for s in range(first, first + count)}
+    for key, value in metrics.items():
+        parsed = records.parse_seed_metric(key)
+        if parsed:
+            per_seed[parsed[0]][parsed[1]] = value
+    return per_seed
+
+
+def run_provenance(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / PROVENANCE_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def summarise(plan: PresetPlan) -> dict[str, Any]:
+    from analysis.stats import bootstrap_interval
+
+    preset = plan.preset
     variants = []
-    for name, per_seed in results.items():
-        variant, spec = first[name]
-        metrics = {
-            m: interval([r.get(m, math.nan) for r in per_seed], metric_range(m))
-            for m in preset.metrics
-        }
+    made_with: list[dict[str, Any]] = []
+    run_seconds = 0.0
+    for variant, spec in plan.specs:
+        per_seed: dict[int, dict[str, float]] = {}
+        seconds = 0.0
+        for run_dir in plan.kept[variant.name]:
+            per_seed.update(seed_results(run_dir))
+            made = run_provenance(run_dir)
+            seconds += made.get("wall_seconds", 0.0)
+            made = {k: v for k, v in made.items() if k != "wall_seconds"}
+            if made and made not in made_with:
+                made_with.append(made)
+        run_seconds += seconds
+        results = [per_seed[s] for s in plan.seeds]
+        metrics = {}
+        for m in preset.metrics:
+            values = [r.get(m, math.nan) for r in results]
+            stat = bootstrap_interval(values, metric_range(m))
+            metrics[m] = {
+                "mean": stat.mean,
+                "low": stat.low,
+                "high": stat.high,
+                "n": stat.n,
+                "values": values,
+            }
         reference = [
             entry["metrics"]
             for entry in preset.reference.get("figures", [])
@@ -89,61 +289,80 @@ def summarise(
         ]
         variants.append(
             {
-                "name": name,
+                "name": variant.name,
+                "dirname": variant.dirname,
                 "params": variant.params,
                 "resolved": spec.params,
                 "metrics": metrics,
                 "reference": reference[0] if reference else {},
-                "train_seconds": sum(r.get("train_seconds", 0.0) for r in per_seed) / len(per_seed),
+                "seconds_per_seed": seconds / len(plan.seeds),
             }
         )
     return {
         "preset": preset.name,
         "family": preset.family,
-        "dataset": runs[0][1].dataset,
-        "epochs": runs[0][1].epochs,
-        "seeds": sorted({spec.seed for _, spec in runs}),
+        "dataset": plan.specs[0][1].dataset,
+        "epochs": plan.specs[0][1].epochs,
+        "seeds": plan.seeds,
         "metrics": list(preset.metrics),
+        "interval": INTERVAL,
         "reference_source": preset.reference.get("source", ""),
+        "reference_epochs": preset.reference.get("epochs"),
         "figures": list(preset.figures),
-        "wall_seconds": wall_seconds,
+        "run_seconds": run_seconds,
+        "made_with": made_with,
         "variants": variants,
     }
 
 
-def interval(values: list[float], bounds: tuple[float, float | None]) -> dict[str, Any]:
-    """Mean and 95% t-interval over seeds within the metric's range, with the values."""
-    from analysis.stats import mean_interval
-
-    return {**mean_interval(values, bounds), "values": values}
+def made_with_text(summary: dict[str, Any]) -> str:
+    """'commit 1a2b3c4d (torch 2.14.1) on cpu: ...': one clause per distinct provenance."""
+    clauses = []
+    for made in summary["made_with"]:
+        commit = made.get("commit")
+        code = f"commit {commit[:10]}" if commit else "an unknown commit"
+        if made.get("dirty"):
+            code += " with uncommitted changes"
+        torch = (made.get("packages") or {}).get("torch")
+        clauses.append(f"{code} (torch {torch}) on {made.get('device', 'an unknown device')}")
+    return "; ".join(clauses) or "unrecorded code and device"
 
 
 def markdown(summary: dict[str, Any]) -> str:
     metrics = summary["metrics"]
+    seeds = summary["seeds"]
     lines = [
         f"# {summary['preset']}: {summary['family']} on {summary['dataset']}, "
-        f"{summary['epochs']} epochs, seeds {summary['seeds'][0]}-{summary['seeds'][-1]} "
-        f"(n = {len(summary['seeds'])}), {summary['wall_seconds'] / 60:.1f} min",
+        f"{summary['epochs']} epochs, seeds {seeds[0]}-{seeds[-1]} (n = {len(seeds)})",
         "",
-        "Mean [95% t-interval over seeds]; the reference's figure in parentheses where it has one.",
+        f"Made with {made_with_text(summary)}; the runs took "
+        f"{summary['run_seconds'] / 60:.1f} min.",
         "",
-        "| variant | " + " | ".join(metrics) + " | s/run |",
+        f"Each cell: {summary['interval']}; the reference's figure in parentheses where it "
+        "has one.",
+        "",
+        "| variant | " + " | ".join(metrics) + " | s/seed |",
         "| --- | " + " | ".join("---" for _ in metrics) + " | --- |",
     ]
     for variant in summary["variants"]:
-        cells = []
-        for m in metrics:
-            stat = variant["metrics"][m]
-            cell = f"{_fmt(stat['mean'])} [{_fmt(stat['low'])}, {_fmt(stat['high'])}]"
-            if m in variant["reference"]:
-                cell += f" ({_fmt(variant['reference'][m])})"
-            cells.append(cell)
+        cells = [cell(variant, m) for m in metrics]
         lines.append(
-            f"| {variant['name']} | " + " | ".join(cells) + f" | {variant['train_seconds']:.0f} |"
+            f"| {variant['name']} | "
+            + " | ".join(cells)
+            + f" | {variant['seconds_per_seed']:.0f} |"
         )
     if summary["reference_source"]:
         lines += ["", f"Reference: {summary['reference_source']}"]
     return "\n".join(lines) + "\n"
+
+
+def cell(variant: dict[str, Any], metric: str) -> str:
+    """'mean [low, high]', with the reference's figure in parentheses where it has one."""
+    stat = variant["metrics"][metric]
+    text = f"{_fmt(stat['mean'])} [{_fmt(stat['low'])}, {_fmt(stat['high'])}]"
+    if metric in variant["reference"]:
+        text += f" ({_fmt(variant['reference'][metric])})"
+    return text
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
@@ -151,11 +370,11 @@ def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     draw_figures(summary, out_dir)
-    _write_atomically(out_dir / "summary.md", markdown(summary))
-    _write_atomically(out_dir / SUMMARY_FILE, json.dumps(json_safe(summary), indent=2))
+    write_atomically(out_dir / "summary.md", markdown(summary))
+    write_atomically(out_dir / SUMMARY_FILE, json.dumps(json_safe(summary), indent=2) + "\n")
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
     os.replace(partial, path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from analysis.seeds import summarize
+from study.provenance import PROVENANCE_FILE, provenance
 from study.spec import TrainSpec
 from trainables import Dataset, Experiment, load_dataset, pick_device
 from trainables.images import save_images
@@ -36,11 +37,13 @@ def train_once(
 ) -> tuple[dict[str, float], Path]:
     """Train `spec` (its `seeds` replicas at once), then write weights, the resolved config
     and the metrics to `out_dir`: one run's metrics, or the seeds' summary (means, std,
-    bounds and each seed's value, analysis/seeds.py). `dataset`, when given, is
+    bounds and each seed's value, analysis/seeds.py), and what the run was made with
+    (`provenance.json`: commit, packages, device, wall seconds). `dataset`, when given, is
     `spec.dataset` already loaded (a preset reuses it).
 
     The directory appears only when everything in it is written (a crash leaves nothing).
     """
+    started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir else default_out_dir(spec)
     if out_dir.exists() and any(out_dir.iterdir()):
         from trainables.errors import ConfigError
@@ -65,6 +68,11 @@ def train_once(
         )
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
         save_images(experiment.image_grids(), staging / "images")
+        made_with = {
+            **provenance(str(dataset.device)),
+            "wall_seconds": time.perf_counter() - started,
+        }
+        (staging / PROVENANCE_FILE).write_text(json.dumps(made_with, indent=2))
     return metrics, out_dir
 
 

@@ -4,14 +4,14 @@ size through the real command line; the summary's intervals respect the metrics'
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 from sweep_helpers import base_env, run_study, study_record
 from test_train_cli import study
 
+from analysis.stats import bootstrap_interval
 from study.presets import all_presets, load_preset, matches, preset_names
-from study.reproduce import interval, markdown
+from study.reproduce import markdown
 from trainables import get_family
 from trainables.errors import ConfigError
 
@@ -77,18 +77,6 @@ def test_a_bad_preset_fails_naming_the_preset_and_field(tmp_path):
         )
 
 
-def test_interval_is_the_t_interval_and_stays_in_the_metrics_range():
-    stat = interval([0.5, 0.6, 0.7], (0.0, 1.0))
-    # mean 0.6, sd 0.1, t(0.975, 2) = 4.303: half-width 0.2484
-    assert stat["mean"] == pytest.approx(0.6)
-    assert stat["low"] == pytest.approx(0.6 - 0.24843, abs=1e-4)
-    assert stat["high"] == pytest.approx(0.6 + 0.24843, abs=1e-4)
-    near_one = interval([0.99, 1.0, 0.9], (0.0, 1.0))
-    assert near_one["high"] == 1.0 and near_one["low"] < near_one["mean"]
-    single = interval([0.3], (0.0, 1.0))
-    assert single["mean"] == 0.3 and math.isnan(single["low"])
-
-
 @pytest.mark.parametrize("name", REPRODUCTIONS)
 def test_reproduction_preset_runs_end_to_end_tiny(name, tmp_path):
     preset = load_preset(name)
@@ -106,11 +94,21 @@ def test_reproduction_preset_runs_end_to_end_tiny(name, tmp_path):
         for metric in preset.metrics:
             stat = variant["metrics"][metric]
             if stat["n"]:
+                # The bootstrap interval of analysis/stats.py, from the seeds' own values.
+                expected = bootstrap_interval(
+                    stat["values"], get_family(preset.family).metric_ranges[metric]
+                )
+                assert (stat["low"], stat["high"]) == pytest.approx((expected.low, expected.high))
                 assert stat["low"] <= stat["mean"] <= stat["high"], (variant["name"], metric)
-        for seed in (0, 1):
-            run = out / next(v for v in preset.variants if v.name == variant["name"]).dirname
-            assert (run / f"seed{seed}" / "metrics.json").exists()
-            assert (run / f"seed{seed}" / "images" / "latent_scatter.png").exists()
+        # The variant's two seeds trained as one run of replicas, with what made it.
+        run = out / variant["dirname"] / "seeds0-1"
+        assert (run / "images" / "latent_scatter.png").exists()
+        made = json.loads((run / "provenance.json").read_text())
+        assert (
+            made["packages"]["torch"]
+            and made["device"].startswith("cpu")
+            and made["wall_seconds"] > 0
+        )
     assert json.loads((out / "summary.json").read_text())["preset"] == name
     assert (out / "summary.md").read_text() == markdown(summary)
     for figure in preset.figures:
@@ -128,13 +126,21 @@ def test_rerun_with_the_same_out_keeps_finished_runs(tmp_path):
     args = ("train", "--preset", "aae-priors", *TINY, "--out", str(out))
     first = study(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    before = {p: p.stat().st_mtime_ns for p in out.glob("*/seed*/state.pt")}
-    assert len(before) == 6
+    before = {p: p.stat().st_mtime_ns for p in out.glob("*/seeds0-1/state.pt")}
+    assert len(before) == 3
+    # A third seed: the two kept runs per variant stay, only seed 2 trains.
     again = study(*args, "--seeds", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("kept from") == 6
-    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seed[01]/state.pt")} == before
+    assert "(3 runs kept)" in again.stdout and again.stdout.count(" seed 2: ") == 3
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/seeds0-1/state.pt")} == before
     assert len(list(out.glob("*/seed2/state.pt"))) == 3
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2]
+    assert all(v["metrics"]["recon_mse"]["n"] == 3 for v in summary["variants"])
+    # Kept runs of another experiment are refused, naming the run and the setting.
+    other = study(*args, "--seeds", "3", "--epochs", "2", cwd=tmp_path)
+    assert other.returncode == 2
+    assert "another epochs (1, not 2)" in other.stderr and other.stderr.count("\n") == 1
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ with the last term bounded by the mean pairwise Gaussian KL over the batch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 
@@ -25,7 +25,12 @@ from trainables.family import (
     one_hot,
 )
 from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
-from trainables.losses import bernoulli_recon, kl_to_standard_normal, marginal_kl_bound
+from trainables.losses import (
+    bernoulli_recon,
+    kl_to_standard_normal,
+    marginal_kl_bound,
+    squared_error,
+)
 from trainables.metrics import (
     LEAKAGE_METRICS,
     RECON_MSE,
@@ -44,6 +49,9 @@ class ICVAEConfig(FamilyConfig):
     hidden: tuple[int, ...] = (512, 512)
     beta: float = 1.0
     lam: float = 1.0  # "lambda" in the paper; `lambda` is a Python keyword
+    # "bernoulli": summed per-pixel log-likelihood of the logits; "mse": summed squared
+    # error of sigmoid outputs, the tutorial's loss (its outputs are linear, ours squashed).
+    recon_loss: Literal["bernoulli", "mse"] = "bernoulli"
 
     bounds: ClassVar = {
         "z_dim": (1, 4096),
@@ -78,7 +86,11 @@ class ICVAE(FamilyModel):
         cfg = self.config
         mu, logvar = self.encode(x)
         z = mu + noise.normal_like(mu) * torch.exp(0.5 * logvar)
-        recon = bernoulli_recon(self.decode(z, labels), x).mean()
+        logits = self.decode(z, labels)
+        if cfg.recon_loss == "mse":
+            recon = squared_error(torch.sigmoid(logits), x).mean()
+        else:
+            recon = bernoulli_recon(logits, x).mean()
         kl_prior = kl_to_standard_normal(mu, logvar).mean()
         kl_marginal = marginal_kl_bound(mu, logvar).mean()
         loss = (1.0 + cfg.lam) * recon + cfg.beta * kl_prior + cfg.lam * kl_marginal
@@ -105,6 +117,7 @@ class ICVAEFamily(Family[ICVAEConfig, ICVAE]):
     metrics = (RECON_MSE, *LEAKAGE_METRICS, *SWAP_METRICS)
     objectives = ("recon_mse", "leakage")
     grids = (RECONSTRUCTIONS, Grid("swaps", swap_grid), LATENT_SCATTER)
+    test_variants = ({"recon_loss": "mse"},)
     # 784-512-512-16 / (16+10)-512-512-784.
     reference_config = {"hidden": [512, 512], "z_dim": 16, "batch_size": 256}
 
