@@ -12,7 +12,8 @@ UV_VERSION := $(shell awk '/^name = "uv"$$/ {getline; gsub(/[^0-9.]/, ""); print
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup demo test lint format bench clean browser lock check-latest check-oldest
+.PHONY: setup demo test lint format bench clean browser lock check-latest check-oldest \
+	reproductions readme-tables
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,18 @@ browser:
 
 bench: setup
 	$(PY) -m tests.bench.run
+
+# Every published figure, from the code as it is: each reproduction preset at its own
+# settings on MNIST (runs kept under runs/reproductions, so a rerun resumes), then the
+# summaries and figures into docs/reproductions and the README's published blocks.
+# `make readme-tables` redraws those blocks alone from the committed summaries.
+MNIST_DIR ?= ../shared/data/mnist
+reproductions: setup
+	$(VENV)/bin/study reproduce --all --data-dir $(MNIST_DIR) --out runs/reproductions \
+		--docs docs/reproductions --readme README.md
+
+readme-tables: setup
+	$(VENV)/bin/study reproduce --readme-only --docs docs/reproductions --readme README.md
 
 # Every dependency at its newest release that pyproject's ranges allow (the lock ignored;
 # torch too): run `make lock` after it, and commit uv.lock when `make test` passes.

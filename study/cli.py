@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -219,24 +220,71 @@ def train_preset(options: dict) -> None:
     show_default=True,
     help="Where the runs go, one directory per preset; a rerun keeps the finished ones.",
 )
+@click.option(
+    "--docs",
+    help="Also publish: each summary, its figures and image panels into this directory.",
+)
+@click.option(
+    "--readme",
+    help="With --docs: rewrite this file's `<!-- published: ... -->` blocks from the summaries.",
+)
+@click.option(
+    "--readme-only",
+    is_flag=True,
+    help="Train nothing: only rewrite --readme's blocks from the summaries in --docs.",
+)
 @spec_options(TrainSpec, "dataset", "epochs", "seeds", "params")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @spec_options(StudySpec, "data_dir")
 @DOWNLOAD
-def reproduce(names, everything, out, dataset, epochs, seeds, params, device, data_dir, download):
+def reproduce(
+    names,
+    everything,
+    out,
+    docs,
+    readme,
+    readme_only,
+    dataset,
+    epochs,
+    seeds,
+    params,
+    device,
+    data_dir,
+    download,
+):
     """Run reproduction presets NAMES (or --all), resuming, and summarise each (see `study
-    presets`). --dataset, --epochs, --seeds and --set override every preset's own."""
-    from pathlib import Path
+    presets`); with --docs and --readme, publish what the README quotes. --dataset,
+    --epochs, --seeds and --set override every preset's own."""
 
     from study.presets import load_preset, preset_names
     from study.reproduce import TimeLeft, plan_preset, run_plans
 
+    if readme_only:
+        if not (docs and readme):
+            raise UserError(
+                "readme-only: name the summaries and the file: --docs DIR --readme FILE"
+            )
+        from study.reproduce import rewrite_readme_file
+
+        click.echo(rewrite_readme_file(Path(readme), Path(docs)))
+        return
     if everything and names:
         raise UserError("names: give preset names or --all, not both")
     if not everything and not names:
         raise UserError("names: name reproduction presets (see `study presets`) or pass --all")
     if seeds is not None and seeds < 1:
         raise UserError(f"seeds: expected a whole number >= 1, got {seeds}")
+    if readme and not docs:
+        raise UserError("readme: its blocks are drawn from the published summaries; add --docs DIR")
+    if readme and not Path(readme).is_file():
+        raise UserError(f"readme: {readme} is not a file; name the README to rewrite")
+    if readme:
+        from analysis.reproductions import check_blocks
+
+        try:
+            check_blocks(Path(readme).read_text())
+        except KeyError as error:
+            raise UserError(f"readme: {error.args[0]}") from None
     overrides = parse_overrides(params)
     chosen = [load_preset(n) for n in (names or preset_names())]
     if names:
@@ -258,7 +306,12 @@ def reproduce(names, everything, out, dataset, epochs, seeds, params, device, da
     clock = TimeLeft(sum(job.estimate for plan in plans for job in plan.jobs))
     jobs = sum(len(plan.jobs) for plan in plans)
     click.echo(f"{len(plans)} presets, {jobs} runs to train ({clock.text()} by the presets' sizes)")
-    run_plans(plans, clock, device, data_dir, download, click.echo)
+    summaries = run_plans(plans, clock, device, data_dir, download, click.echo)
+    if docs:
+        from study.reproduce import publish_all
+
+        for line in publish_all(plans, summaries, Path(docs), Path(readme) if readme else None):
+            click.echo(line)
 
 
 @cli.command()
@@ -270,7 +323,9 @@ def presets(name):
     if name:
         click.echo(load_preset(name).path.read_text(), nl=False)
         return
-    for preset in all_presets():
+    shipped = all_presets()
+    width = max(len(p.name) for p in shipped) + 1
+    for preset in shipped:
         size = (
             f"{len(preset.variants)} variants x {preset.seeds} seeds x {preset.epochs} epochs"
             + (f", ~{preset.cpu_minutes:g} min on 2 CPU cores" if preset.cpu_minutes else "")
@@ -279,9 +334,9 @@ def presets(name):
             + (f", ~{preset.gpu_hours:g} GPU-hour" if preset.gpu_hours else "")
         )
         click.echo(
-            f"{preset.name:<22} {preset.kind:<12} {preset.family:<6} {preset.dataset:<14} {size}"
+            f"{preset.name:<{width}} {preset.kind:<12} {preset.family:<6} {preset.dataset:<14} {size}"
         )
-        click.echo(f"{'':<22} {preset.description.splitlines()[0]}")
+        click.echo(f"{'':<{width}} {preset.description.splitlines()[0]}")
 
 
 @cli.command()

@@ -20,7 +20,11 @@ from trainables.errors import ConfigError
 from trainables.io import read_yaml
 
 KINDS = ("reproduction", "sweep")
-FIGURE_KINDS = {"heatmap": ("x", "y", "metric"), "pareto": ("x", "y", "label")}
+FIGURE_KINDS = {
+    "heatmap": ("x", "y", "metric"),
+    "pareto": ("x", "y", "label"),
+    "curve": ("metric",),  # a metric against the epoch, one line per variant (eval_epochs)
+}
 # `study run` settings (StudySpec fields) a sweep preset may hold; where the study is
 # stored, recorded and run stays the user's choice.
 SWEEP_SETTINGS = (
@@ -46,6 +50,8 @@ REPRODUCTION_KEYS = COMMON_KEYS | {
     "reference",
     "figures",
     "cpu_minutes",
+    "published",
+    "eval_epochs",
 }
 SWEEP_KEYS = COMMON_KEYS | set(SWEEP_SETTINGS) | {"gpu_hours"}
 
@@ -80,6 +86,12 @@ class Preset:
     reference: dict[str, Any] = field(default_factory=dict)
     figures: tuple[dict[str, str], ...] = ()
     cpu_minutes: float | None = None
+    # What the README quotes from this reproduction: tables, image panels and the headline
+    # metrics set against their previous figures (analysis/reproductions.py renders them).
+    published: dict[str, Any] = field(default_factory=dict)
+    # Epochs after which each run is also evaluated (the final epoch always is): a
+    # metric against training length, in the summary's `history`.
+    eval_epochs: tuple[int, ...] = ()
     sweep: dict[str, Any] = field(default_factory=dict)
     gpu_hours: float | None = None
 
@@ -204,7 +216,8 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
         if wanted is None or set(figure) != {"kind", *wanted}:
             raise fail(
                 "figures",
-                f"{figure!r}: use {{kind: heatmap, x, y, metric}} or {{kind: pareto, x, y, label}}",
+                f"{figure!r}: use {{kind: heatmap, x, y, metric}}, {{kind: pareto, x, y, "
+                "label}} or {kind: curve, metric}",
             )
         # A heatmap spans two parameters and colours a metric; a Pareto plot sets two
         # metrics against each other and labels its points with a parameter.
@@ -220,12 +233,24 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
                     f"{key}: {figure[key]!r} is not a {what}; choose from {', '.join(sorted(pool))}",
                 )
     reference = data.get("reference") or {}
+    if "epochs" in reference:
+        check_positive_int("reference: epochs", reference["epochs"])
     for entry in reference.get("figures", []):
         if not isinstance(entry.get("match"), dict) or not isinstance(entry.get("metrics"), dict):
             raise fail(
                 "reference", "each figure needs `match` (parameters) and `metrics` (name: value)"
             )
+    eval_epochs = tuple(data.get("eval_epochs") or ())
+    for epoch in eval_epochs:
+        check_positive_int("eval_epochs", epoch)
+    if any(f["kind"] == "curve" for f in figures) and not eval_epochs:
+        raise fail("figures", "a curve needs `eval_epochs`, the epochs to evaluate after")
+    published = _published(
+        data.get("published") or {}, variants, metrics, family, fail, bool(eval_epochs)
+    )
     return {
+        "eval_epochs": eval_epochs,
+        "published": published,
         "epochs": check_positive_int("epochs", data.get("epochs", 10)),
         "seeds": check_positive_int("seeds", data.get("seeds", 3)),
         "variants": variants,
@@ -234,6 +259,85 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
         "figures": figures,
         "cpu_minutes": data.get("cpu_minutes"),
     }
+
+
+PUBLISHED_KEYS = {"headline", "tables", "panels"}
+TABLE_KEYS = {"name", "rows", "columns", "titles", "labels"}
+PANEL_KEYS = {"name", "image", "metric", "variants"}
+
+
+def _published(
+    published: dict[str, Any],
+    variants: tuple[Variant, ...],
+    metrics: tuple,
+    family,
+    fail,
+    has_history: bool = False,
+) -> dict[str, Any]:
+    """`published`, checked: every name it uses is a parameter, metric, variant or image
+    grid of the preset, and every table cell singles out at most one variant."""
+    if not isinstance(published, dict) or set(published) - PUBLISHED_KEYS:
+        raise fail("published", f"expected a mapping with keys {', '.join(sorted(PUBLISHED_KEYS))}")
+    params = set(family.config_cls.field_names()) | {"variant"}
+    # "epoch": a row per evaluated epoch (a history), so it never picks among variants.
+    row_params = params | ({"epoch"} if has_history else set())
+    names = {v.name for v in variants}
+
+    def need(where: str, value: Any, pool: set, what: str) -> None:
+        if value not in pool:
+            raise fail(
+                "published",
+                f"{where}: {value!r} is not {what}; choose from {', '.join(sorted(map(str, pool)))}",
+            )
+
+    for metric in published.get("headline", []):
+        need("headline", metric, set(metrics), "a metric in `metrics`")
+    tables = published.get("tables", [])
+    for i, table in enumerate(tables):
+        where = f"tables[{i}]"
+        if not isinstance(table, dict) or set(table) - TABLE_KEYS or "rows" not in table:
+            raise fail("published", f"{where}: expected {{rows, columns, titles?, labels?, name?}}")
+        for param in table["rows"]:
+            need(f"{where}: rows", param, row_params, "a parameter")
+        for column in table.get("columns", []):
+            column = column if isinstance(column, dict) else {"metric": column}
+            need(f"{where}: columns", column.get("metric"), set(metrics), "a metric in `metrics`")
+            for param in column.get("where", {}):
+                need(f"{where}: where", param, params, "a parameter")
+            cells: dict[tuple, str] = {}
+            for variant in variants:
+                if not variant_matches(variant, column.get("where", {})):
+                    continue
+                key = tuple(_text(variant_value(variant, p)) for p in table["rows"] if p != "epoch")
+                if key in cells:
+                    raise fail(
+                        "published",
+                        f"{where}: rows {table['rows']} do not single out one variant "
+                        f"({cells[key]} and {variant.name}); add the parameter that differs "
+                        "to rows or to the column's `where`",
+                    )
+                cells[key] = variant.name
+    if len({t.get("name", "table") for t in tables}) != len(tables):
+        raise fail("published", "tables: give each table its own `name`")
+    grids = set(family.image_grids)
+    for i, panel in enumerate(published.get("panels", [])):
+        where = f"panels[{i}]"
+        if not isinstance(panel, dict) or set(panel) != PANEL_KEYS:
+            raise fail("published", f"{where}: expected {{name, image, metric, variants}}")
+        need(f"{where}: image", panel["image"], grids, "an image grid of the family")
+        need(f"{where}: metric", panel["metric"], set(metrics), "a metric in `metrics`")
+        for name in panel["variants"]:
+            need(f"{where}: variants", name, names, "a variant")
+    return published
+
+
+def variant_value(variant: Variant, param: str) -> Any:
+    """A variant's value of `param` ("variant": its name); None when it does not set it."""
+    return variant.name if param == "variant" else variant.params.get(param)
+
+
+def variant_matches(variant: Variant, where: dict[str, Any]) -> bool:
+    return all(_text(variant_value(variant, k)) == _text(v) for k, v in where.items())
 
 
 def _variants(data: dict[str, Any], fail) -> tuple[Variant, ...]:

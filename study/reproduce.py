@@ -28,6 +28,7 @@ from analysis import records
 from study.presets import Preset, Variant, matches
 from study.provenance import PROVENANCE_FILE
 from study.spec import TrainSpec
+from study.train import HISTORY_FILE
 from trainables.errors import ConfigError
 from trainables.metrics import metric_range
 
@@ -192,6 +193,7 @@ def run_plans(
 ) -> list[dict[str, Any]]:
     """Train every plan's jobs in turn, with a line per run and the time left, and write
     each preset's summary once its runs are done."""
+    from analysis.reproductions import epochs_text
     from study.train import train_once
     from trainables import load_dataset, pick_device
 
@@ -202,8 +204,8 @@ def run_plans(
         preset, kept = plan.preset, sum(map(len, plan.kept.values()))
         epochs = plan.specs[0][1].epochs
         echo(
-            f"{preset.name}: {len(plan.specs)} variants x {len(plan.seeds)} seeds, {epochs} "
-            f"epochs, {preset.family} on {plan.specs[0][1].dataset}, into {plan.out_dir}"
+            f"{preset.name}: {len(plan.specs)} variants x {len(plan.seeds)} seeds x "
+            f"{epochs_text(epochs)}, {preset.family} on {plan.specs[0][1].dataset}, into {plan.out_dir}"
             + (f" ({kept} runs kept)" if kept else "")
         )
         dataset = None
@@ -214,7 +216,13 @@ def run_plans(
             )
         for job in plan.jobs:
             started = time.perf_counter()
-            metrics, _ = train_once(job.spec, out_dir=job.run_dir, progress=False, dataset=dataset)
+            metrics, _ = train_once(
+                job.spec,
+                out_dir=job.run_dir,
+                progress=False,
+                dataset=dataset,
+                evaluate_at=[e for e in preset.eval_epochs if e < job.spec.epochs],
+            )
             seconds = time.perf_counter() - started
             clock.finished(job, seconds)
             done += 1
@@ -232,10 +240,69 @@ def run_plans(
     return summaries
 
 
+def publish_all(
+    plans: list[PresetPlan],
+    summaries: list[dict[str, Any]],
+    docs_dir: Path,
+    readme: Path | None,
+) -> list[str]:
+    """Publish every summary into `docs_dir` (with `changes.md`, the headline figures
+    against the previous publication), then rewrite `readme`'s published blocks; the README
+    is rendered whole before it is replaced, so a block that cannot be drawn leaves it as
+    it was. Returns what was written, a line each."""
+    from analysis import reproductions
+
+    for plan, summary in zip(plans, summaries, strict=True):
+        reproductions.publish(plan.preset, summary, plan.out_dir, docs_dir)
+    write_atomically(
+        docs_dir / f"{reproductions.CHANGES}.md",
+        "# Headline figures against the previous publication\n\n"
+        + reproductions.changes_block(docs_dir)
+        + "\n",
+    )
+    written = [f"published {len(summaries)} summaries with their figures into {docs_dir}"]
+    if readme is not None:
+        written.append(rewrite_readme_file(readme, docs_dir))
+    return written
+
+
+def rewrite_readme_file(readme: Path, docs_dir: Path) -> str:
+    """Render `readme`'s published blocks from the summaries in `docs_dir`, whole, then
+    replace the file (a block that cannot be drawn leaves it as it was)."""
+    from analysis import reproductions
+
+    text = readme.read_text()
+    try:
+        new = reproductions.rewrite_readme(text, docs_dir, readme.parent)
+    except (FileNotFoundError, KeyError) as error:
+        raise ConfigError(f"readme: {error.args[0]}") from None
+    if new != text:
+        write_atomically(readme, new)
+    blocks = len(reproductions.readme_blocks(text))
+    return f"rewrote {blocks} published blocks of {readme}" + (
+        "" if new != text else " (unchanged)"
+    )
+
+
 def seed_results(run_dir: Path) -> dict[int, dict[str, float]]:
     """Each seed's metrics from one run (a solo run's, or a replica run's per-seed keys)."""
+    return per_seed_metrics(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+
+
+def seed_history(run_dir: Path) -> dict[int, dict[int, dict[str, float]]]:
+    """epoch -> seed -> metrics, from a run evaluated along the way (empty without)."""
+
+    path = run_dir / HISTORY_FILE
+    if not path.is_file():
+        return {}
+    return {
+        entry["epoch"]: per_seed_metrics(run_dir, entry["metrics"])
+        for entry in json.loads(path.read_text())
+    }
+
+
+def per_seed_metrics(run_dir: Path, metrics: dict[str, float]) -> dict[int, dict[str, float]]:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    metrics = json.loads((run_dir / "metrics.json").read_text())
     first, count = int(config.get("seed", 0)), int(config.get("seeds", 1))
     if count == 1:
         return {first: metrics}
@@ -253,8 +320,6 @@ def run_provenance(run_dir: Path) -> dict[str, Any]:
 
 
 def summarise(plan: PresetPlan) -> dict[str, Any]:
-    from analysis.stats import bootstrap_interval
-
     preset = plan.preset
     variants = []
     made_with: list[dict[str, Any]] = []
@@ -270,18 +335,19 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
             if made and made not in made_with:
                 made_with.append(made)
         run_seconds += seconds
-        results = [per_seed[s] for s in plan.seeds]
-        metrics = {}
-        for m in preset.metrics:
-            values = [r.get(m, math.nan) for r in results]
-            stat = bootstrap_interval(values, metric_range(m))
-            metrics[m] = {
-                "mean": stat.mean,
-                "low": stat.low,
-                "high": stat.high,
-                "n": stat.n,
-                "values": values,
+        metrics = seed_statistics(preset.metrics, [per_seed[s] for s in plan.seeds])
+        by_epoch: dict[int, dict[int, dict[str, float]]] = {}
+        for run_dir in plan.kept[variant.name]:
+            for epoch, seeds in seed_history(run_dir).items():
+                by_epoch.setdefault(epoch, {}).update(seeds)
+        history = [
+            {
+                "epoch": epoch,
+                "metrics": seed_statistics(preset.metrics, [seeds[s] for s in plan.seeds]),
             }
+            for epoch, seeds in sorted(by_epoch.items())
+            if all(s in seeds for s in plan.seeds)
+        ]
         reference = [
             entry["metrics"]
             for entry in preset.reference.get("figures", [])
@@ -296,6 +362,7 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
                 "metrics": metrics,
                 "reference": reference[0] if reference else {},
                 "seconds_per_seed": seconds / len(plan.seeds),
+                "history": history,
             }
         )
     return {
@@ -315,6 +382,27 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
     }
 
 
+def seed_statistics(
+    metrics: tuple[str, ...] | list[str], results: list[dict[str, float]]
+) -> dict[str, dict[str, Any]]:
+    """Per metric: the mean over seeds, its bootstrap interval within the metric's range,
+    the count of finite values and the values themselves."""
+    from analysis.stats import bootstrap_interval
+
+    found = {}
+    for m in metrics:
+        values = [r.get(m, math.nan) for r in results]
+        stat = bootstrap_interval(values, metric_range(m))
+        found[m] = {
+            "mean": stat.mean,
+            "low": stat.low,
+            "high": stat.high,
+            "n": stat.n,
+            "values": values,
+        }
+    return found
+
+
 def made_with_text(summary: dict[str, Any]) -> str:
     """'commit 1a2b3c4d (torch 2.14.1) on cpu: ...': one clause per distinct provenance."""
     clauses = []
@@ -329,11 +417,13 @@ def made_with_text(summary: dict[str, Any]) -> str:
 
 
 def markdown(summary: dict[str, Any]) -> str:
+    from analysis.reproductions import cell, epochs_text
+
     metrics = summary["metrics"]
     seeds = summary["seeds"]
     lines = [
         f"# {summary['preset']}: {summary['family']} on {summary['dataset']}, "
-        f"{summary['epochs']} epochs, seeds {seeds[0]}-{seeds[-1]} (n = {len(seeds)})",
+        f"{epochs_text(summary['epochs'])}, seeds {seeds[0]}-{seeds[-1]} (n = {len(seeds)})",
         "",
         f"Made with {made_with_text(summary)}; the runs took "
         f"{summary['run_seconds'] / 60:.1f} min.",
@@ -354,15 +444,6 @@ def markdown(summary: dict[str, Any]) -> str:
     if summary["reference_source"]:
         lines += ["", f"Reference: {summary['reference_source']}"]
     return "\n".join(lines) + "\n"
-
-
-def cell(variant: dict[str, Any], metric: str) -> str:
-    """'mean [low, high]', with the reference's figure in parentheses where it has one."""
-    stat = variant["metrics"][metric]
-    text = f"{_fmt(stat['mean'])} [{_fmt(stat['low'])}, {_fmt(stat['high'])}]"
-    if metric in variant["reference"]:
-        text += f" ({_fmt(variant['reference'][metric])})"
-    return text
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> None:

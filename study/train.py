@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import yaml
@@ -16,6 +17,8 @@ from study.spec import TrainSpec
 from trainables import Dataset, Experiment, load_dataset, pick_device
 from trainables.images import save_images
 from trainables.io import atomic_directory
+
+HISTORY_FILE = "history.json"
 
 
 def default_out_dir(spec: TrainSpec) -> Path:
@@ -34,11 +37,14 @@ def train_once(
     out_dir: str | Path | None = None,
     progress: bool = True,
     dataset: Dataset | None = None,
+    evaluate_at: Collection[int] = (),
 ) -> tuple[dict[str, float], Path]:
     """Train `spec` (its `seeds` replicas at once), then write weights, the resolved config
     and the metrics to `out_dir`: one run's metrics, or the seeds' summary (means, std,
     bounds and each seed's value, analysis/seeds.py), and what the run was made with
-    (`provenance.json`: commit, packages, device, wall seconds). `dataset`, when given, is
+    (`provenance.json`: commit, packages, device, wall seconds). With `evaluate_at`
+    (epochs), the run is also evaluated after each of them, and `history.json` holds
+    those metrics and the final ones, each with its epoch. `dataset`, when given, is
     `spec.dataset` already loaded (a preset reuses it).
 
     The directory appears only when everything in it is written (a crash leaves nothing).
@@ -55,9 +61,16 @@ def train_once(
         spec.family, spec.params, dataset, spec.seed, precision=spec.precision, seeds=spec.seeds
     )
 
-    _train_epochs(experiment, spec, progress)
     ranges = experiment.family.metric_ranges
-    metrics = summarize(experiment.evaluate_replicas(), experiment.seeds, ranges)
+    history: list[dict] = []
+
+    def evaluated() -> dict[str, float]:
+        found = summarize(experiment.evaluate_replicas(), experiment.seeds, ranges)
+        history.append({"epoch": experiment.epoch, "metrics": found})
+        return found
+
+    _train_epochs(experiment, spec, progress, set(evaluate_at) - {spec.epochs}, evaluated)
+    metrics = evaluated()
     metrics["train_seconds"] = experiment.train_seconds
     metrics["eval_seconds"] = experiment.eval_seconds
 
@@ -67,6 +80,8 @@ def train_once(
             yaml.safe_dump({**spec.to_dict(), "metrics": metrics}, sort_keys=False)
         )
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if evaluate_at:
+            (staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
         save_images(experiment.image_grids(), staging / "images")
         made_with = {
             **provenance(str(dataset.device)),
@@ -76,8 +91,16 @@ def train_once(
     return metrics, out_dir
 
 
-def _train_epochs(experiment: Experiment, spec: TrainSpec, progress: bool) -> None:
-    """Train to `spec.epochs` with a progress bar, stopping at a divergence."""
+def _train_epochs(
+    experiment: Experiment,
+    spec: TrainSpec,
+    progress: bool,
+    evaluate_at: Collection[int] = (),
+    evaluate: Callable[[], object] = lambda: None,
+) -> None:
+    """Train to `spec.epochs` with a progress bar, stopping at a divergence, and call
+    `evaluate` after each epoch in `evaluate_at` (evaluation moves no RNG stream, so the
+    training is the same with or without it)."""
     from tqdm import tqdm
 
     bar = tqdm(
@@ -105,3 +128,5 @@ def _train_epochs(experiment: Experiment, spec: TrainSpec, progress: bool) -> No
             reported = diverged
         if experiment.diverged:
             break
+        if experiment.epoch in evaluate_at:
+            evaluate()

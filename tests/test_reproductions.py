@@ -1,0 +1,154 @@
+"""Published figures come from the code: the README's reproduction blocks are what the
+committed summaries render, and `study reproduce --all` runs every preset through to those
+blocks (at a tiny size, in a copy of the README and docs)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import REPO_ROOT
+from test_train_cli import study
+
+from analysis import reproductions
+from study.presets import all_presets, load_preset, parse_preset
+from trainables.errors import ConfigError
+
+DOCS = REPO_ROOT / "docs" / "reproductions"
+README = REPO_ROOT / "README.md"
+REPRODUCTIONS = [p for p in all_presets() if p.kind == "reproduction"]
+TINY = ("--dataset", "digits", "--epochs", "1", "--seeds", "2", "--set", "hidden=[32]")
+
+
+def test_a_block_that_cannot_be_drawn_leaves_the_readme_as_it_was(tmp_path):
+    readme, docs = tmp_path / "README.md", tmp_path / "docs"
+    original = "# x\n<!-- published: aae-priors nosuch -->\nold\n<!-- /published -->\n"
+    readme.write_text(original)
+    args = ("reproduce", "aae-priors", *TINY, "--out", "runs", "--docs", str(docs))
+    done = study(*args, "--readme", str(readme), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: readme: README block aae-priors nosuch:")
+    assert "choose figures or one of table" in done.stderr and done.stderr.count("\n") == 1
+    assert readme.read_text() == original
+    no_docs = study("reproduce", "aae-priors", "--readme", str(readme), cwd=tmp_path)
+    assert no_docs.returncode == 2 and "add --docs DIR" in no_docs.stderr
+
+
+def constructed_summary(**overrides) -> dict:
+    def stat(mean, low, high, n=3):
+        return {"mean": mean, "low": low, "high": high, "n": n, "values": []}
+
+    def variant(name, params, swap, leak, reference=None):
+        return {
+            "name": name,
+            "dirname": name,
+            "params": params,
+            "resolved": params,
+            "metrics": {"swap_acc": stat(*swap), "leakage_acc": stat(*leak)},
+            "reference": reference or {},
+            "seconds_per_seed": 1.0,
+        }
+
+    summary = {
+        "preset": "p",
+        "family": "mlvae",
+        "dataset": "mnist",
+        "epochs": 10,
+        "seeds": [0, 1, 2],
+        "interval": "mean [95% percentile-bootstrap interval of the mean over seeds]",
+        "reference_epochs": 400,
+        "run_seconds": 90.0,
+        "made_with": [],
+        "figures": [],
+        "variants": [
+            variant("w=1,n=0.1", {"w": 1.0, "n": 0.1}, (0.4, 0.3, 0.5), (0.8, 0.7, 0.9)),
+            variant("w=1,n=1.0", {"w": 1.0, "n": 1.0}, (0.41, 0.31, 0.51), (0.81, 0.7, 0.9)),
+            variant(
+                "w=4,n=0.1",
+                {"w": 4.0, "n": 0.1},
+                (0.99, 0.98, 1.0),
+                (0.5, 0.4, 0.6),
+                {"leakage_acc": 0.42},
+            ),
+            variant("w=4,n=1.0", {"w": 4.0, "n": 1.0}, (0.98, 0.97, 0.99), (0.0, 0.0, 0.0, 0)),
+        ],
+    }
+    return {**summary, **overrides}
+
+
+def test_a_table_pivots_labels_and_marks_references_as_its_spec_says():
+    spec = {
+        "rows": ["w"],
+        "titles": {"w": "weight"},
+        "labels": {"w": {4.0: "four"}},
+        "columns": [
+            {"metric": "swap_acc", "where": {"n": 0.1}, "title": "n 0.1"},
+            {"metric": "swap_acc", "where": {"n": 1.0}, "title": "n 1.0"},
+            {"metric": "leakage_acc", "where": {"n": 0.1}},
+            {"metric": "leakage_acc", "where": {"n": 1.0}},
+        ],
+    }
+    assert reproductions.table(constructed_summary(), spec).splitlines() == [
+        "| weight | n 0.1 | n 1.0 | leakage_acc | leakage_acc |",
+        "| --- | --- | --- | --- | --- |",
+        "| 1.0 | 0.400 [0.300, 0.500] | 0.410 [0.310, 0.510] | 0.800 [0.700, 0.900] | 0.810 [0.700, 0.900] |",
+        "| four | 0.990 [0.980, 1.000] | 0.980 [0.970, 0.990] | 0.500 [0.400, 0.600] (0.420) | – |",
+    ]
+    caption = reproductions.caption(constructed_summary())
+    assert caption.startswith("*mlvae on mnist, 10 epochs (the reference: 400); n = 3 seeds (0-2).")
+    assert "the reference's figure in parentheses" in caption
+    at_length = reproductions.caption(constructed_summary(epochs=400, variants=[]))
+    assert "400 epochs, the reference's length" in at_length and "parentheses" not in at_length
+
+
+def test_changes_flag_a_figure_outside_its_previous_interval(tmp_path):
+    preset = load_preset("mlvae-balance")
+    summary = constructed_summary(preset=preset.name, epochs=10)
+    summary["variants"][0]["name"] = "kl_style_weight=1.0,noise_std=0.1"
+    summary["variants"][1]["name"] = "kl_style_weight=1.0,noise_std=1.0"
+    (tmp_path / "previous").mkdir()
+    (tmp_path / f"{preset.name}.json").write_text(json.dumps(summary))
+    previous = (
+        f"# {preset.name}: mlvae on mnist, 10 epochs, seeds 0-2 (n = 3), 10.0 min\n\n"
+        "| variant | swap_acc | recon_mse | s/run |\n| --- | --- | --- | --- |\n"
+        "| kl_style_weight=1.0,noise_std=0.1 | 0.420 [0.340, 0.500] | 0.016 [0.016, 0.016] | 40 |\n"
+        "| kl_style_weight=1.0,noise_std=1.0 | 0.900 [0.850, 0.950] | 0.016 [0.016, 0.016] | 40 |\n"
+    )
+    (tmp_path / "previous" / f"{preset.name}.md").write_text(previous)
+    rows = reproductions.changes(tmp_path)
+    assert [(r["variant"], r["metric"], r["moved"]) for r in rows] == [
+        ("kl_style_weight=1.0,noise_std=0.1", "swap_acc", False),
+        ("kl_style_weight=1.0,noise_std=1.0", "swap_acc", True),
+    ]
+    assert rows[1]["before"] == (0.9, 0.85, 0.95)
+    assert reproductions.changes_block(tmp_path).startswith("*1 of 2 headline figures moved")
+    # Another length is another experiment: nothing to compare.
+    (tmp_path / "previous" / f"{preset.name}.md").write_text(
+        previous.replace("10 epochs", "40 epochs")
+    )
+    assert reproductions.changes(tmp_path) == []
+
+
+def test_a_published_table_must_single_out_one_variant_per_cell(tmp_path):
+    data = {
+        "kind": "reproduction",
+        "description": "x",
+        "family": "mlvae",
+        "dataset": "digits",
+        "grid": {"noise_std": [0.1, 1.0], "kl_style_weight": [1.0, 4.0]},
+        "metrics": ["swap_acc"],
+        "published": {"tables": [{"rows": ["noise_std"], "columns": ["swap_acc"]}]},
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"preset bad: published: tables\[0\]: rows \['noise_std'\] do not single out",
+    ):
+        parse_preset("bad", data, tmp_path / "bad.yaml")
+    data["published"] = {"headline": ["recon_mse"]}
+    with pytest.raises(ConfigError, match=r"headline: 'recon_mse' is not a metric in `metrics`"):
+        parse_preset("bad", data, tmp_path / "bad.yaml")
+    data["published"] = {
+        "panels": [{"name": "s", "image": "nosuch", "metric": "swap_acc", "variants": {}}]
+    }
+    with pytest.raises(ConfigError, match=r"panels\[0\]: image: 'nosuch' is not an image grid"):
+        parse_preset("bad", data, tmp_path / "bad.yaml")
