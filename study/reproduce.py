@@ -221,7 +221,11 @@ def run_plans(
                 out_dir=job.run_dir,
                 progress=False,
                 dataset=dataset,
-                evaluate_at=[e for e in preset.eval_epochs if e < job.spec.epochs],
+                evaluate_at=(
+                    [e for e in preset.eval_epochs if e < job.spec.epochs]
+                    if preset.eval_epochs
+                    else None
+                ),
             )
             seconds = time.perf_counter() - started
             clock.finished(job, seconds)

@@ -37,14 +37,14 @@ def train_once(
     out_dir: str | Path | None = None,
     progress: bool = True,
     dataset: Dataset | None = None,
-    evaluate_at: Collection[int] = (),
+    evaluate_at: Collection[int] | None = None,
 ) -> tuple[dict[str, float], Path]:
     """Train `spec` (its `seeds` replicas at once), then write weights, the resolved config
     and the metrics to `out_dir`: one run's metrics, or the seeds' summary (means, std,
     bounds and each seed's value, analysis/seeds.py), and what the run was made with
     (`provenance.json`: commit, packages, device, wall seconds). With `evaluate_at`
-    (epochs), the run is also evaluated after each of them, and `history.json` holds
-    those metrics and the final ones, each with its epoch. `dataset`, when given, is
+    (epochs, maybe none), the run is also evaluated after each of them, and
+    `history.json` holds those metrics and the final ones, each with its epoch. `dataset`, when given, is
     `spec.dataset` already loaded (a preset reuses it).
 
     The directory appears only when everything in it is written (a crash leaves nothing).
@@ -69,7 +69,7 @@ def train_once(
         history.append({"epoch": experiment.epoch, "metrics": found})
         return found
 
-    _train_epochs(experiment, spec, progress, set(evaluate_at) - {spec.epochs}, evaluated)
+    _train_epochs(experiment, spec, progress, set(evaluate_at or ()) - {spec.epochs}, evaluated)
     metrics = evaluated()
     metrics["train_seconds"] = experiment.train_seconds
     metrics["eval_seconds"] = experiment.eval_seconds
@@ -80,7 +80,7 @@ def train_once(
             yaml.safe_dump({**spec.to_dict(), "metrics": metrics}, sort_keys=False)
         )
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        if evaluate_at:
+        if evaluate_at is not None:
             (staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
         save_images(experiment.image_grids(), staging / "images")
         made_with = {

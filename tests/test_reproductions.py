@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO_ROOT
 from test_train_cli import study
 
-from analysis import reproductions
+from analysis import records, reproductions
 from study.presets import all_presets, load_preset, parse_preset
 from trainables.errors import ConfigError
 
@@ -152,3 +152,22 @@ def test_a_published_table_must_single_out_one_variant_per_cell(tmp_path):
     }
     with pytest.raises(ConfigError, match=r"panels\[0\]: image: 'nosuch' is not an image grid"):
         parse_preset("bad", data, tmp_path / "bad.yaml")
+
+
+def test_evaluating_along_the_way_leaves_the_training_as_it_was(tmp_path):
+    from study.spec import TrainSpec
+    from study.train import train_once
+
+    spec = TrainSpec(family="icvae", dataset="digits", epochs=3, seeds=2, params={"hidden": [32]})
+    plain, _ = train_once(spec, out_dir=tmp_path / "plain", progress=False)
+    along, out = train_once(spec, out_dir=tmp_path / "along", progress=False, evaluate_at=[1, 2])
+    timing = {"train_seconds", "eval_seconds"}
+    assert {k: v for k, v in along.items() if k not in timing} == {
+        k: v for k, v in plain.items() if k not in timing
+    }
+    history = json.loads((out / "history.json").read_text())
+    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+    seed1 = records.seed_metric("recon_mse", 1)
+    assert history[-1]["metrics"][seed1] == along[seed1]
+    assert history[0]["metrics"]["recon_mse"] > along["recon_mse"]
+    assert not (tmp_path / "plain" / "history.json").exists()
