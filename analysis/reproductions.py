@@ -17,14 +17,8 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-
-from analysis import figures
-from analysis.stats import pareto_mask
 
 BLOCK = re.compile(
     r"(?P<open><!-- published: (?P<preset>[\w.-]+) (?P<kind>[\w.-]+) -->\n)"
@@ -34,6 +28,15 @@ BLOCK = re.compile(
 )
 CHANGES = "changes"  # the block (and file) of headline figures against the previous ones
 PREVIOUS_DIR = "previous"  # docs/reproductions/previous/<preset>.md: the last publication
+
+
+def param_text(value: Any) -> str:
+    """A parameter value as presets name it: booleans lower-case, lists joined by x."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "x".join(map(str, value))
+    return str(value)
 
 
 # --- the preset's figures -----------------------------------------------------------------
@@ -51,6 +54,8 @@ def figure_file(spec: dict[str, str]) -> str:
 def heatmap(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
     """One metric's mean over seeds across two parameters (the report's degeneracy map is
     drawn by the same `figures.heatmap`)."""
+    from analysis import figures
+
     x, y, metric = spec["x"], spec["y"], spec["metric"]
     cells = {
         (v["resolved"][x], v["resolved"][y]): _number(v["metrics"][metric]["mean"])
@@ -68,6 +73,11 @@ def heatmap(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Pat
 
 def pareto(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
     """Means with seed intervals; the front (both metrics minimised) joined by a line."""
+    import numpy as np
+
+    from analysis import figures
+    from analysis.stats import pareto_mask
+
     x, y, label = spec["x"], spec["y"], spec["label"]
     points = []
     for v in summary["variants"]:
@@ -111,6 +121,8 @@ def pareto(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path
 def curve(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
     """A metric's mean over seeds against the epoch, one line per variant, its bootstrap
     interval shaded."""
+    from analysis import figures
+
     metric = spec["metric"]
     figure = figures.new_figure(5.0, 3.4)
     axes = figure.add_subplot()
@@ -158,6 +170,8 @@ def draw_panel(summary: dict[str, Any], panel: dict[str, Any], runs_dir: Path, p
     with the variant's title and its mean of `panel["metric"]`."""
     import matplotlib.image as mpimg
 
+    from analysis import figures
+
     by_name = {v["name"]: v for v in summary["variants"]}
     titles = panel["variants"]
     figure = figures.new_figure(3.0 * len(titles), 3.4)
@@ -189,8 +203,6 @@ def table(summary: dict[str, Any], spec: dict[str, Any]) -> str:
     """A markdown table laid out by a preset's `published.tables` entry: one row per
     distinct value of `rows` (in the order the variants first show them), one column per
     row parameter, then one per metric column (a column's `where` picks the variant)."""
-    from study.presets import _text
-
     variants = summary["variants"]
     if "epoch" in spec["rows"]:
         # A row per evaluated epoch of each variant: its history's entries as variants.
@@ -201,7 +213,7 @@ def table(summary: dict[str, Any], spec: dict[str, Any]) -> str:
         ]
     rows_by, titles = spec["rows"], spec.get("titles", {})
     labels = {
-        param: {_text(k): v for k, v in mapping.items()}
+        param: {param_text(k): v for k, v in mapping.items()}
         for param, mapping in spec.get("labels", {}).items()
     }
     columns = [c if isinstance(c, dict) else {"metric": c} for c in spec.get("columns", [])]
@@ -220,7 +232,7 @@ def table(summary: dict[str, Any], spec: dict[str, Any]) -> str:
         cells = [labels.get(p, {}).get(k, k) for p, k in zip(rows_by, key, strict=True)]
         for column in columns:
             where = {p: k for p, k in zip(rows_by, key, strict=True)}
-            where.update({p: _text(v) for p, v in column.get("where", {}).items()})
+            where.update({p: param_text(v) for p, v in column.get("where", {}).items()})
             hits = [v for v in variants if all(_value(v, p) == k for p, k in where.items())]
             if not hits:
                 cells.append("–")
@@ -234,9 +246,7 @@ def table(summary: dict[str, Any], spec: dict[str, Any]) -> str:
 
 
 def _value(variant: dict[str, Any], param: str) -> str:
-    from study.presets import _text
-
-    return variant["name"] if param == "variant" else _text(variant["params"].get(param))
+    return variant["name"] if param == "variant" else param_text(variant["params"].get(param))
 
 
 def cell(variant: dict[str, Any], metric: str) -> str:
@@ -259,8 +269,6 @@ def _fmt(value: Any) -> str:
 def caption(summary: dict[str, Any]) -> str:
     """What a published table is: data, length (against the reference's), seeds, interval,
     and what made it."""
-    from study.reproduce import made_with_text
-
     seeds = summary["seeds"]
     epochs = summary["epochs"]
     reference = summary.get("reference_epochs")
@@ -278,6 +286,19 @@ def caption(summary: dict[str, Any]) -> str:
     )
 
 
+def made_with_text(summary: dict[str, Any]) -> str:
+    """'commit 1a2b3c4d5e (torch 2.14.1) on cpu: ...': one clause per distinct provenance."""
+    clauses = []
+    for made in summary["made_with"]:
+        commit = made.get("commit")
+        code = f"commit {commit[:10]}" if commit else "an unknown commit"
+        if made.get("dirty"):
+            code += " with uncommitted changes"
+        torch = (made.get("packages") or {}).get("torch")
+        clauses.append(f"{code} (torch {torch}) on {made.get('device', 'an unknown device')}")
+    return "; ".join(clauses) or "unrecorded code and device"
+
+
 def epochs_text(epochs: int) -> str:
     return f"{epochs} epoch" + ("" if epochs == 1 else "s")
 
@@ -286,97 +307,79 @@ def _has_reference(summary: dict[str, Any]) -> bool:
     return any(v["reference"] for v in summary["variants"])
 
 
-# --- publishing: docs directory and README blocks ---------------------------------------
-def published_figures(preset, summary: dict[str, Any]) -> list[tuple[str, str]]:
-    """(file name in the docs directory, alt text) of every figure the preset publishes."""
+# --- README blocks --------------------------------------------------------------------
+# `published` below maps each reproduction preset's name to its `published` settings
+# (tables, panels, headline), as the preset files declare them.
+def published_figures(summary: dict[str, Any], published: dict[str, Any]) -> list[tuple[str, str]]:
+    """(file name in the docs directory, alt text) of every figure a preset publishes."""
+    name = summary["preset"]
     files = [
-        (f"{summary['preset']}-{figure_file(f)}", f"{summary['preset']}: {figure_file(f)[:-4]}")
-        for f in summary["figures"]
+        (f"{name}-{figure_file(f)}", f"{name}: {figure_file(f)[:-4]}") for f in summary["figures"]
     ]
     files += [
-        (f"{summary['preset']}-{p['name']}.png", f"{summary['preset']}: {p['name']}")
-        for p in preset.published.get("panels", [])
+        (f"{name}-{p['name']}.png", f"{name}: {p['name']}") for p in published.get("panels", [])
     ]
     return files
 
 
-def publish(preset, summary: dict[str, Any], runs_dir: Path, docs_dir: Path) -> None:
-    """Write the summary (json and md) and every figure of `preset` into `docs_dir`."""
-    from study.reproduce import json_safe, markdown, write_atomically
-
-    docs_dir.mkdir(parents=True, exist_ok=True)
-    for spec in summary["figures"]:
-        shutil.copyfile(
-            runs_dir / figure_file(spec), docs_dir / f"{preset.name}-{figure_file(spec)}"
-        )
-    for panel in preset.published.get("panels", []):
-        draw_panel(summary, panel, runs_dir, docs_dir / f"{preset.name}-{panel['name']}.png")
-    write_atomically(docs_dir / f"{preset.name}.md", markdown(summary))
-    write_atomically(
-        docs_dir / f"{preset.name}.json", json.dumps(json_safe(summary), indent=2) + "\n"
-    )
-
-
-def read_summaries(docs_dir: Path) -> dict[str, dict[str, Any]]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(docs_dir.glob("*.json"))}
+def check_blocks(text: str, published: dict[str, dict[str, Any]]) -> None:
+    """Every block of `text` names something a preset publishes (KeyError otherwise):
+    checked before any run, so a typo in the README costs no training."""
+    for preset, kind in readme_blocks(text):
+        if (preset, kind) == ("all", CHANGES):
+            continue
+        if preset not in published:
+            raise KeyError(
+                f"README block {preset} {kind}: no reproduction preset {preset}; "
+                f"choose one of {', '.join(sorted(published))}"
+            )
+        tables = [t.get("name", "table") for t in published[preset].get("tables", [])]
+        if kind != "figures" and kind not in tables:
+            raise KeyError(
+                f"README block {preset} {kind}: preset {preset} publishes no such "
+                f"table; choose figures or one of {', '.join(tables) or 'none'}"
+            )
 
 
-def render_block(preset_name: str, kind: str, docs_dir: Path, readme_dir: Path) -> str:
-    """The body of README block (preset, kind): 'figures', 'changes', or a table name."""
-    from study.presets import load_preset
-
-    if preset_name == "all" and kind == CHANGES:
-        return changes_block(docs_dir)
-    preset = load_preset(preset_name)
-    path = docs_dir / f"{preset_name}.json"
+def render_block(
+    preset: str, kind: str, docs_dir: Path, readme_dir: Path, published: dict[str, dict[str, Any]]
+) -> str:
+    """The body of README block (preset, kind): 'figures', a table's name, or ('all',
+    'changes')."""
+    if (preset, kind) == ("all", CHANGES):
+        return changes_block(docs_dir, published)
+    path = docs_dir / f"{preset}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no summary; run `study reproduce {preset_name}`")
+        raise FileNotFoundError(f"{path}: no summary; run `study reproduce {preset}`")
     summary = json.loads(path.read_text())
     if kind == "figures":
-        lines = []
-        for file, alt in published_figures(preset, summary):
-            target = os.path.relpath(docs_dir / file, readme_dir)
-            lines.append(f"![{alt}]({target})")
-        return "\n".join(lines)
-    tables = {t.get("name", "table"): t for t in preset.published.get("tables", [])}
-    if kind not in tables:
-        raise KeyError(
-            f"README block {preset_name} {kind}: preset {preset_name} publishes no such "
-            f"table; choose figures or one of {', '.join(tables) or 'none'}"
+        return "\n".join(
+            f"![{alt}]({os.path.relpath(docs_dir / file, readme_dir)})"
+            for file, alt in published_figures(summary, published[preset])
         )
+    tables = {t.get("name", "table"): t for t in published[preset].get("tables", [])}
     return caption(summary) + "\n\n" + table(summary, tables[kind])
 
 
-def rewrite_readme(text: str, docs_dir: Path, readme_dir: Path) -> str:
+def rewrite_readme(
+    text: str, docs_dir: Path, readme_dir: Path, published: dict[str, dict[str, Any]]
+) -> str:
     """`text` with every published block rendered again from the summaries."""
+    check_blocks(text, published)
 
     def render(match: re.Match) -> str:
-        body = render_block(match["preset"], match["kind"], docs_dir, readme_dir)
+        body = render_block(match["preset"], match["kind"], docs_dir, readme_dir, published)
         return f"{match['open']}{body}\n{match['close']}"
 
     return BLOCK.sub(render, text)
 
 
-def check_blocks(text: str) -> None:
-    """Every block of `text` names something a preset publishes (KeyError otherwise):
-    checked before any run, so a typo in the README costs no training."""
-    from study.presets import load_preset
-
-    for preset_name, kind in readme_blocks(text):
-        if (preset_name, kind) == ("all", CHANGES):
-            continue
-        tables = [
-            t.get("name", "table") for t in load_preset(preset_name).published.get("tables", [])
-        ]
-        if kind != "figures" and kind not in tables:
-            raise KeyError(
-                f"README block {preset_name} {kind}: preset {preset_name} publishes no such "
-                f"table; choose figures or one of {', '.join(tables) or 'none'}"
-            )
-
-
 def readme_blocks(text: str) -> list[tuple[str, str]]:
     return [(m["preset"], m["kind"]) for m in BLOCK.finditer(text)]
+
+
+def read_summaries(docs_dir: Path) -> dict[str, dict[str, Any]]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(docs_dir.glob("*.json"))}
 
 
 # --- what moved since the previous publication -------------------------------------------
@@ -410,11 +413,9 @@ def previous_figures(path: Path) -> dict[tuple[str, str], tuple[float, float, fl
     return found
 
 
-def changes(docs_dir: Path) -> list[dict[str, Any]]:
+def changes(docs_dir: Path, published: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Each headline figure of each preset with a previous publication of the same dataset
     and length: before and now. `moved`: the new mean lies outside the previous interval."""
-    from study.presets import load_preset
-
     rows = []
     for name, summary in read_summaries(docs_dir).items():
         previous_file = docs_dir / PREVIOUS_DIR / f"{name}.md"
@@ -424,7 +425,7 @@ def changes(docs_dir: Path) -> list[dict[str, Any]]:
             continue
         before = previous_figures(previous_file)
         for variant in summary["variants"]:
-            for metric in load_preset(name).published.get("headline", []):
+            for metric in published.get(name, {}).get("headline", []):
                 if (variant["name"], metric) not in before:
                     continue
                 stat = variant["metrics"][metric]
@@ -443,8 +444,8 @@ def changes(docs_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def changes_block(docs_dir: Path) -> str:
-    rows = changes(docs_dir)
+def changes_block(docs_dir: Path, published: dict[str, dict[str, Any]]) -> str:
+    rows = changes(docs_dir, published)
     if not rows:
         return "*No previous publication of the same dataset and length to compare with.*"
     moved = sum(r["moved"] for r in rows)

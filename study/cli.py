@@ -279,12 +279,9 @@ def reproduce(
     if readme and not Path(readme).is_file():
         raise UserError(f"readme: {readme} is not a file; name the README to rewrite")
     if readme:
-        from analysis.reproductions import check_blocks
+        from study.reproduce import check_readme
 
-        try:
-            check_blocks(Path(readme).read_text())
-        except KeyError as error:
-            raise UserError(f"readme: {error.args[0]}") from None
+        check_readme(Path(readme))
     overrides = parse_overrides(params)
     chosen = [load_preset(n) for n in (names or preset_names())]
     if names:

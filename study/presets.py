@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from analysis.reproductions import param_text as _text
 from study.spec import StudySpec, TrainSpec, check_dataset, check_positive_int, setting_type
 from trainables import get_family
 from trainables.errors import ConfigError
@@ -367,14 +368,6 @@ def _variants(data: dict[str, Any], fail) -> tuple[Variant, ...]:
 
 def _name(params: dict[str, Any]) -> str:
     return ",".join(f"{k}={_text(v)}" for k, v in params.items()) or "base"
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list | tuple):
-        return "x".join(map(str, value))
-    return str(value)
 
 
 def matches(params: dict[str, Any], match: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -244,6 +245,31 @@ def run_plans(
     return summaries
 
 
+def published_settings() -> dict[str, dict[str, Any]]:
+    """Each reproduction preset's `published` settings, by preset name."""
+    from study.presets import all_presets
+
+    return {p.name: p.published for p in all_presets() if p.kind == "reproduction"}
+
+
+def publish(preset: Preset, summary: dict[str, Any], runs_dir: Path, docs_dir: Path) -> None:
+    """Write the summary (json and md) and every figure of `preset` into `docs_dir`."""
+    from analysis import reproductions
+
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    for spec in summary["figures"]:
+        name = reproductions.figure_file(spec)
+        shutil.copyfile(runs_dir / name, docs_dir / f"{preset.name}-{name}")
+    for panel in preset.published.get("panels", []):
+        reproductions.draw_panel(
+            summary, panel, runs_dir, docs_dir / f"{preset.name}-{panel['name']}.png"
+        )
+    write_atomically(docs_dir / f"{preset.name}.md", markdown(summary))
+    write_atomically(
+        docs_dir / f"{preset.name}.json", json.dumps(json_safe(summary), indent=2) + "\n"
+    )
+
+
 def publish_all(
     plans: list[PresetPlan],
     summaries: list[dict[str, Any]],
@@ -251,23 +277,32 @@ def publish_all(
     readme: Path | None,
 ) -> list[str]:
     """Publish every summary into `docs_dir` (with `changes.md`, the headline figures
-    against the previous publication), then rewrite `readme`'s published blocks; the README
-    is rendered whole before it is replaced, so a block that cannot be drawn leaves it as
-    it was. Returns what was written, a line each."""
+    against the previous publication), then rewrite `readme`'s published blocks. Returns
+    what was written, a line each."""
     from analysis import reproductions
 
     for plan, summary in zip(plans, summaries, strict=True):
-        reproductions.publish(plan.preset, summary, plan.out_dir, docs_dir)
+        publish(plan.preset, summary, plan.out_dir, docs_dir)
     write_atomically(
         docs_dir / f"{reproductions.CHANGES}.md",
         "# Headline figures against the previous publication\n\n"
-        + reproductions.changes_block(docs_dir)
+        + reproductions.changes_block(docs_dir, published_settings())
         + "\n",
     )
     written = [f"published {len(summaries)} summaries with their figures into {docs_dir}"]
     if readme is not None:
         written.append(rewrite_readme_file(readme, docs_dir))
     return written
+
+
+def check_readme(readme: Path) -> None:
+    """Refuse, before any run, a README block that names nothing a preset publishes."""
+    from analysis import reproductions
+
+    try:
+        reproductions.check_blocks(readme.read_text(), published_settings())
+    except KeyError as error:
+        raise ConfigError(f"readme: {error.args[0]}") from None
 
 
 def rewrite_readme_file(readme: Path, docs_dir: Path) -> str:
@@ -277,7 +312,7 @@ def rewrite_readme_file(readme: Path, docs_dir: Path) -> str:
 
     text = readme.read_text()
     try:
-        new = reproductions.rewrite_readme(text, docs_dir, readme.parent)
+        new = reproductions.rewrite_readme(text, docs_dir, readme.parent, published_settings())
     except (FileNotFoundError, KeyError) as error:
         raise ConfigError(f"readme: {error.args[0]}") from None
     if new != text:
@@ -407,21 +442,8 @@ def seed_statistics(
     return found
 
 
-def made_with_text(summary: dict[str, Any]) -> str:
-    """'commit 1a2b3c4d (torch 2.14.1) on cpu: ...': one clause per distinct provenance."""
-    clauses = []
-    for made in summary["made_with"]:
-        commit = made.get("commit")
-        code = f"commit {commit[:10]}" if commit else "an unknown commit"
-        if made.get("dirty"):
-            code += " with uncommitted changes"
-        torch = (made.get("packages") or {}).get("torch")
-        clauses.append(f"{code} (torch {torch}) on {made.get('device', 'an unknown device')}")
-    return "; ".join(clauses) or "unrecorded code and device"
-
-
 def markdown(summary: dict[str, Any]) -> str:
-    from analysis.reproductions import cell, epochs_text
+    from analysis.reproductions import cell, epochs_text, made_with_text
 
     metrics = summary["metrics"]
     seeds = summary["seeds"]

@@ -12,11 +12,13 @@ from test_train_cli import study
 
 from analysis import records, reproductions
 from study.presets import all_presets, load_preset, parse_preset
+from study.reproduce import published_settings
 from trainables.errors import ConfigError
 
 DOCS = REPO_ROOT / "docs" / "reproductions"
 README = REPO_ROOT / "README.md"
 REPRODUCTIONS = [p for p in all_presets() if p.kind == "reproduction"]
+PUBLISHED = published_settings()
 TINY = ("--dataset", "digits", "--epochs", "1", "--seeds", "2", "--set", "hidden=[32]")
 
 
@@ -115,18 +117,20 @@ def test_changes_flag_a_figure_outside_its_previous_interval(tmp_path):
         "| kl_style_weight=1.0,noise_std=1.0 | 0.900 [0.850, 0.950] | 0.016 [0.016, 0.016] | 40 |\n"
     )
     (tmp_path / "previous" / f"{preset.name}.md").write_text(previous)
-    rows = reproductions.changes(tmp_path)
+    rows = reproductions.changes(tmp_path, PUBLISHED)
     assert [(r["variant"], r["metric"], r["moved"]) for r in rows] == [
         ("kl_style_weight=1.0,noise_std=0.1", "swap_acc", False),
         ("kl_style_weight=1.0,noise_std=1.0", "swap_acc", True),
     ]
     assert rows[1]["before"] == (0.9, 0.85, 0.95)
-    assert reproductions.changes_block(tmp_path).startswith("*1 of 2 headline figures moved")
+    assert reproductions.changes_block(tmp_path, PUBLISHED).startswith(
+        "*1 of 2 headline figures moved"
+    )
     # Another length is another experiment: nothing to compare.
     (tmp_path / "previous" / f"{preset.name}.md").write_text(
         previous.replace("10 epochs", "40 epochs")
     )
-    assert reproductions.changes(tmp_path) == []
+    assert reproductions.changes(tmp_path, PUBLISHED) == []
 
 
 def test_a_published_table_must_single_out_one_variant_per_cell(tmp_path):
