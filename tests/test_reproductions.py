@@ -5,14 +5,18 @@ blocks (at a tiny size, in a copy of the README and docs)."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 
 import pytest
 from conftest import REPO_ROOT
 from test_train_cli import study
 
 from analysis import records, reproductions
+from analysis.stats import bootstrap_interval
 from study.presets import all_presets, load_preset, parse_preset
 from study.reproduce import published_settings
+from trainables import get_family
 from trainables.errors import ConfigError
 
 DOCS = REPO_ROOT / "docs" / "reproductions"
@@ -20,6 +24,90 @@ README = REPO_ROOT / "README.md"
 REPRODUCTIONS = [p for p in all_presets() if p.kind == "reproduction"]
 PUBLISHED = published_settings()
 TINY = ("--dataset", "digits", "--epochs", "1", "--seeds", "2", "--set", "hidden=[32]")
+
+
+def test_readme_blocks_are_what_the_committed_summaries_render():
+    text = README.read_text()
+    assert reproductions.rewrite_readme(text, DOCS, REPO_ROOT, PUBLISHED) == text, (
+        "a README block differs from the committed summaries: run `make reproductions` "
+        "(or `make readme-tables` to redraw the blocks alone)"
+    )
+    blocks = reproductions.readme_blocks(text)
+    for preset in REPRODUCTIONS:
+        tables = [t.get("name", "table") for t in preset.published.get("tables", [])]
+        assert tables, f"{preset.name} publishes no table"
+        for name in tables:
+            assert (preset.name, name) in blocks, f"the README does not quote {preset.name} {name}"
+    for target in re.findall(r"!\[[^\]]*\]\((docs/reproductions/[^)]+)\)", text):
+        assert (REPO_ROOT / target).stat().st_size > 1000, target
+
+
+def test_committed_summaries_say_what_made_them():
+    for preset in REPRODUCTIONS:
+        summary = json.loads((DOCS / f"{preset.name}.json").read_text())
+        assert (
+            summary["interval"] == "mean [95% percentile-bootstrap interval of the mean over seeds]"
+        )
+        assert summary["run_seconds"] > 0 and len(summary["seeds"]) >= 3
+        for made in summary["made_with"]:
+            assert re.fullmatch(r"[0-9a-f]{40}", made["commit"]) and made["dirty"] is False
+            assert made["packages"]["torch"] and made["device"]
+
+
+def test_reproduce_all_runs_every_preset_through_to_the_readme(tmp_path):
+    readme, docs = tmp_path / "README.md", tmp_path / "docs" / "reproductions"
+    shutil.copy(README, readme)
+    shutil.copytree(DOCS, docs)
+    args = (
+        "reproduce",
+        "--all",
+        *TINY,
+        "--out",
+        "runs",
+        "--docs",
+        str(docs),
+        "--readme",
+        str(readme),
+    )
+    done = study(*args, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("about") + done.stdout.count("under a minute") >= 2  # time left
+    text = readme.read_text()
+    for preset in REPRODUCTIONS:
+        summary = json.loads((docs / f"{preset.name}.json").read_text())
+        assert [v["name"] for v in summary["variants"]] == [v.name for v in preset.variants]
+        assert summary["seeds"] == [0, 1] and summary["epochs"] == 1
+        ranges = get_family(preset.family).metric_ranges
+        for metric in preset.metrics:
+            # A metric may apply to some variants only (mode_acc to a label-conditioned mixture).
+            counts = [v["metrics"][metric]["n"] for v in summary["variants"]]
+            assert set(counts) <= {0, 2} and 2 in counts, (preset.name, metric, counts)
+        for variant in summary["variants"]:
+            for metric in preset.metrics:
+                stat = variant["metrics"][metric]
+                if stat["n"]:
+                    expected = bootstrap_interval(stat["values"], ranges[metric])
+                    assert (stat["low"], stat["high"]) == pytest.approx(
+                        (expected.low, expected.high)
+                    )
+        for name in [t.get("name", "table") for t in preset.published.get("tables", [])]:
+            block = text.split(f"<!-- published: {preset.name} {name} -->\n", 1)[1]
+            assert block.startswith(f"*{preset.family} on digits, 1 epoch (the reference:"), block[
+                :80
+            ]
+        for file, _ in reproductions.published_figures(summary, preset.published):
+            assert (docs / file).stat().st_size > 1000, file
+    # Tiny runs are not comparable with the published ones: nothing claims they moved.
+    assert (
+        "No previous publication of the same dataset and length"
+        in (docs / "changes.md").read_text()
+    )
+    assert reproductions.rewrite_readme(text, docs, tmp_path, PUBLISHED) == text
+    # Again: every run is kept, and the same summaries render the same README.
+    again = study(*args, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith(f"{len(REPRODUCTIONS)} presets, 0 runs to train")
+    assert readme.read_text() == text
 
 
 def test_a_block_that_cannot_be_drawn_leaves_the_readme_as_it_was(tmp_path):
