@@ -109,13 +109,7 @@ def pareto(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path
         axes.legend(fontsize=8)
     axes.set_xlabel(f"{x} (lower is better)")
     axes.set_ylabel(f"{y} (lower is better)")
-    axes.set_title(
-        f"mean and 95% bootstrap interval over {len(summary['seeds'])} seeds", fontsize=9
-    )
-    figure.tight_layout()
-    path = out_dir / figure_file(spec)
-    figure.savefig(path)
-    return path
+    return _save_with_seed_title(figure, axes, summary, spec, out_dir)
 
 
 def curve(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
@@ -144,6 +138,10 @@ def curve(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
     axes.legend(fontsize=8)
+    return _save_with_seed_title(figure, axes, summary, spec, out_dir)
+
+
+def _save_with_seed_title(figure, axes, summary: dict[str, Any], spec, out_dir: Path) -> Path:
     axes.set_title(
         f"mean and 95% bootstrap interval over {len(summary['seeds'])} seeds", fontsize=9
     )
