@@ -301,8 +301,6 @@ def reproduce(
         if p.kind == "reproduction"
     ]
     clock = TimeLeft(sum(job.estimate for plan in plans for job in plan.jobs))
-    jobs = sum(len(plan.jobs) for plan in plans)
-    click.echo(f"{len(plans)} presets, {jobs} runs to train ({clock.text()} by the presets' sizes)")
     summaries = run_plans(plans, clock, device, data_dir, download, click.echo)
     if docs:
         from study.reproduce import publish_all

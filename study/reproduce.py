@@ -199,6 +199,17 @@ def run_plans(
     from trainables import load_dataset, pick_device
 
     total = sum(len(p.jobs) for p in plans)
+    # Every dataset a run needs, loaded (or refused, in one line) before anything is said
+    # or trained: the presets of one call share them.
+    datasets = {}
+    for plan in plans:
+        name = plan.specs[0][1].dataset
+        if plan.jobs and name not in datasets:
+            datasets[name] = load_dataset(name, data_dir, download, pick_device(device))
+    echo(
+        f"{len(plans)} preset{'' if len(plans) == 1 else 's'}, {total} run"
+        f"{'' if total == 1 else 's'} to train ({clock.text()} by the presets' sizes)"
+    )
     done = 0
     summaries = []
     for plan in plans:
@@ -209,12 +220,7 @@ def run_plans(
             f"{epochs_text(epochs)}, {preset.family} on {plan.specs[0][1].dataset}, into {plan.out_dir}"
             + (f" ({kept} runs kept)" if kept else "")
         )
-        dataset = None
-        if plan.jobs:
-            # One dataset for every run of the preset, loaded (or refused) before any run.
-            dataset = load_dataset(
-                plan.specs[0][1].dataset, data_dir, download, pick_device(device)
-            )
+        dataset = datasets.get(plan.specs[0][1].dataset)
         for job in plan.jobs:
             started = time.perf_counter()
             metrics, _ = train_once(

@@ -210,6 +210,19 @@ CASES = [
         "data-dir:",
         "pass --data-dir",
     ),
+    case("reproduce-nothing-named", "reproduce", "names:", "--all"),
+    case("reproduce-names-and-all", "reproduce aae-priors --all", "names:", "not both"),
+    case("reproduce-unknown-preset", "reproduce nosuch", "preset:", "choose one of"),
+    case("reproduce-sweep-preset", "reproduce mlvae-mnist-sweep", "names:", "study run --preset"),
+    case(
+        "reproduce-readme-without-docs", "reproduce --all --readme README.md", "readme:", "--docs"
+    ),
+    case(
+        "reproduce-missing-data-dir",
+        "reproduce aae-priors --data-dir {inputs}/nosuch",
+        "data-dir:",
+        "pass --data-dir",
+    ),
     case("run-unknown-preset", "run --preset nosuch", "preset:", "choose one of"),
     case(
         "run-reproduction-preset",
