@@ -176,8 +176,13 @@ def draw_panel(summary: dict[str, Any], panel: dict[str, Any], runs_dir: Path, p
     for i, (name, title) in enumerate(titles.items(), 1):
         variant = by_name[name]
         axes = figure.add_subplot(1, len(titles), i)
-        image = first_seed_run(runs_dir / variant["dirname"], summary["seeds"][0])
-        axes.imshow(mpimg.imread(image / "images" / f"{panel['image']}.png"), cmap="gray")
+        if not variant.get("images"):
+            raise FileNotFoundError(
+                f"{variant['name']}: no run starts at seed {summary['seeds'][0]}, whose images "
+                "a panel shows"
+            )
+        image = runs_dir / variant["images"] / f"{panel['image']}.png"
+        axes.imshow(mpimg.imread(image), cmap="gray")
         mean = variant["metrics"][panel["metric"]]["mean"]
         metric = f"{panel['metric']} {_fmt(mean)} (mean of {len(summary['seeds'])} seeds)"
         axes.set_title(f"{title}\n{metric}", fontsize=9)
@@ -185,15 +190,6 @@ def draw_panel(summary: dict[str, Any], panel: dict[str, Any], runs_dir: Path, p
     figure.tight_layout()
     figure.savefig(path, dpi=80, bbox_inches="tight")
     return path
-
-
-def first_seed_run(variant_dir: Path, seed: int) -> Path:
-    """The run whose first replica is `seed` (its images are that seed's)."""
-    for run in sorted(variant_dir.glob("seed*")):
-        config = (run / "config.yaml").read_text()
-        if re.search(rf"^seed: {seed}$", config, re.MULTILINE):
-            return run
-    raise FileNotFoundError(f"no run of {variant_dir} starts at seed {seed}")
 
 
 # --- tables -------------------------------------------------------------------------------

@@ -329,29 +329,34 @@ def rewrite_readme_file(readme: Path, docs_dir: Path) -> str:
     )
 
 
-def seed_results(run_dir: Path) -> dict[int, dict[str, float]]:
+def run_seeds(run_dir: Path) -> list[int]:
+    """The seeds a finished run holds, from its config."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    first = int(config.get("seed", 0))
+    return list(range(first, first + int(config.get("seeds", 1))))
+
+
+def seed_results(run_dir: Path, seeds: list[int]) -> dict[int, dict[str, float]]:
     """Each seed's metrics from one run (a solo run's, or a replica run's per-seed keys)."""
-    return per_seed_metrics(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+    return per_seed_metrics(json.loads((run_dir / "metrics.json").read_text()), seeds)
 
 
-def seed_history(run_dir: Path) -> dict[int, dict[int, dict[str, float]]]:
+def seed_history(run_dir: Path, seeds: list[int]) -> dict[int, dict[int, dict[str, float]]]:
     """epoch -> seed -> metrics, from a run evaluated along the way (empty without)."""
 
     path = run_dir / HISTORY_FILE
     if not path.is_file():
         return {}
     return {
-        entry["epoch"]: per_seed_metrics(run_dir, entry["metrics"])
+        entry["epoch"]: per_seed_metrics(entry["metrics"], seeds)
         for entry in json.loads(path.read_text())
     }
 
 
-def per_seed_metrics(run_dir: Path, metrics: dict[str, float]) -> dict[int, dict[str, float]]:
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    first, count = int(config.get("seed", 0)), int(config.get("seeds", 1))
-    if count == 1:
-        return {first: metrics}
-    per_seed: dict[int, dict[str, float]] = {s: {} for s in range(first, first + count)}
+def per_seed_metrics(metrics: dict[str, float], seeds: list[int]) -> dict[int, dict[str, float]]:
+    if len(seeds) == 1:
+        return {seeds[0]: metrics}
+    per_seed: dict[int, dict[str, float]] = {s: {} for s in seeds}
     for key, value in metrics.items():
         parsed = records.parse_seed_metric(key)
         if parsed:
@@ -371,9 +376,16 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
     run_seconds = 0.0
     for variant, spec in plan.specs:
         per_seed: dict[int, dict[str, float]] = {}
+        by_epoch: dict[int, dict[int, dict[str, float]]] = {}
         seconds = 0.0
+        images = None  # the run whose first replica is the first seed drew its images
         for run_dir in plan.kept[variant.name]:
-            per_seed.update(seed_results(run_dir))
+            seeds = run_seeds(run_dir)
+            per_seed.update(seed_results(run_dir, seeds))
+            for epoch, found in seed_history(run_dir, seeds).items():
+                by_epoch.setdefault(epoch, {}).update(found)
+            if seeds[0] == plan.seeds[0]:
+                images = str(run_dir.relative_to(plan.out_dir) / "images")
             made = run_provenance(run_dir)
             seconds += made.get("wall_seconds", 0.0)
             made = {k: v for k, v in made.items() if k != "wall_seconds"}
@@ -381,10 +393,6 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
                 made_with.append(made)
         run_seconds += seconds
         metrics = seed_statistics(preset.metrics, [per_seed[s] for s in plan.seeds])
-        by_epoch: dict[int, dict[int, dict[str, float]]] = {}
-        for run_dir in plan.kept[variant.name]:
-            for epoch, seeds in seed_history(run_dir).items():
-                by_epoch.setdefault(epoch, {}).update(seeds)
         history = [
             {
                 "epoch": epoch,
@@ -407,6 +415,7 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
                 "metrics": metrics,
                 "reference": reference[0] if reference else {},
                 "seconds_per_seed": seconds / len(plan.seeds),
+                "images": images,
                 "history": history,
             }
         )
