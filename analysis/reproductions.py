@@ -197,14 +197,14 @@ def table(summary: dict[str, Any], spec: dict[str, Any]) -> str:
     """A markdown table laid out by a preset's `published.tables` entry: one row per
     distinct value of `rows` (in the order the variants first show them), one column per
     row parameter, then one per metric column (a column's `where` picks the variant)."""
-    variants = summary["variants"]
-    if "epoch" in spec["rows"]:
-        # A row per evaluated epoch of each variant: its history's entries as variants.
-        variants = [
-            {**v, "params": {**v["params"], "epoch": h["epoch"]}, "metrics": h["metrics"]}
-            for v in variants
-            for h in v.get("history", [])
-        ]
+    # "epoch", in the rows or in a column's `where`, reads each variant's history: its
+    # entries stand in for the variant, one per evaluated epoch.
+    evaluated = [
+        {**v, "params": {**v["params"], "epoch": h["epoch"]}, "metrics": h["metrics"]}
+        for v in summary["variants"]
+        for h in v.get("history", [])
+    ]
+    variants = evaluated if "epoch" in spec["rows"] else summary["variants"]
     rows_by, titles = spec["rows"], spec.get("titles", {})
     labels = {
         param: {param_text(k): v for k, v in mapping.items()}
@@ -227,7 +227,8 @@ def table(summary: dict[str, Any], spec: dict[str, Any]) -> str:
         for column in columns:
             where = {p: k for p, k in zip(rows_by, key, strict=True)}
             where.update({p: param_text(v) for p, v in column.get("where", {}).items()})
-            hits = [v for v in variants if all(_value(v, p) == k for p, k in where.items())]
+            pool = evaluated if "epoch" in where else variants
+            hits = [v for v in pool if all(_value(v, p) == k for p, k in where.items())]
             if not hits:
                 cells.append("–")
             elif column.get("show") == "seeds":

@@ -246,13 +246,13 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
         check_positive_int("eval_epochs", epoch)
     if any(f["kind"] == "curve" for f in figures) and not eval_epochs:
         raise fail("figures", "a curve needs `eval_epochs`, the epochs to evaluate after")
-    published = _published(
-        data.get("published") or {}, variants, metrics, family, fail, bool(eval_epochs)
-    )
+    epochs = check_positive_int("epochs", data.get("epochs", 10))
+    history = (*eval_epochs, epochs) if eval_epochs else ()
+    published = _published(data.get("published") or {}, variants, metrics, family, fail, history)
     return {
         "eval_epochs": eval_epochs,
         "published": published,
-        "epochs": check_positive_int("epochs", data.get("epochs", 10)),
+        "epochs": epochs,
         "seeds": check_positive_int("seeds", data.get("seeds", 3)),
         "variants": variants,
         "metrics": metrics,
@@ -273,15 +273,17 @@ def _published(
     metrics: tuple,
     family,
     fail,
-    has_history: bool = False,
+    history: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """`published`, checked: every name it uses is a parameter, metric, variant or image
-    grid of the preset, and every table cell singles out at most one variant."""
+    grid of the preset (or, where the preset evaluates along the way, an evaluated epoch),
+    and every table cell singles out at most one variant."""
     if not isinstance(published, dict) or set(published) - PUBLISHED_KEYS:
         raise fail("published", f"expected a mapping with keys {', '.join(sorted(PUBLISHED_KEYS))}")
     params = set(family.config_cls.field_names()) | {"variant"}
-    # "epoch": a row per evaluated epoch (a history), so it never picks among variants.
-    row_params = params | ({"epoch"} if has_history else set())
+    # "epoch" (a row, or a column's `where`) picks an entry of each variant's history,
+    # never a variant.
+    row_params = params | ({"epoch"} if history else set())
     names = {v.name for v in variants}
 
     def need(where: str, value: Any, pool: set, what: str) -> None:
@@ -303,11 +305,16 @@ def _published(
         for column in table.get("columns", []):
             column = column if isinstance(column, dict) else {"metric": column}
             need(f"{where}: columns", column.get("metric"), set(metrics), "a metric in `metrics`")
-            for param in column.get("where", {}):
-                need(f"{where}: where", param, params, "a parameter")
+            picks = dict(column.get("where", {}))
+            for param in picks:
+                need(f"{where}: where", param, row_params, "a parameter")
+            if "epoch" in picks:
+                need(
+                    f"{where}: where: epoch", picks.pop("epoch"), set(history), "an evaluated epoch"
+                )
             cells: dict[tuple, str] = {}
             for variant in variants:
-                if not variant_matches(variant, column.get("where", {})):
+                if not variant_matches(variant, picks):
                     continue
                 key = tuple(_text(variant_value(variant, p)) for p in table["rows"] if p != "epoch")
                 if key in cells:

@@ -246,6 +246,55 @@ def test_a_published_table_must_single_out_one_variant_per_cell(tmp_path):
         parse_preset("bad", data, tmp_path / "bad.yaml")
 
 
+def test_an_epoch_pick_reads_each_variants_history(tmp_path):
+    def stat(mean):
+        return {"mean": mean, "low": mean, "high": mean, "n": 3, "values": []}
+
+    def evaluated(variant, *swaps):
+        history = [
+            {"epoch": epoch, "metrics": {**variant["metrics"], "swap_acc": stat(swap)}}
+            for epoch, swap in zip((10, 40), swaps, strict=True)
+        ]
+        return {**variant, "history": history}
+
+    summary = constructed_summary()
+    summary["variants"] = [
+        evaluated(v, 0.1 * i, 0.2 * i) for i, v in enumerate(summary["variants"], start=1)
+    ]
+    spec = {
+        "rows": ["w", "n"],
+        "columns": [
+            {"metric": "swap_acc", "where": {"epoch": 10}, "title": "10"},
+            {"metric": "swap_acc", "where": {"epoch": 40}, "title": "40"},
+            {"metric": "swap_acc", "where": {"epoch": 20}, "title": "20"},
+            "leakage_acc",
+        ],
+    }
+    lines = reproductions.table(summary, spec).splitlines()
+    assert lines[2] == (
+        "| 1.0 | 0.1 | 0.100 [0.100, 0.100] | 0.200 [0.200, 0.200] | – | 0.800 [0.700, 0.900] |"
+    )
+    assert lines[5].startswith("| 4.0 | 1.0 | 0.400 [0.400, 0.400] | 0.800 [0.800, 0.800] | – |")
+
+    data = {
+        "kind": "reproduction",
+        "description": "x",
+        "family": "mlvae",
+        "dataset": "digits",
+        "epochs": 40,
+        "grid": {"noise_std": [0.1, 1.0]},
+        "metrics": ["swap_acc"],
+        "published": {"tables": [{"rows": ["noise_std"], "columns": [spec["columns"][2]]}]},
+    }
+    with pytest.raises(ConfigError, match=r"where: 'epoch' is not a parameter"):
+        parse_preset("bad", data, tmp_path / "bad.yaml")
+    data["eval_epochs"] = [10]
+    with pytest.raises(ConfigError, match=r"where: epoch: 20 is not an evaluated epoch"):
+        parse_preset("bad", data, tmp_path / "bad.yaml")
+    data["published"]["tables"][0]["columns"] = spec["columns"][:2]
+    assert parse_preset("ok", data, tmp_path / "ok.yaml").eval_epochs == (10,)
+
+
 def test_evaluating_along_the_way_leaves_the_training_as_it_was(tmp_path):
     from study.spec import TrainSpec
     from study.train import train_once
