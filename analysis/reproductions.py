@@ -184,7 +184,7 @@ def draw_panel(summary: dict[str, Any], panel: dict[str, Any], runs_dir: Path, p
         image = runs_dir / variant["images"] / f"{panel['image']}.png"
         axes.imshow(mpimg.imread(image), cmap="gray")
         mean = variant["metrics"][panel["metric"]]["mean"]
-        metric = f"{panel['metric']} {_fmt(mean)} (mean of {len(summary['seeds'])} seeds)"
+        metric = f"{panel['metric']} {metric_text(mean)} (mean of {len(summary['seeds'])} seeds)"
         axes.set_title(f"{title}\n{metric}", fontsize=9)
         axes.axis("off")
     figure.tight_layout()
@@ -233,7 +233,7 @@ def table(summary: dict[str, Any], spec: dict[str, Any]) -> str:
                 cells.append("–")
             elif column.get("show") == "seeds":
                 values = hits[0]["metrics"][column["metric"]]["values"]
-                cells.append(", ".join(_fmt(v) for v in values))
+                cells.append(", ".join(metric_text(v) for v in values))
             else:
                 cells.append(cell(hits[0], column["metric"]))
         lines.append("| " + " | ".join(cells) + " |")
@@ -249,13 +249,14 @@ def cell(variant: dict[str, Any], metric: str) -> str:
     stat = variant["metrics"][metric]
     if stat["n"] == 0:
         return "–"
-    text = f"{_fmt(stat['mean'])} [{_fmt(stat['low'])}, {_fmt(stat['high'])}]"
+    text = f"{metric_text(stat['mean'])} [{metric_text(stat['low'])}, {metric_text(stat['high'])}]"
     if metric in variant["reference"]:
-        text += f" ({_fmt(variant['reference'][metric])})"
+        text += f" ({metric_text(variant['reference'][metric])})"
     return text
 
 
-def _fmt(value: Any) -> str:
+def metric_text(value: Any) -> str:
+    """A metric as the tables print it: three decimals, a dash for none."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
     return f"{value:.3f}"
@@ -453,8 +454,8 @@ def changes_block(docs_dir: Path, published: dict[str, dict[str, Any]]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        before = f"{_fmt(r['before'][0])} [{_fmt(r['before'][1])}, {_fmt(r['before'][2])}]"
-        now = f"{_fmt(r['now'][0])} [{_fmt(r['now'][1])}, {_fmt(r['now'][2])}]"
+        before = f"{metric_text(r['before'][0])} [{metric_text(r['before'][1])}, {metric_text(r['before'][2])}]"
+        now = f"{metric_text(r['now'][0])} [{metric_text(r['now'][1])}, {metric_text(r['now'][2])}]"
         flag = "**moved**" if r["moved"] else ""
         lines.append(
             f"| {r['preset']} | {r['variant']} | {r['metric']} | {before} | {now} | {flag} |"

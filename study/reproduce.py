@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from analysis import records
+from analysis import records, reproductions
 from study.presets import Preset, Variant, matches
 from study.provenance import PROVENANCE_FILE
 from study.spec import TrainSpec
@@ -194,7 +194,6 @@ def run_plans(
 ) -> list[dict[str, Any]]:
     """Train every plan's jobs in turn, with a line per run and the time left, and write
     each preset's summary once its runs are done."""
-    from analysis.reproductions import epochs_text
     from study.train import train_once
     from trainables import load_dataset, pick_device
 
@@ -217,7 +216,8 @@ def run_plans(
         epochs = plan.specs[0][1].epochs
         echo(
             f"{preset.name}: {len(plan.specs)} variants x {len(plan.seeds)} seeds x "
-            f"{epochs_text(epochs)}, {preset.family} on {plan.specs[0][1].dataset}, into {plan.out_dir}"
+            f"{reproductions.epochs_text(epochs)}, {preset.family} on "
+            f"{plan.specs[0][1].dataset}, into {plan.out_dir}"
             + (f" ({kept} runs kept)" if kept else "")
         )
         dataset = datasets.get(plan.specs[0][1].dataset)
@@ -241,7 +241,9 @@ def run_plans(
             seeds = f"seed {seeds}" if job.spec.seeds == 1 else f"seeds {seeds}"
             echo(
                 f"[{done}/{total}] {preset.name} {job.variant.name} {seeds}: "
-                + ", ".join(f"{m} {_fmt(metrics.get(m))}" for m in preset.metrics)
+                + ", ".join(
+                    f"{m} {reproductions.metric_text(metrics.get(m))}" for m in preset.metrics
+                )
                 + f" ({seconds:.0f} s; {clock.text()})"
             )
             plan.kept[job.variant.name].append(job.run_dir)
@@ -260,7 +262,6 @@ def published_settings() -> dict[str, dict[str, Any]]:
 
 def publish(preset: Preset, summary: dict[str, Any], runs_dir: Path, docs_dir: Path) -> None:
     """Write the summary (json and md) and every figure of `preset` into `docs_dir`."""
-    from analysis import reproductions
 
     docs_dir.mkdir(parents=True, exist_ok=True)
     for spec in summary["figures"]:
@@ -285,7 +286,6 @@ def publish_all(
     """Publish every summary into `docs_dir` (with `changes.md`, the headline figures
     against the previous publication), then rewrite `readme`'s published blocks. Returns
     what was written, a line each."""
-    from analysis import reproductions
 
     for plan, summary in zip(plans, summaries, strict=True):
         publish(plan.preset, summary, plan.out_dir, docs_dir)
@@ -303,7 +303,6 @@ def publish_all(
 
 def check_readme(readme: Path) -> None:
     """Refuse, before any run, a README block that names nothing a preset publishes."""
-    from analysis import reproductions
 
     try:
         reproductions.check_blocks(readme.read_text(), published_settings())
@@ -314,7 +313,6 @@ def check_readme(readme: Path) -> None:
 def rewrite_readme_file(readme: Path, docs_dir: Path) -> str:
     """Render `readme`'s published blocks from the summaries in `docs_dir`, whole, then
     replace the file (a block that cannot be drawn leaves it as it was)."""
-    from analysis import reproductions
 
     text = readme.read_text()
     try:
@@ -458,15 +456,14 @@ def seed_statistics(
 
 
 def markdown(summary: dict[str, Any]) -> str:
-    from analysis.reproductions import cell, epochs_text, made_with_text
-
     metrics = summary["metrics"]
     seeds = summary["seeds"]
     lines = [
         f"# {summary['preset']}: {summary['family']} on {summary['dataset']}, "
-        f"{epochs_text(summary['epochs'])}, seeds {seeds[0]}-{seeds[-1]} (n = {len(seeds)})",
+        f"{reproductions.epochs_text(summary['epochs'])}, "
+        f"seeds {seeds[0]}-{seeds[-1]} (n = {len(seeds)})",
         "",
-        f"Made with {made_with_text(summary)}; the runs took "
+        f"Made with {reproductions.made_with_text(summary)}; the runs took "
         f"{summary['run_seconds'] / 60:.1f} min.",
         "",
         f"Each cell: {summary['interval']}; the reference's figure in parentheses where it "
@@ -476,7 +473,7 @@ def markdown(summary: dict[str, Any]) -> str:
         "| --- | " + " | ".join("---" for _ in metrics) + " | --- |",
     ]
     for variant in summary["variants"]:
-        cells = [cell(variant, m) for m in metrics]
+        cells = [reproductions.cell(variant, m) for m in metrics]
         lines.append(
             f"| {variant['name']} | "
             + " | ".join(cells)
@@ -488,10 +485,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> None:
-    from analysis.reproductions import draw_figures
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    draw_figures(summary, out_dir)
+    reproductions.draw_figures(summary, out_dir)
     write_atomically(out_dir / "summary.md", markdown(summary))
     write_atomically(out_dir / SUMMARY_FILE, json.dumps(json_safe(summary), indent=2) + "\n")
 
@@ -510,9 +505,3 @@ def json_safe(value):
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
     return value
-
-
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.3f}"

@@ -12,7 +12,6 @@ the readers.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 import tempfile
 import time
 from collections import deque
@@ -56,23 +55,15 @@ RAY_BOOKKEEPING = {
 
 
 def code_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    """'<package version>+<commit>' ('.dirty' when tracked files differ from it), the tag
+    a study's runs carry; the package version alone where there is no git checkout."""
+    from study.provenance import git_commit, package_versions
 
-    try:
-        package = version("latent-studies")
-    except PackageNotFoundError:
-        package = "unknown"
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{package}+{sha}" if sha else package
+    package = package_versions()["latent-studies"] or "unknown"
+    source = git_commit()
+    if not source["commit"]:
+        return package
+    return f"{package}+{source['commit'][:10]}" + (".dirty" if source["dirty"] else "")
 
 
 def resolved_config(config: dict[str, Any]) -> TrialConfig:

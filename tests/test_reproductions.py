@@ -312,3 +312,26 @@ def test_evaluating_along_the_way_leaves_the_training_as_it_was(tmp_path):
     assert history[-1]["metrics"][seed1] == along[seed1]
     assert history[0]["metrics"]["recon_mse"] > along["recon_mse"]
     assert not (tmp_path / "plain" / "history.json").exists()
+
+
+def test_provenance_names_the_commit_and_whether_tracked_files_differ(tmp_path, monkeypatch):
+    import subprocess
+
+    from study import provenance, tracking
+
+    assert provenance.git_commit(tmp_path) == {"commit": None, "dirty": None}
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "model.py").write_text("a = 1\n")
+    subprocess.run([*git, "add", "model.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert provenance.git_commit(tmp_path) == {"commit": head.strip(), "dirty": False}
+    (tmp_path / "notes.txt").write_text("untracked files are not the code that ran\n")
+    assert provenance.git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "model.py").write_text("a = 2\n")
+    assert provenance.git_commit(tmp_path)["dirty"] is True
+    # A study's runs are tagged with the same commit.
+    found = provenance.git_commit(tmp_path)
+    monkeypatch.setattr(provenance, "git_commit", lambda: found)
+    assert tracking.code_version().endswith(f"+{head.strip()[:10]}.dirty")
