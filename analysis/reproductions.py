@@ -118,7 +118,7 @@ def curve(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
     from analysis import figures
 
     metric = spec["metric"]
-    figure = figures.new_figure(5.0, 3.4)
+    figure = figures.new_figure(7.0 if len(summary["variants"]) > 1 else 5.0, 3.4)
     axes = figure.add_subplot()
     for variant in summary["variants"]:
         points = [(h["epoch"], h["metrics"][metric]) for h in variant.get("history", [])]
@@ -137,7 +137,9 @@ def curve(summary: dict[str, Any], spec: dict[str, str], out_dir: Path) -> Path:
         )
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
-    axes.legend(fontsize=8)
+    if len(axes.get_lines()) > 1:
+        # Beside the axes, where no line runs under it (a grid preset has nine lines).
+        axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _save_with_seed_title(figure, axes, summary, spec, out_dir)
 
 
