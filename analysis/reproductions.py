@@ -251,10 +251,15 @@ def cell(variant: dict[str, Any], metric: str) -> str:
     stat = variant["metrics"][metric]
     if stat["n"] == 0:
         return "–"
-    text = f"{metric_text(stat['mean'])} [{metric_text(stat['low'])}, {metric_text(stat['high'])}]"
+    text = interval_text(stat["mean"], stat["low"], stat["high"])
     if metric in variant["reference"]:
         text += f" ({metric_text(variant['reference'][metric])})"
     return text
+
+
+def interval_text(mean: Any, low: Any, high: Any) -> str:
+    """'mean [low, high]', as every published cell prints an interval."""
+    return f"{metric_text(mean)} [{metric_text(low)}, {metric_text(high)}]"
 
 
 def metric_text(value: Any) -> str:
@@ -456,8 +461,7 @@ def changes_block(docs_dir: Path, published: dict[str, dict[str, Any]]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        before = f"{metric_text(r['before'][0])} [{metric_text(r['before'][1])}, {metric_text(r['before'][2])}]"
-        now = f"{metric_text(r['now'][0])} [{metric_text(r['now'][1])}, {metric_text(r['now'][2])}]"
+        before, now = interval_text(*r["before"]), interval_text(*r["now"])
         flag = "**moved**" if r["moved"] else ""
         lines.append(
             f"| {r['preset']} | {r['variant']} | {r['metric']} | {before} | {now} | {flag} |"

@@ -262,7 +262,6 @@ def published_settings() -> dict[str, dict[str, Any]]:
 
 def publish(preset: Preset, summary: dict[str, Any], runs_dir: Path, docs_dir: Path) -> None:
     """Write the summary (json and md) and every figure of `preset` into `docs_dir`."""
-
     docs_dir.mkdir(parents=True, exist_ok=True)
     for spec in summary["figures"]:
         name = reproductions.figure_file(spec)
@@ -286,7 +285,6 @@ def publish_all(
     """Publish every summary into `docs_dir` (with `changes.md`, the headline figures
     against the previous publication), then rewrite `readme`'s published blocks. Returns
     what was written, a line each."""
-
     for plan, summary in zip(plans, summaries, strict=True):
         publish(plan.preset, summary, plan.out_dir, docs_dir)
     write_atomically(
@@ -303,7 +301,6 @@ def publish_all(
 
 def check_readme(readme: Path) -> None:
     """Refuse, before any run, a README block that names nothing a preset publishes."""
-
     try:
         reproductions.check_blocks(readme.read_text(), published_settings())
     except KeyError as error:
@@ -313,7 +310,6 @@ def check_readme(readme: Path) -> None:
 def rewrite_readme_file(readme: Path, docs_dir: Path) -> str:
     """Render `readme`'s published blocks from the summaries in `docs_dir`, whole, then
     replace the file (a block that cannot be drawn leaves it as it was)."""
-
     text = readme.read_text()
     try:
         new = reproductions.rewrite_readme(text, docs_dir, readme.parent, published_settings())
@@ -341,7 +337,6 @@ def seed_results(run_dir: Path, seeds: list[int]) -> dict[int, dict[str, float]]
 
 def seed_history(run_dir: Path, seeds: list[int]) -> dict[int, dict[int, dict[str, float]]]:
     """epoch -> seed -> metrics, from a run evaluated along the way (empty without)."""
-
     path = run_dir / HISTORY_FILE
     if not path.is_file():
         return {}
