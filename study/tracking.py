@@ -14,9 +14,8 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -24,11 +23,15 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray.tune import Callback
 
 from analysis.records import (
+    RESULT_DATASET_DIGEST,
+    RESULT_DATASET_SOURCE,
     RESULT_TAGS,
+    TAG_PROGRESS_AT,
     TAG_RETRIES,
     TAG_TRIAL,
     TrialConfig,
     base_metric,
+    dataset_input,
     find_trial_run,
     finish_tags,
     open_client,
@@ -41,6 +44,7 @@ from analysis.records import (
 
 DRAIN_SECONDS = 60  # how long the end of a sweep waits for an unreachable tracking server
 METRICS_EVERY_SECONDS = 5.0  # a trial's epoch metrics are written at most this often
+PROGRESS_EVERY_SECONDS = 10.0  # the parent run's trial counts, at most this often
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch
 RAY_BOOKKEEPING = {
     "training_iteration",
@@ -328,11 +332,72 @@ def finish_run(
     client.log_batch(run_id, tags=tags)
     if checkpoint is not None:
         with tempfile.TemporaryDirectory() as local:
-            checkpoint.to_directory(local)
-            images = Path(local) / image_dir
-            if images.is_dir() and any(images.iterdir()):
-                client.log_artifacts(run_id, str(images), artifact_path="images")
+            if _copy_images(checkpoint, image_dir, local):
+                client.log_artifacts(run_id, local, artifact_path="images")
     client.set_terminated(run_id, status=status)
+
+
+def _copy_images(checkpoint, image_dir: str, local: str) -> bool:
+    """Copy the checkpoint's `image_dir` (and nothing else: its weights and optimiser
+    states are 7 MB for a digits model) into `local`; whether it held any image."""
+    import pyarrow.fs
+
+    source = f"{checkpoint.path.rstrip('/')}/{image_dir}"
+    found = checkpoint.filesystem.get_file_info(
+        pyarrow.fs.FileSelector(source, allow_not_found=True)
+    )
+    if not any(info.type == pyarrow.fs.FileType.File for info in found):
+        return False
+    pyarrow.fs.copy_files(source, local, source_filesystem=checkpoint.filesystem)
+    return True
+
+
+def trial_counts(trials) -> dict[str, int]:
+    """The study's trials by Ray's status (PROGRESS_METRICS), as the parent run records
+    them; a diverged trial is one that ended without error with `diverged` set."""
+    statuses = Counter(trial.status for trial in trials)
+    diverged = sum(
+        1 for t in trials if t.status != "ERROR" and (t.last_result or {}).get("diverged")
+    )
+    return {
+        "trials_total": len(trials),
+        "trials_pending": statuses["PENDING"],
+        "trials_running": statuses["RUNNING"] + statuses["PAUSED"],
+        "trials_terminated": statuses["TERMINATED"],
+        "trials_error": statuses["ERROR"],
+        "trials_diverged": diverged,
+    }
+
+
+class StudyProgress:
+    """Keeps the parent run's trial counts current: written when they changed, at most
+    every PROGRESS_EVERY_SECONDS and once more at the end, so `study status` reads one run
+    however many trials the study has. Counting walks every trial, so it is done only
+    when a write is due."""
+
+    def __init__(self, queue: TrackingQueue, parent_run_id: str):
+        self.queue = queue
+        self.parent_run_id = parent_run_id
+        self.written: dict[str, int] | None = None
+        self.checked: float | None = None  # monotonic time of the last count
+        self.step = 0
+
+    def update(self, trials, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and self.checked is not None and now - self.checked < PROGRESS_EVERY_SECONDS:
+            return
+        self.checked = now
+        counts = trial_counts(trials)
+        if counts == self.written and not final:
+            return
+        self.written, self.step = counts, self.step + 1
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), stamp, self.step) for key, value in counts.items()]
+        at = RunTag(TAG_PROGRESS_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        self.queue.submit(
+            "study progress",
+            lambda: self.queue.client.log_batch(self.parent_run_id, metrics=metrics, tags=[at]),
+        )
 
 
 class MlflowTrialLogger(Callback):
@@ -340,7 +405,7 @@ class MlflowTrialLogger(Callback):
 
     # Per-session bookkeeping, rebuilt on unpickling: a resumed driver finds its trials'
     # runs again by tag.
-    SESSION = ("runs", "buffer", "result_tags", "finished")
+    SESSION = ("runs", "buffer", "result_tags", "finished", "progress", "datasets_logged")
 
     def __init__(
         self,
@@ -368,6 +433,8 @@ class MlflowTrialLogger(Callback):
         self.buffer = MetricBuffer(self.queue, self.runs)
         self.result_tags = ResultTags()
         self.finished: set[str] = set()
+        self.progress = StudyProgress(self.queue, self.parent_run_id)
+        self.datasets_logged: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the Tuner's state for `study resume`.
@@ -384,6 +451,17 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.runs.ensure(trial)
         trial_id = trial.trial_id
+        if trial_id not in self.datasets_logged and RESULT_DATASET_DIGEST in result:
+            self.datasets_logged.add(trial_id)
+            dataset = dataset_input(
+                TrialConfig.from_tune(trial.config).run.get("dataset", "?"),
+                str(result.get(RESULT_DATASET_SOURCE, "")),
+                str(result[RESULT_DATASET_DIGEST]),
+            )
+            self.queue.submit(
+                f"dataset of {trial_id}",
+                lambda: self.queue.client.log_inputs(self.runs.run_id(trial_id), [dataset]),
+            )
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if not self.runs.new_step(trial_id, step):
             return  # a retried trial repeating epochs already logged
@@ -403,6 +481,7 @@ class MlflowTrialLogger(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.buffer.send_due()
+        self.progress.update(trials)
         self.queue.flush()
 
     def on_experiment_end(self, trials, **info):
@@ -416,6 +495,7 @@ class MlflowTrialLogger(Callback):
         # would be an extra, half-done copy left RUNNING, so delete it.
         known = {trial.trial_id for trial in trials}
         self.queue.submit("delete runs of lost trials", lambda: self.runs.delete_lost(known))
+        self.progress.update(trials, final=True)
         # This queue is the logger's own (Ray pickles its callbacks): nothing else drains
         # it, so writes still waiting for the server are made now, or reported.
         if not self.queue.drain(timeout=DRAIN_SECONDS):
