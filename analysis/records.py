@@ -58,6 +58,8 @@ TAG_SOURCE_STUDY = "latent_studies.source_study"  # a robustness study's (parent
 TAG_MODE = "latent_studies.mode"  # MODE_ROBUSTNESS for a robustness study
 # When the driver last wrote PROGRESS_METRICS (ISO 8601, UTC).
 TAG_PROGRESS_AT = "latent_studies.progress_at"
+# + a metric: the id of the trial whose value the parent run's best_metric(metric) is.
+TAG_BEST_TRIAL_PREFIX = "latent_studies.best_trial."
 # A trial run's.
 TAG_TRIAL = "latent_studies.trial_id"
 TAG_NODE = "latent_studies.node_id"  # Ray node the trial last reported from
@@ -228,6 +230,15 @@ def is_metric_column(column: str) -> bool:
 SEED_AGGREGATES = ("mean", "bound")
 SEED_STATS = ("std", "lower", "upper")
 SEED_PREFIX = "seed_"
+
+
+def best_metric(metric: str) -> str:
+    """The parent run's metric holding the best value of `metric` among its trials."""
+    return f"best_{metric}"
+
+
+def best_trial_tag(metric: str) -> str:
+    return TAG_BEST_TRIAL_PREFIX + metric
 
 
 def seed_metric(metric: str, seed: int) -> str:
@@ -688,6 +699,15 @@ class StudyRecord:
         if not all(key in self.metrics for key in PROGRESS_METRICS):
             return None
         return {key: int(self.metrics[key]) for key in PROGRESS_METRICS}
+
+    def best(self, metric: str) -> tuple[float, str] | None:
+        """(value, trial id) of the best trial by `metric` as the driver recorded it
+        (study/tracking.py's StudyProgress), or None when it recorded none."""
+        value, trial_id = (
+            self.metrics.get(best_metric(metric)),
+            self.tags.get(best_trial_tag(metric)),
+        )
+        return None if value is None or trial_id is None else (value, trial_id)
 
     def metric_range(self, metric: str) -> tuple[float | None, float | None]:
         """The declared range of `metric` ((None, None) when the study did not record it:

@@ -449,17 +449,17 @@ def status(name, storage, tracking_uri, experiment):
         f"study {name}: {spec['family']} on {spec['dataset']}, "
         f"{counts['trials_total']}/{spec['trials']} trials"
     )
-    named = {"terminated": "finished", "error": "error", "diverged": "diverged"}
-    named |= {"running": "running", "pending": "pending"}
-    parts = [
-        f"{word} {counts[f'trials_{key}']}"
-        for key, word in named.items()
-        if counts[f"trials_{key}"]
-    ]
+    # Ray's TERMINATED is a trial that ended without error, ASHA-stopped ones included.
+    shown = {"finished": "terminated", "error": "error", "diverged": "diverged"}
+    shown |= {"running": "running", "pending": "pending"}
+    parts = [f"{w} {counts['trials_' + k]}" for w, k in shown.items() if counts["trials_" + k]]
     at = parent.tags.get(records.TAG_PROGRESS_AT)
     click.echo("  " + (", ".join(parts) or "no trials yet") + (f"  (as of {at})" if at else ""))
     for metric, mode in dict.fromkeys([parent.ranked_by, *parent.objectives]):
-        best = _best_trial(client, experiment_id, parent.run_id, metric, mode)
+        if parent.progress:
+            best = parent.best(metric)
+        else:  # an earlier version's study
+            best = _best_trial(client, experiment_id, parent.run_id, metric, mode)
         if best is not None:
             value, trial_id = best
             click.echo(f"  best {metric} ({mode}): {value:.4f}  trial {trial_id}")

@@ -31,6 +31,8 @@ from analysis.records import (
     TAG_TRIAL,
     TrialConfig,
     base_metric,
+    best_metric,
+    best_trial_tag,
     dataset_input,
     find_trial_run,
     finish_tags,
@@ -41,6 +43,7 @@ from analysis.records import (
     trial_runs,
     trial_tags,
 )
+from analysis.stats import finite_or_none
 
 DRAIN_SECONDS = 60  # how long the end of a sweep waits for an unreachable tracking server
 METRICS_EVERY_SECONDS = 5.0  # a trial's epoch metrics are written at most this often
@@ -369,16 +372,36 @@ def trial_counts(trials) -> dict[str, int]:
     }
 
 
-class StudyProgress:
-    """Keeps the parent run's trial counts current: written when they changed, at most
-    every PROGRESS_EVERY_SECONDS and once more at the end, so `study status` reads one run
-    however many trials the study has. Counting walks every trial, so it is done only
-    when a write is due."""
+def best_trials(trials, objectives) -> dict[str, tuple[float, str]]:
+    """Per objective (metric, mode): the best finite value among the trials that ended
+    without error and did not diverge, and that trial's id (analysis.runs.ranked's rule)."""
+    best: dict[str, tuple[float, str]] = {}
+    for trial in trials:
+        result = trial.last_result or {}
+        if trial.status != "TERMINATED" or result.get("diverged"):
+            continue
+        for metric, mode in objectives:
+            value = finite_or_none(result.get(metric))
+            held = best.get(metric)
+            if value is not None and (
+                held is None or (value > held[0] if mode == "max" else value < held[0])
+            ):
+                best[metric] = (value, trial.trial_id)
+    return best
 
-    def __init__(self, queue: TrackingQueue, parent_run_id: str):
+
+class StudyProgress:
+    """Keeps the parent run's record of the study's progress current: its trial counts
+    (trial_counts) and each objective's best trial so far (best_trials), written when they
+    changed, at most every PROGRESS_EVERY_SECONDS and once more at the end, so `study
+    status` reads one run however many trials the study has. Counting walks every trial,
+    so it is done only when a write is due."""
+
+    def __init__(self, queue: TrackingQueue, parent_run_id: str, objectives=()):
         self.queue = queue
         self.parent_run_id = parent_run_id
-        self.written: dict[str, int] | None = None
+        self.objectives = list(objectives)
+        self.written: tuple | None = None
         self.checked: float | None = None  # monotonic time of the last count
         self.step = 0
 
@@ -387,16 +410,18 @@ class StudyProgress:
         if not final and self.checked is not None and now - self.checked < PROGRESS_EVERY_SECONDS:
             return
         self.checked = now
-        counts = trial_counts(trials)
-        if counts == self.written and not final:
+        counts, best = trial_counts(trials), best_trials(trials, self.objectives)
+        if (counts, best) == self.written and not final:
             return
-        self.written, self.step = counts, self.step + 1
+        self.written, self.step = (counts, best), self.step + 1
         stamp = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), stamp, self.step) for key, value in counts.items()]
-        at = RunTag(TAG_PROGRESS_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        values = {**counts, **{best_metric(m): value for m, (value, _) in best.items()}}
+        metrics = [Metric(key, float(value), stamp, self.step) for key, value in values.items()]
+        tags = [RunTag(best_trial_tag(m), trial_id) for m, (_, trial_id) in best.items()]
+        tags.append(RunTag(TAG_PROGRESS_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
         self.queue.submit(
             "study progress",
-            lambda: self.queue.client.log_batch(self.parent_run_id, metrics=metrics, tags=[at]),
+            lambda: self.queue.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags),
         )
 
 
@@ -416,7 +441,9 @@ class MlflowTrialLogger(Callback):
         metric_names: set[str],
         image_dir: str = "images",
         source_study: str | None = None,
+        objectives: list[tuple[str, str]] = (),
     ):
+        """`objectives`: (metric, mode) pairs whose best trial the parent run records."""
         self.queue = queue
         self.experiment = experiment
         self.parent_run_id = parent_run_id
@@ -424,6 +451,7 @@ class MlflowTrialLogger(Callback):
         self.metric_names = metric_names
         self.image_dir = image_dir
         self.source_study = source_study
+        self.objectives = list(objectives)
         self._new_session()
 
     def _new_session(self) -> None:
@@ -433,7 +461,9 @@ class MlflowTrialLogger(Callback):
         self.buffer = MetricBuffer(self.queue, self.runs)
         self.result_tags = ResultTags()
         self.finished: set[str] = set()
-        self.progress = StudyProgress(self.queue, self.parent_run_id)
+        # getattr: a logger pickled by an earlier version (a study resumed) has none.
+        objectives = getattr(self, "objectives", [])
+        self.progress = StudyProgress(self.queue, self.parent_run_id, objectives)
         self.datasets_logged: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:

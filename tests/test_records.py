@@ -307,7 +307,9 @@ def test_the_tracking_callback_writes_what_the_reading_side_loads(store, monkeyp
     )
     parent_id = parent.info.run_id
     queue = tracking.TrackingQueue(store.uri)
-    logger = tracking.MlflowTrialLogger(queue, store.experiment, parent_id, "w", {"swap_acc"})
+    logger = tracking.MlflowTrialLogger(
+        queue, store.experiment, parent_id, "w", {"swap_acc"}, objectives=[("swap_acc", "max")]
+    )
     trial = fake_trial("wt_00000", 0.003)
 
     # The first result of a trial goes out at once, later ones wait for the throttle.
@@ -373,6 +375,7 @@ def test_the_tracking_callback_writes_what_the_reading_side_loads(store, monkeyp
         "trials_diverged": 0,
     }
     assert parent_record.tags[records.TAG_PROGRESS_AT].endswith("Z")
+    assert parent_record.best("swap_acc") == (pytest.approx(0.8), trial.trial_id)
 
 
 @pytest.mark.parametrize("uptime", [1.0, 1e6])  # seconds since the monotonic clock's zero
@@ -412,26 +415,32 @@ def test_the_parent_run_counts_the_trials_when_they_change_at_most_every_period(
     clock = [5.0]
     monkeypatch.setattr(tracking.time, "monotonic", lambda: clock[0])
     trials = [
-        SimpleNamespace(status=status, last_result=last)
-        for status, last in [
-            ("TERMINATED", {"diverged": 0.0}),
-            ("TERMINATED", {"diverged": 1.0}),
-            ("ERROR", {"diverged": 1.0}),  # an error is counted as an error only
-            ("RUNNING", {}),
-            ("PENDING", None),
-        ]
+        SimpleNamespace(trial_id=f"t{i}", status=status, last_result=last)
+        for i, (status, last) in enumerate(
+            [
+                ("TERMINATED", {"diverged": 0.0, "acc": 0.5, "loss": 2.0}),
+                ("TERMINATED", {"diverged": 1.0, "acc": 0.9, "loss": 0.1}),
+                ("ERROR", {"diverged": 1.0}),  # an error is counted as an error only
+                ("RUNNING", {"acc": 0.95, "loss": 0.05}),  # not finished: not a best
+                ("PENDING", None),
+                ("TERMINATED", {"diverged": 0.0, "acc": 0.7, "loss": float("nan")}),
+            ]
+        )
     ]
     assert tracking.trial_counts(trials) == {
-        "trials_total": 5,
+        "trials_total": 6,
         "trials_pending": 1,
         "trials_running": 1,
-        "trials_terminated": 2,
+        "trials_terminated": 3,
         "trials_error": 1,
         "trials_diverged": 1,
     }
     assert tuple(tracking.trial_counts(trials)) == records.PROGRESS_METRICS
+    # The best finished trial, neither diverged nor without a finite value.
+    objectives = [("acc", "max"), ("loss", "min")]
+    assert tracking.best_trials(trials, objectives) == {"acc": (0.7, "t5"), "loss": (2.0, "t0")}
     sent = Sent()
-    progress = tracking.StudyProgress(sent, "parent")
+    progress = tracking.StudyProgress(sent, "parent", objectives)
     progress.update(trials)
     progress.update(trials)  # within the period
     clock[0] += tracking.PROGRESS_EVERY_SECONDS
