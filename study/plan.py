@@ -252,12 +252,6 @@ class FiniteOptunaSearch(OptunaSearch):
         if result and any(finite_or_none(result.get(m)) is None for m in metrics):
             result = None  # no value: Ray tells PRUNED (FAIL when the trial errored)
         super().on_trial_complete(trial_id, result, error)
-        # Told, the trial lives on in the Optuna study; its handle (a copy of the trial
-        # as asked) would stay in the driver's memory and in every pickle of the searcher.
-        if trial_id in self._completed_trials:
-            self._ot_trials.pop(trial_id, None)
-            if self._last_reported is not None:
-                self._last_reported.pop(trial_id, None)
 
     def _knows(self, trial_id: str, result: dict | None) -> bool:
         """Whether `trial_id` has an Optuna trial, after giving one to a trial this
