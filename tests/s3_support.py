@@ -135,13 +135,14 @@ class ClusterDatabases:
         from reliability_support import MlflowServer
 
         self.postgres = PostgresServer()
+        self.artifacts_prefix = "mlartifacts-postgres"  # in the shared bucket
         try:
             self.postgres.start()
             self.optuna_url = self.postgres.create_database("optuna")
             self.tracking = MlflowServer(
                 processes,
                 root / "mlflow",
-                artifacts=f"s3://{shared.s3.bucket}/mlartifacts-postgres",
+                artifacts=f"s3://{shared.s3.bucket}/{self.artifacts_prefix}",
                 env={**shared.s3.env, "MLFLOW_S3_ENDPOINT_URL": shared.s3.endpoint},
                 backend=self.postgres.create_database("mlflow"),
             )

@@ -139,7 +139,7 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(
             "images/swaps.png",
             "images/latent_scatter.png",
         }
-        where = f"mlartifacts/{record.experiment_id}/{run_id}/artifacts/images/"
+        where = f"{cluster_databases.artifacts_prefix}/{record.experiment_id}/{run_id}/artifacts/images/"
         sizes = {k.rpartition("/")[2]: len(s3.read(k)) for k in s3.keys(where)}
         assert sizes == {k.removeprefix("images/"): v for k, v in listed.items()}
 
