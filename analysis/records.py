@@ -56,6 +56,10 @@ TAG_OPTUNA_STORAGE = "latent_studies.optuna_storage"
 TAG_METRIC_RANGES = "latent_studies.metric_ranges"  # {"metric": [low, high|null]}, JSON
 TAG_SOURCE_STUDY = "latent_studies.source_study"  # a robustness study's (parent and trials)
 TAG_MODE = "latent_studies.mode"  # MODE_ROBUSTNESS for a robustness study
+# When the driver last wrote PROGRESS_METRICS (ISO 8601, UTC).
+TAG_PROGRESS_AT = "latent_studies.progress_at"
+# + a metric: the id of the trial whose value the parent run's best_metric(metric) is.
+TAG_BEST_TRIAL_PREFIX = "latent_studies.best_trial."
 # A trial run's.
 TAG_TRIAL = "latent_studies.trial_id"
 TAG_NODE = "latent_studies.node_id"  # Ray node the trial last reported from
@@ -66,11 +70,27 @@ TAG_TIME_TOTAL = "latent_studies.time_total_s"
 # How often Ray restarted the trial from its last checkpoint (a crashed worker, a lost node).
 TAG_RETRIES = "latent_studies.retries"
 
+# The parent run's count of the study's trials by Ray's status, kept up to date by the
+# driver while the study runs: `study status` reads these instead of every trial run.
+PROGRESS_METRICS = (
+    "trials_total",
+    "trials_pending",
+    "trials_running",
+    "trials_terminated",
+    "trials_error",
+    "trials_diverged",
+)
+
 KIND_STUDY = "study"
 KIND_TRIAL = "trial"
 MODE_ROBUSTNESS = "robustness"
 # String values of a trial's results, recorded as tags (MLflow metrics are numbers).
 RESULT_TAGS = {"node_id": TAG_NODE, "device": TAG_DEVICE}
+# A trial's results also say which data it trained on (trainables.Dataset's source and
+# digest); its run records that once, as an MLflow dataset input of context "train".
+RESULT_DATASET_SOURCE = "dataset_source"
+RESULT_DATASET_DIGEST = "dataset_digest"
+DATASET_CONTEXT = "train"
 
 # --- the trial-config envelope ------------------------------------------------------------
 RUN_KEY = "study"  # trial config key holding the run settings; the rest are family params
@@ -210,6 +230,15 @@ def is_metric_column(column: str) -> bool:
 SEED_AGGREGATES = ("mean", "bound")
 SEED_STATS = ("std", "lower", "upper")
 SEED_PREFIX = "seed_"
+
+
+def best_metric(metric: str) -> str:
+    """The parent run's metric holding the best value of `metric` among its trials."""
+    return f"best_{metric}"
+
+
+def best_trial_tag(metric: str) -> str:
+    return TAG_BEST_TRIAL_PREFIX + metric
 
 
 def seed_metric(metric: str, seed: int) -> str:
@@ -500,21 +529,117 @@ def trial_runs(client: MlflowClient, experiment: str, parent_run_id: str) -> lis
             return runs
 
 
+def best_trial_runs(
+    client: MlflowClient, experiment: str, parent_run_id: str, metric: str, mode: str, n: int
+) -> list[Run]:
+    """The `n` finished trial runs of a study with the best `metric`, best first, ordered
+    by the store: a study's best without reading all of its trials. Runs whose value is
+    missing or not finite may be among them (stores order NaN apart); the caller skips
+    those."""
+    return client.search_runs(
+        [experiment],
+        filter_string=(
+            f"tags.`{TAG_PARENT}` = '{parent_run_id}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}' "
+            "and attributes.status = 'FINISHED'"
+        ),
+        order_by=[f"metrics.`{metric}` {'DESC' if mode == 'max' else 'ASC'}"],
+        max_results=n,
+    )
+
+
+def dataset_input(name: str, source: str, digest: str):
+    """The MLflow dataset input of a trial that trained on dataset `name`, loaded from
+    `source` (a directory, or the code that made it) with arrays hashing to `digest`."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    kind = "local" if os.path.isabs(source) else "code"
+    dataset = Dataset(name, digest, kind, json.dumps({"uri": source}))
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXT)])
+
+
+# --- the study's view in MLflow's UI -------------------------------------------------------
+# MLflow's own (its UI, 3.x; useSharedExperimentViewState.ts, savedViewEnvelope.ts): a saved
+# view of an experiment's runs table is an experiment tag VIEW_TAG_PREFIX + id, whose value is
+# {"name", "createdAt", "updatedAt", "state"}, the state the table's filter, sort and visible
+# columns as JSON, zlib-deflated and base64-encoded after "deflate;". A link with
+# ?viewStateShareKey=<id> opens it; the UI's "Views" menu lists it.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_TAG_LIMIT = 20_000  # MLflow's limit on an experiment tag's value
+# Columns are `kind.\`key\``; without the backticks the UI matches none.
+VIEW_DATASET_COLUMN = "attributes.`Dataset`"
+
+
+def study_view_tag(study: str) -> str:
+    return f"{VIEW_TAG_PREFIX}study-{study}"
+
+
+def study_view(parent: StudyRecord, searched: Iterable[str]) -> str:
+    """The saved view of study `parent`'s trial runs (the tag value): only them, best
+    first by what the study ranks by, showing the dataset, each objective (with its seed
+    mean's std and interval bounds when trials have seed replicas) and the searched
+    parameters. MLflow 3.17 shows none of a run's metrics or params unless a view names
+    them."""
+    import base64
+    import time
+    import zlib
+
+    seeds = int(parent.params.get("seeds", 1))
+    columns = [VIEW_DATASET_COLUMN]
+    for metric, _ in parent.objectives:
+        columns.append(f"metrics.`{metric}`")
+        if seeds > 1:
+            columns += [f"metrics.`{stat_metric(metric, stat)}`" for stat in SEED_STATS]
+    columns += [f"params.`{name}`" for name in searched]
+    metric, mode = parent.ranked_by
+    state = {
+        "searchFilter": trial_filter(parent.name),
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": mode == "min",
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "modelVersionFilter": "All Runs",
+        "datasetsFilter": [],
+        "selectedColumns": list(dict.fromkeys(columns)),
+    }
+    packed = zlib.compress(json.dumps(state, separators=(",", ":")).encode())
+    now = int(time.time() * 1000)
+    envelope = {
+        "name": f"study {parent.name}",
+        "createdAt": now,
+        "updatedAt": now,
+        "state": "deflate;" + base64.b64encode(packed).decode(),
+    }
+    return json.dumps(envelope)
+
+
+def write_study_view(client: MlflowClient, parent: StudyRecord) -> None:
+    """Save (or refresh) the study's view on its experiment; its searched parameters are
+    those of the study's search space (none for a robustness study, which has none)."""
+    searched = list(json.loads(parent.space)) if parent.space else []
+    client.set_experiment_tag(
+        parent.experiment_id, study_view_tag(parent.name), study_view(parent, searched)
+    )
+
+
+def trial_filter(study: str) -> str:
+    """MLflow's search filter for the trial runs of `study`."""
+    return f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'"
+
+
 def study_runs_link(ui_address: str, experiment: str, study: str) -> str:
-    """The MLflow UI's (3.x) page of a study's trial runs: the experiment's runs table
-    filtered to them, in model-training mode, sorted by name.
+    """The MLflow UI's (3.x) page of a study's trial runs: its saved view (study_view) of
+    the experiment's runs table, in model-training mode.
 
     `workflowType=machine_learning`: MLflow 3.17's UI picks its mode from this parameter
     (else from the browser's last choice, GenAI at first), not from TAG_EXPERIMENT_KIND.
-    Sorting by anything but creation time lists the trials flat; by creation time they
-    would fold, collapsed, under their parent run."""
+    No filter or sort in the link: the UI applies a saved view only to a link without."""
     from urllib.parse import quote, urlencode
 
     query = {
+        "viewStateShareKey": study_view_tag(study).removeprefix(VIEW_TAG_PREFIX),
+        "compareRunsMode": "TABLE",
         "workflowType": "machine_learning",
-        "searchFilter": f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_KIND}` = '{KIND_TRIAL}'",
-        "orderByKey": "tags.`mlflow.runName`",
-        "orderByAsc": "true",
     }
     return f"{ui_address.rstrip('/')}/#/experiments/{experiment}/runs?{urlencode(query, quote_via=quote)}"
 
@@ -558,6 +683,31 @@ class StudyRecord:
     def space(self) -> str:
         """The search space's JSON ("" for a study without one, such as a robustness one)."""
         return self.tags.get(TAG_SPACE, "")
+
+    @property
+    def ranked_by(self) -> tuple[str, str]:
+        """(metric, mode) the study's trials rank by: its first objective as the searcher
+        read it (the seeds' mean, or their pessimistic bound: searched_metric)."""
+        metric, mode = self.objectives[0]
+        seeds = int(self.params.get("seeds", 1))
+        return searched_metric(metric, mode, self.params.get("seed_aggregate", "mean"), seeds), mode
+
+    @property
+    def progress(self) -> dict[str, int] | None:
+        """The trial counts the driver keeps on the parent run (PROGRESS_METRICS), or None
+        for a study recorded before it did."""
+        if not all(key in self.metrics for key in PROGRESS_METRICS):
+            return None
+        return {key: int(self.metrics[key]) for key in PROGRESS_METRICS}
+
+    def best(self, metric: str) -> tuple[float, str] | None:
+        """(value, trial id) of the best trial by `metric` as the driver recorded it
+        (study/tracking.py's StudyProgress), or None when it recorded none."""
+        value, trial_id = (
+            self.metrics.get(best_metric(metric)),
+            self.tags.get(best_trial_tag(metric)),
+        )
+        return None if value is None or trial_id is None else (value, trial_id)
 
     def metric_range(self, metric: str) -> tuple[float | None, float | None]:
         """The declared range of `metric` ((None, None) when the study did not record it:

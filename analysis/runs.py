@@ -56,8 +56,7 @@ class StudyRuns:
         """(column, mode) the trials rank by: the first objective as the searcher read it,
         so a study that searched the pessimistic bound of its seeds is ranked by that bound
         rather than by a mean one lucky seed can lift."""
-        metric, mode = self.objectives[0]
-        return records.searched_metric(metric, mode, self.seed_aggregate, self.seeds), mode
+        return self.parent.ranked_by
 
     def per_seed(self) -> StudyRuns:
         """The study with one trial row per seed (analysis.seeds.seed_rows): a replicated

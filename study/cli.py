@@ -425,7 +425,7 @@ def status(name, storage, tracking_uri, experiment):
     """List studies, or show NAME's trials by status and its best results so far."""
     from analysis.records import DEFAULT_EXPERIMENT
     from study.spec import DEFAULT_STORAGE
-    from study.storage import list_studies, read_spec
+    from study.storage import list_studies, read_spec_data
 
     storage, experiment = storage or DEFAULT_STORAGE, experiment or DEFAULT_EXPERIMENT
     if not name:
@@ -437,28 +437,64 @@ def status(name, storage, tracking_uri, experiment):
                 f"{spec.name:<40} {spec.family:<6} {spec.dataset:<14} {spec.trials:>4} trials  {spec.path}"
             )
         return
-    from analysis.runs import load_study, ranked
+    from analysis import records
+    from study.storage import join, resolve_storage
 
-    spec = read_spec(name, storage)
-    study = load_study(name, tracking_uri or spec.tracking_uri, experiment)
-    trials = study.trials
-    counts = trials["status"].value_counts().to_dict() if not trials.empty else {}
+    spec = read_spec_data(name, storage)
+    uri = records.resolve_tracking_uri(tracking_uri or spec["tracking_uri"])
+    client, experiment_id, run = find_study_or_fail(uri, name, experiment)
+    parent = records.StudyRecord.from_run(run)
+    counts = parent.progress or _counted_trials(name, uri, experiment)
     click.echo(
-        f"study {name}: {spec.family} on {spec.dataset}, {len(trials)}/{spec.trials} trials in MLflow"
+        f"study {name}: {spec['family']} on {spec['dataset']}, "
+        f"{counts['trials_total']}/{spec['trials']} trials"
     )
-    click.echo(
-        "  " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items()))
-        if counts
-        else "  no trials yet"
-    )
-    searched = [study.ranked_by] if study.objectives else []
-    for metric, mode in list(dict.fromkeys(searched + study.objectives)):
-        best = ranked(study, metric, mode)
-        if not best.empty:
-            click.echo(
-                f"  best {metric} ({mode}): {best.iloc[0][metric]:.4f}  trial {best.iloc[0]['trial_id']}"
-            )
-    click.echo(f"  results: {spec.path}")
+    # Ray's TERMINATED is a trial that ended without error, ASHA-stopped ones included.
+    shown = {"finished": "terminated", "error": "error", "diverged": "diverged"}
+    shown |= {"running": "running", "pending": "pending"}
+    parts = [f"{w} {counts['trials_' + k]}" for w, k in shown.items() if counts["trials_" + k]]
+    at = parent.tags.get(records.TAG_PROGRESS_AT)
+    click.echo("  " + (", ".join(parts) or "no trials yet") + (f"  (as of {at})" if at else ""))
+    for metric, mode in dict.fromkeys([parent.ranked_by, *parent.objectives]):
+        if parent.progress:
+            best = parent.best(metric)
+        else:  # an earlier version's study
+            best = _best_trial(client, experiment_id, parent.run_id, metric, mode)
+        if best is not None:
+            value, trial_id = best
+            click.echo(f"  best {metric} ({mode}): {value:.4f}  trial {trial_id}")
+    click.echo(f"  results: {join(resolve_storage(storage), name)}")
+
+
+def _best_trial(client, experiment_id: str, parent_run_id: str, metric: str, mode: str):
+    """(value, trial id) of the study's best finished, non-diverged trial by `metric`, from
+    the store's ordering; None when none of the first few has a finite value."""
+    from analysis import records
+    from analysis.stats import finite_or_none
+
+    for run in records.best_trial_runs(client, experiment_id, parent_run_id, metric, mode, 10):
+        value = finite_or_none(run.data.metrics.get(metric))
+        if value is not None and not run.data.metrics.get("diverged"):
+            return value, run.data.tags.get(records.TAG_TRIAL)
+    return None
+
+
+def _counted_trials(name: str, uri: str, experiment: str) -> dict[str, int]:
+    """PROGRESS_METRICS counted from every trial run, for a study whose driver did not
+    keep them on its parent run (one recorded by an earlier version)."""
+    from analysis.runs import load_study
+
+    trials = load_study(name, uri, experiment).trials
+    status = trials["status"] if not trials.empty else []
+    diverged = trials["diverged"].fillna(0) if "diverged" in trials else [0] * len(trials)
+    return {
+        "trials_total": len(trials),
+        "trials_pending": 0,
+        "trials_running": int(sum(s == "RUNNING" for s in status)),
+        "trials_terminated": int(sum(s == "FINISHED" for s in status)),
+        "trials_error": int(sum(s in ("FAILED", "KILLED") for s in status)),
+        "trials_diverged": int(sum(bool(d) for d in diverged)),
+    }
 
 
 @cli.command()
@@ -607,8 +643,10 @@ def ui(name, tracking_uri, experiment, host, port):
     if name:
         check_study_name(name)
         experiment = experiment or records.DEFAULT_EXPERIMENT
-        found = find_study_or_fail(uri, name, experiment)
-        link = records.study_runs_link(browser_address(host, port), found[1], name)
+        client, experiment_id, parent = find_study_or_fail(uri, name, experiment)
+        # Refreshed: a study from before the view existed gets one, an older one today's.
+        records.write_study_view(client, records.StudyRecord.from_run(parent))
+        link = records.study_runs_link(browser_address(host, port), experiment_id, name)
     mlflow = shutil.which("mlflow") or os.path.join(os.path.dirname(sys.executable), "mlflow")
     click.echo(f"MLflow UI at http://{host}:{port}  (store {uri}; Ctrl-C stops it)", err=False)
     if link:

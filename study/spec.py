@@ -274,6 +274,15 @@ class StudySpec:
             parse_objective(text, self.family)
         if "://" not in self.storage:
             self.storage = str(Path(self.storage).expanduser().resolve())
+        elif not self.optuna_storage:
+            # The default is a file on this machine: a driver elsewhere, which the shared
+            # storage lets resume the study, would find no sampler.
+            raise ConfigError(
+                f"optuna-storage: a study whose results go to shared storage "
+                f"({records.redact(self.storage)}) needs an Optuna storage every driver "
+                f"reaches; pass --optuna-storage postgresql://USER@HOST/DB (pip install "
+                f"'latent-studies[postgres]'), or sqlite:////PATH on a disk every driver mounts"
+            )
         self.tracking_uri = records.resolve_tracking_uri(self.tracking_uri or None)
         self.optuna_storage = records.resolve_optuna_storage(self.optuna_storage, self.tracking_uri)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
@@ -221,6 +222,12 @@ def remove_study(spec: StudySpec) -> None:
 
 
 def read_spec(name: str, storage: str = DEFAULT_STORAGE) -> StudySpec:
+    return StudySpec(**read_spec_data(name, storage))
+
+
+def read_spec_data(name: str, storage: str = DEFAULT_STORAGE) -> dict[str, Any]:
+    """The settings study `name` was written with, as stored: validated when written, so
+    a reader that needs only some of them skips the family registry (and torch)."""
     check_study_name(name)
     storage = resolve_storage(storage)
     check_storage(storage)
@@ -232,7 +239,7 @@ def read_spec(name: str, storage: str = DEFAULT_STORAGE) -> StudySpec:
         raise UserError(
             f"name: no study {name!r} in {redact(storage)}; check the name (`study status`) or pass --storage"
         ) from None
-    return StudySpec(**data)
+    return data
 
 
 def list_studies(storage: str = DEFAULT_STORAGE) -> list[StudySpec]:

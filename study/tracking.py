@@ -14,9 +14,8 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
@@ -24,11 +23,17 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from ray.tune import Callback
 
 from analysis.records import (
+    RESULT_DATASET_DIGEST,
+    RESULT_DATASET_SOURCE,
     RESULT_TAGS,
+    TAG_PROGRESS_AT,
     TAG_RETRIES,
     TAG_TRIAL,
     TrialConfig,
     base_metric,
+    best_metric,
+    best_trial_tag,
+    dataset_input,
     find_trial_run,
     finish_tags,
     open_client,
@@ -38,9 +43,11 @@ from analysis.records import (
     trial_runs,
     trial_tags,
 )
+from analysis.stats import finite_or_none
 
 DRAIN_SECONDS = 60  # how long the end of a sweep waits for an unreachable tracking server
 METRICS_EVERY_SECONDS = 5.0  # a trial's epoch metrics are written at most this often
+PROGRESS_EVERY_SECONDS = 10.0  # the parent run's trial counts, at most this often
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch
 RAY_BOOKKEEPING = {
     "training_iteration",
@@ -328,11 +335,94 @@ def finish_run(
     client.log_batch(run_id, tags=tags)
     if checkpoint is not None:
         with tempfile.TemporaryDirectory() as local:
-            checkpoint.to_directory(local)
-            images = Path(local) / image_dir
-            if images.is_dir() and any(images.iterdir()):
-                client.log_artifacts(run_id, str(images), artifact_path="images")
+            if _copy_images(checkpoint, image_dir, local):
+                client.log_artifacts(run_id, local, artifact_path="images")
     client.set_terminated(run_id, status=status)
+
+
+def _copy_images(checkpoint, image_dir: str, local: str) -> bool:
+    """Copy the checkpoint's `image_dir` (and nothing else: its weights and optimiser
+    states are 7 MB for a digits model) into `local`; whether it held any image."""
+    import pyarrow.fs
+
+    source = f"{checkpoint.path.rstrip('/')}/{image_dir}"
+    found = checkpoint.filesystem.get_file_info(
+        pyarrow.fs.FileSelector(source, allow_not_found=True)
+    )
+    if not any(info.type == pyarrow.fs.FileType.File for info in found):
+        return False
+    pyarrow.fs.copy_files(source, local, source_filesystem=checkpoint.filesystem)
+    return True
+
+
+def trial_counts(trials) -> dict[str, int]:
+    """The study's trials by Ray's status (PROGRESS_METRICS), as the parent run records
+    them; a diverged trial is one that ended without error with `diverged` set."""
+    statuses = Counter(trial.status for trial in trials)
+    diverged = sum(
+        1 for t in trials if t.status != "ERROR" and (t.last_result or {}).get("diverged")
+    )
+    return {
+        "trials_total": len(trials),
+        "trials_pending": statuses["PENDING"],
+        "trials_running": statuses["RUNNING"] + statuses["PAUSED"],
+        "trials_terminated": statuses["TERMINATED"],
+        "trials_error": statuses["ERROR"],
+        "trials_diverged": diverged,
+    }
+
+
+def best_trials(trials, objectives) -> dict[str, tuple[float, str]]:
+    """Per objective (metric, mode): the best finite value among the trials that ended
+    without error and did not diverge, and that trial's id (analysis.runs.ranked's rule)."""
+    best: dict[str, tuple[float, str]] = {}
+    for trial in trials:
+        result = trial.last_result or {}
+        if trial.status != "TERMINATED" or result.get("diverged"):
+            continue
+        for metric, mode in objectives:
+            value = finite_or_none(result.get(metric))
+            held = best.get(metric)
+            if value is not None and (
+                held is None or (value > held[0] if mode == "max" else value < held[0])
+            ):
+                best[metric] = (value, trial.trial_id)
+    return best
+
+
+class StudyProgress:
+    """Keeps the parent run's record of the study's progress current: its trial counts
+    (trial_counts) and each objective's best trial so far (best_trials), written when they
+    changed, at most every PROGRESS_EVERY_SECONDS and once more at the end, so `study
+    status` reads one run however many trials the study has. Counting walks every trial,
+    so it is done only when a write is due."""
+
+    def __init__(self, queue: TrackingQueue, parent_run_id: str, objectives=()):
+        self.queue = queue
+        self.parent_run_id = parent_run_id
+        self.objectives = list(objectives)
+        self.written: tuple | None = None
+        self.checked: float | None = None  # monotonic time of the last count
+        self.step = 0
+
+    def update(self, trials, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and self.checked is not None and now - self.checked < PROGRESS_EVERY_SECONDS:
+            return
+        self.checked = now
+        counts, best = trial_counts(trials), best_trials(trials, self.objectives)
+        if (counts, best) == self.written and not final:
+            return
+        self.written, self.step = (counts, best), self.step + 1
+        stamp = int(time.time() * 1000)
+        values = {**counts, **{best_metric(m): value for m, (value, _) in best.items()}}
+        metrics = [Metric(key, float(value), stamp, self.step) for key, value in values.items()]
+        tags = [RunTag(best_trial_tag(m), trial_id) for m, (_, trial_id) in best.items()]
+        tags.append(RunTag(TAG_PROGRESS_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+        self.queue.submit(
+            "study progress",
+            lambda: self.queue.client.log_batch(self.parent_run_id, metrics=metrics, tags=tags),
+        )
 
 
 class MlflowTrialLogger(Callback):
@@ -340,7 +430,7 @@ class MlflowTrialLogger(Callback):
 
     # Per-session bookkeeping, rebuilt on unpickling: a resumed driver finds its trials'
     # runs again by tag.
-    SESSION = ("runs", "buffer", "result_tags", "finished")
+    SESSION = ("runs", "buffer", "result_tags", "finished", "progress", "datasets_logged")
 
     def __init__(
         self,
@@ -351,7 +441,9 @@ class MlflowTrialLogger(Callback):
         metric_names: set[str],
         image_dir: str = "images",
         source_study: str | None = None,
+        objectives: list[tuple[str, str]] = (),
     ):
+        """`objectives`: (metric, mode) pairs whose best trial the parent run records."""
         self.queue = queue
         self.experiment = experiment
         self.parent_run_id = parent_run_id
@@ -359,6 +451,7 @@ class MlflowTrialLogger(Callback):
         self.metric_names = metric_names
         self.image_dir = image_dir
         self.source_study = source_study
+        self.objectives = list(objectives)
         self._new_session()
 
     def _new_session(self) -> None:
@@ -368,6 +461,10 @@ class MlflowTrialLogger(Callback):
         self.buffer = MetricBuffer(self.queue, self.runs)
         self.result_tags = ResultTags()
         self.finished: set[str] = set()
+        # getattr: a logger pickled by an earlier version (a study resumed) has none.
+        objectives = getattr(self, "objectives", [])
+        self.progress = StudyProgress(self.queue, self.parent_run_id, objectives)
+        self.datasets_logged: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         # Pickled into the Tuner's state for `study resume`.
@@ -384,6 +481,17 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.runs.ensure(trial)
         trial_id = trial.trial_id
+        if trial_id not in self.datasets_logged and RESULT_DATASET_DIGEST in result:
+            self.datasets_logged.add(trial_id)
+            dataset = dataset_input(
+                TrialConfig.from_tune(trial.config).run.get("dataset", "?"),
+                str(result.get(RESULT_DATASET_SOURCE, "")),
+                str(result[RESULT_DATASET_DIGEST]),
+            )
+            self.queue.submit(
+                f"dataset of {trial_id}",
+                lambda: self.queue.client.log_inputs(self.runs.run_id(trial_id), [dataset]),
+            )
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if not self.runs.new_step(trial_id, step):
             return  # a retried trial repeating epochs already logged
@@ -403,6 +511,7 @@ class MlflowTrialLogger(Callback):
 
     def on_step_end(self, iteration, trials, **info):
         self.buffer.send_due()
+        self.progress.update(trials)
         self.queue.flush()
 
     def on_experiment_end(self, trials, **info):
@@ -416,6 +525,7 @@ class MlflowTrialLogger(Callback):
         # would be an extra, half-done copy left RUNNING, so delete it.
         known = {trial.trial_id for trial in trials}
         self.queue.submit("delete runs of lost trials", lambda: self.runs.delete_lost(known))
+        self.progress.update(trials, final=True)
         # This queue is the logger's own (Ray pickles its callbacks): nothing else drains
         # it, so writes still waiting for the server are made now, or reported.
         if not self.queue.drain(timeout=DRAIN_SECONDS):

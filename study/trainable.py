@@ -24,7 +24,11 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 from ray import tune  # noqa: E402
 
-from analysis.records import TrialConfig  # noqa: E402
+from analysis.records import (  # noqa: E402
+    RESULT_DATASET_DIGEST,
+    RESULT_DATASET_SOURCE,
+    TrialConfig,
+)
 from analysis.seeds import summarize  # noqa: E402
 from trainables import Experiment, load_dataset  # noqa: E402
 from trainables.images import save_images  # noqa: E402
@@ -97,6 +101,8 @@ def train_trial(config: dict[str, Any]) -> None:
             "eval_seconds": experiment.eval_seconds,
             "node_id": node_id,
             "device": device,
+            RESULT_DATASET_SOURCE: dataset.source,
+            RESULT_DATASET_DIGEST: dataset.digest,
         }
         # Checkpoint the first and last epochs and otherwise at most every
         # CHECKPOINT_SECONDS: a checkpoint per 0.2-s digits epoch cost a sweep 10% of its

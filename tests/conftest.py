@@ -44,6 +44,31 @@ def procs():
 
 
 @pytest.fixture(scope="session")
+def cluster_databases(shared_services, tmp_path_factory: pytest.TempPathFactory):
+    """PostgreSQL (Debian's `postgresql`, started here on 127.0.0.1 in a temporary data
+    directory) holding a tracking server's backend store and an Optuna database, as a
+    cluster's drivers share them; skipped, with the reason, where it cannot start."""
+    from postgres_support import Unavailable
+    from reliability_support import Processes
+    from s3_support import ClusterDatabases
+
+    processes = Processes()
+    databases = None
+    try:
+        try:
+            databases = ClusterDatabases(
+                processes, tmp_path_factory.mktemp("cluster-databases"), shared_services
+            )
+        except Unavailable as why:
+            pytest.skip(f"PostgreSQL cannot start here: {why}")
+        yield databases
+    finally:
+        processes.close()
+        if databases is not None:
+            databases.stop()
+
+
+@pytest.fixture(scope="session")
 def shared_services(tmp_path_factory: pytest.TempPathFactory):
     """An S3-compatible server (moto) with a bucket and a key, and an `mlflow server` that
     stores artifacts in that bucket: started once for the cluster and storage tests."""

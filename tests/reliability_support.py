@@ -284,8 +284,8 @@ def run_forked_cli(
 
 # --- MLflow server -----------------------------------------------------------------------
 class MlflowServer:
-    """A real `mlflow server` on 127.0.0.1:port with a SQLite store; stop() and start()
-    again keep the port and the store, as a restarted tracking server would."""
+    """A real `mlflow server` on 127.0.0.1:port with a SQLite store (or `backend`); stop()
+    and start() again keep the port and the store, as a restarted tracking server would."""
 
     def __init__(
         self,
@@ -294,14 +294,17 @@ class MlflowServer:
         port: int | None = None,
         artifacts: str | None = None,
         env: dict[str, str] | None = None,
+        backend: str | None = None,
     ):
         """`artifacts`: the artifact destination (default a directory under `root`), e.g.
-        s3://bucket/prefix with the endpoint and credentials in `env`."""
+        s3://bucket/prefix with the endpoint and credentials in `env`; `backend`: the
+        backend store's URI (default an SQLite file under `root`), e.g. postgresql://..."""
         self.processes = processes
         self.root = root
         self.port = port or free_port()
         self.artifacts = artifacts or str(root / "artifacts")
         self.env = env or {}
+        self.backend = backend or f"sqlite:///{root / 'mlflow.db'}"
         self.process: subprocess.Popen | None = None
         root.mkdir(parents=True, exist_ok=True)
 
@@ -320,7 +323,7 @@ class MlflowServer:
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{self.root / 'mlflow.db'}",
+            self.backend,
             "--artifacts-destination",
             self.artifacts,
             "--serve-artifacts",

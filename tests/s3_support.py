@@ -123,3 +123,33 @@ class SharedServices:
     def env(self) -> dict[str, str]:
         """The credentials every driver and Ray node needs."""
         return self.s3.env
+
+
+class ClusterDatabases:
+    """The databases a cluster's drivers share, on one real PostgreSQL server: a tracking
+    server whose backend store is database `mlflow` (artifacts in the shared bucket), and
+    database `optuna` for the samplers' studies."""
+
+    def __init__(self, processes: Processes, root: Path, shared: SharedServices):
+        from postgres_support import PostgresServer
+        from reliability_support import MlflowServer
+
+        self.postgres = PostgresServer()
+        self.artifacts_prefix = "mlartifacts-postgres"  # in the shared bucket
+        try:
+            self.postgres.start()
+            self.optuna_url = self.postgres.create_database("optuna")
+            self.tracking = MlflowServer(
+                processes,
+                root / "mlflow",
+                artifacts=f"s3://{shared.s3.bucket}/{self.artifacts_prefix}",
+                env={**shared.s3.env, "MLFLOW_S3_ENDPOINT_URL": shared.s3.endpoint},
+                backend=self.postgres.create_database("mlflow"),
+            )
+            self.tracking.start(timeout=180)  # MLflow creates its tables in a fresh database
+        except BaseException:
+            self.postgres.stop()
+            raise
+
+    def stop(self) -> None:
+        self.postgres.stop()

@@ -97,27 +97,33 @@ CASES = [
     # refusals come first; test_shared_storage.py has those a real server gives) ---
     case(
         "run-storage-unreachable-endpoint",
-        "run mlvae --storage s3://bucket/dir?endpoint_override=127.0.0.1:{closed}&scheme=http",
+        "run mlvae --storage s3://bucket/dir?endpoint_override=127.0.0.1:{closed}&scheme=http --optuna-storage sqlite:///{inputs}/optuna.db",
         "storage:",
         "fix endpoint_override",
     ),
     case(
         "run-storage-unknown-scheme",
-        "run mlvae --storage nosuch://bucket/dir",
+        "run mlvae --storage nosuch://bucket/dir --optuna-storage sqlite:///{inputs}/optuna.db",
         "storage:",
         "e.g. s3://",
     ),
     case(
         "run-storage-unknown-option",
-        "run mlvae --storage s3://bucket/dir?endpoint=127.0.0.1",
+        "run mlvae --storage s3://bucket/dir?endpoint=127.0.0.1 --optuna-storage sqlite:///{inputs}/optuna.db",
         "storage:",
         "endpoint_override",
     ),
     case(
         "run-storage-credentials-in-uri",
-        "run mlvae --storage s3://AKIAEXAMPLE:se/cret@bucket/dir",
+        "run mlvae --storage s3://AKIAEXAMPLE:se/cret@bucket/dir --optuna-storage sqlite:///{inputs}/optuna.db",
         "storage:",
         "AWS_ACCESS_KEY_ID",
+    ),
+    case(
+        "run-shared-storage-without-optuna-storage",
+        "run mlvae --storage s3://bucket/dir?endpoint_override=127.0.0.1:{closed}&scheme=http",
+        "optuna-storage:",
+        "postgresql://",
     ),
     case(
         "resume-storage-unreachable-endpoint",

@@ -1,33 +1,29 @@
 """The MLflow UI as a researcher meets it, in a real browser: `study ui NAME` serves the
-study store and prints a link, and headless Chromium, loading that link, renders the
-study's runs by name, in model-training mode (not the GenAI overview MLflow 3 opens an
-experiment on).
-
-Chromium runs with `--dump-dom` and a virtual time budget: virtual time stands still while
-the page's requests to the server are open, so the React app has its answers and has
-rendered them when the budget runs out and the DOM is printed. A fresh profile per page
-means no mode is remembered from an earlier visit: the link alone must set it.
+study store and prints a link, and headless Chromium (tests/browser_support.py), loading
+that link, renders the study's runs by name, in model-training mode (not the GenAI
+overview MLflow 3 opens an experiment on), with their numbers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-import shutil
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from browser_support import (
+    CHROMIUM,
+    CHROMIUM_NAMES,
+    render,
+    ui_metric_text,
+    wait_until_answering,
+)
 from sweep_helpers import STUDY, free_ports, kill_group
 
 from analysis import records
-
-# The names `make test` looks for too (Makefile, CHROMIUM_NAMES).
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-CHROMIUM = next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 pytestmark = [
     pytest.mark.browser,
@@ -39,7 +35,6 @@ pytestmark = [
 ]
 
 UI_START_S = 90  # `study ui` until it answers, on a busy two-core machine
-VIRTUAL_TIME_MS = 15000
 # What only MLflow's GenAI mode shows for an experiment (its side navigation).
 GENAI_ONLY = ("Evaluation runs", "Observability")
 
@@ -64,26 +59,16 @@ def ui(analysis_study, tmp_path_factory):
         )
     try:
         address = f"http://127.0.0.1:{port}"
-        wait_until_answering(address, process, log)
+        try:
+            wait_until_answering(address, process, UI_START_S)
+        except RuntimeError as error:
+            pytest.fail(f"`study ui`: {error}:\n{log.read_text()[-3000:]}")
         links = re.findall(rf"^study {analysis_study.name}: (\S+)$", log.read_text(), re.M)
         assert len(links) == 1, log.read_text()
         yield address, links[0]
     finally:
         kill_group(process)
         assert not group_members(process.pid), f"`study ui` left {group_members(process.pid)}"
-
-
-def wait_until_answering(address: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + UI_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"`study ui` exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        health = f"{address}/health"
-        with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=2) as answer:
-            if answer.status == 200:
-                return
-        time.sleep(0.5)
-    pytest.fail(f"`study ui` did not answer within {UI_START_S}s:\n{log.read_text()[-3000:]}")
 
 
 def group_members(pgid: int) -> list[int]:
@@ -95,42 +80,6 @@ def group_members(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":
                 members.append(int(entry))
     return members
-
-
-def render(url: str, profile: Path) -> str:
-    """The DOM of `url` once headless Chromium has rendered it."""
-    process = subprocess.Popen(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",  # as root in a container
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            f"--user-data-dir={profile}",
-            "--window-size=1600,1200",  # every row of the table in view (it renders only those)
-            f"--virtual-time-budget={VIRTUAL_TIME_MS}",
-            "--dump-dom",
-            url,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        dom, errors = process.communicate(timeout=90)
-    finally:
-        kill_group(process, grace=5)
-    assert process.returncode == 0 and dom, (
-        f"chromium exited {process.returncode}:\n{errors[-3000:]}"
-    )
-    return dom
-
-
-def run_names(analysis_study, study: str) -> list[str]:
-    return [
-        trial.run_name for trial in records.read_study(study, analysis_study.tracking_uri).trials
-    ]
 
 
 def assert_model_training_runs_page(dom: str) -> None:
@@ -146,7 +95,8 @@ def test_the_study_link_shows_its_runs_in_model_training_mode(analysis_study, ui
     assert experiment.tags[records.TAG_EXPERIMENT_KIND] == records.EXPERIMENT_KIND
     assert link == records.study_runs_link(address, experiment.experiment_id, analysis_study.name)
 
-    names = run_names(analysis_study, analysis_study.name)
+    found = records.read_study(analysis_study.name, analysis_study.tracking_uri)
+    names = [trial.run_name for trial in found.trials]
     assert len(names) == 6 and all(name.startswith(f"{analysis_study.name}-") for name in names)
     dom = render(link, tmp_path / "profile")
     assert_model_training_runs_page(dom)
@@ -154,6 +104,24 @@ def test_the_study_link_shows_its_runs_in_model_training_mode(analysis_study, ui
     assert not missing, f"run names not on the page: {missing}"
     # Only this study's trials: neither its parent run nor its re-runs' trials.
     assert f">{analysis_study.robust}<" not in dom and ">top1-seeds1000-1001<" not in dom
+    # The view opens on the numbers: every trial's objectives, as the UI formats them,
+    # and the searched parameters' and objectives' column headers.
+    for metric, _ in found.parent.objectives:
+        values = [ui_metric_text(trial.metrics[metric]) for trial in found.trials]
+        missing = [v for v in values if f">{v}<" not in dom]
+        assert not missing, f"{metric} values not on the page: {missing}"
+        assert f">{metric}<" in dom
+    for name in json.loads(found.parent.space):
+        assert f">{name}<" in dom, f"no column for the searched parameter {name}"
+    # The data each trial trained on, as the Dataset column shows it: name (digest).
+    (dataset,) = {
+        (i.dataset.name, i.dataset.digest)
+        for trial in found.trials
+        for i in records.open_client(analysis_study.tracking_uri)
+        .get_run(trial.run_id)
+        .inputs.dataset_inputs
+    }
+    assert dataset[0] == "digits" and f"{dataset[0]} ({dataset[1]})" in dom
 
 
 def test_rerun_study_runs_are_named_by_variant_and_seed(analysis_study, ui, tmp_path):

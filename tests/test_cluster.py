@@ -101,7 +101,7 @@ def test_a_lost_node_trial_is_retried_from_its_checkpoint_in_the_bucket(
         *["run", "mlvae", "--name", name, "--trials", str(trials), "--epochs", str(epochs)],
         *["--eval-every", str(epochs), "--scheduler", "none", "--objective", "swap_acc:max"],
         *["--storage", s3.uri(prefix), "--address", three_nodes.address],
-        *["--tracking-uri", tracking.uri],
+        *["--tracking-uri", tracking.uri, "--optuna-storage", f"sqlite:///{tmp_path}/optuna.db"],
         cwd=tmp_path,
         log=log,
         env=three_nodes.env,

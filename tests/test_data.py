@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from trainables import DATASETS, DataError, load_dataset
-from trainables.data import IDX_FILES, GroupBatcher, fixed_groups, shuffled_batches
+from trainables.data import (
+    DIGITS_SOURCE,
+    IDX_FILES,
+    GroupBatcher,
+    fixed_groups,
+    shuffled_batches,
+)
 
 # --- digits -----------------------------------------------------------------------------
 
@@ -209,6 +215,25 @@ def test_load_mnist_from_idx_files(tmp_path):
     torch.testing.assert_close(dataset.x_train, expected)
     assert dataset.y_train.tolist() == arrays["y_train"].tolist()
     assert dataset.y_test.tolist() == arrays["y_test"].tolist()
+
+
+def test_a_dataset_records_where_it_came_from_and_a_hash_of_its_arrays(tmp_path, digits):
+    """What a trial's MLflow dataset input says: the same files hash the same wherever
+    they lie, and one changed pixel changes the hash."""
+    write_idx_set(tmp_path / "a")
+    first = load_dataset("mnist", data_dir=tmp_path / "a")
+    write_idx_set(tmp_path / "b")
+    copy = load_dataset("mnist", data_dir=tmp_path / "b")
+    assert first.source == str((tmp_path / "a").resolve()) and copy.source.endswith("b")
+    assert len(first.digest) == 16 and first.digest == copy.digest
+    changed = write_idx_set(tmp_path / "c")
+    changed["x_train"][0, 0, 0] ^= 1
+    for key, name in IDX_FILES.items():
+        (tmp_path / "c" / name).write_bytes(gzip.compress(idx_bytes(changed[key])))
+    assert load_dataset("mnist", data_dir=tmp_path / "c").digest != first.digest
+    assert first.to("cpu").digest == first.digest
+    assert digits.source == DIGITS_SOURCE and digits.digest == load_dataset("digits").digest
+    assert digits.digest != first.digest
 
 
 @pytest.mark.parametrize("layout", ["mnist", "MNIST/raw"])

@@ -79,6 +79,30 @@ def test_a_dominant_parameter_is_ranked_first_by_both_evaluators():
     pd.testing.assert_frame_equal(importance(study, [("acc", "max")]).table, found.table)
 
 
+def test_above_its_cap_fanova_reads_a_seeded_sample_and_the_note_says_so(monkeypatch):
+    cap = ABOVE_FLOOR - 10
+    monkeypatch.setattr(imp, "FANOVA_MAX_TRIALS", cap)
+    study = make_study(ABOVE_FLOOR, [driven_by_x], ["maximize"])
+    sample = imp.searched_scale(study, cap)
+    numbers = [t.params["x"] for t in sample.trials]
+    assert len(numbers) == cap and len(set(numbers)) == cap
+    assert numbers == [t.params["x"] for t in imp.searched_scale(study, cap).trials]
+    everything = [t.params["x"] for t in study.trials]
+    assert set(numbers) < set(everything)
+    assert numbers == [x for x in everything if x in set(numbers)]  # in the study's order
+    found = importance(study, [("acc", "max")])
+    assert found.reliable and found.table.index[0] == "x"
+    assert f"fANOVA on a seeded random {cap} of them" in found.note
+    assert "measured on" in found.note
+    # PED-ANOVA reads every trial: its figures are those of the uncapped study.
+    monkeypatch.setattr(imp, "FANOVA_MAX_TRIALS", ABOVE_FLOOR)
+    whole = importance(study, [("acc", "max")])
+    assert "seeded random" not in whole.note
+    pd.testing.assert_series_equal(
+        whole.table["ped_anova:acc"].sort_index(), found.table["ped_anova:acc"].sort_index()
+    )
+
+
 def test_below_the_floor_importance_is_not_yet_reliable_and_prints_no_numbers():
     n = MIN_TRIALS_FOR_IMPORTANCE - 1
     found = importance(make_study(n, [driven_by_x], ["maximize"]), [("acc", "max")])

@@ -200,6 +200,30 @@ def test_a_report_of_an_old_store(store, tmp_path):
     assert parent.info.run_id in text
 
 
+def test_status_of_a_study_without_trial_counts_counts_its_trial_runs(store, tmp_path):
+    """A study whose driver kept no counts on its parent run (an earlier version's):
+    `study status` counts its trial runs, and finds its best by the store's ordering."""
+    from click.testing import CliRunner
+
+    from study.cli import cli
+    from study.spec import StudySpec
+    from study.storage import write_spec
+
+    if records.find_study_run(store.client, store.experiment, "old") is None:
+        write_old_study(store.client, store.experiment, "old")
+    spec = StudySpec(
+        family="mlvae", name="old", trials=4, storage=str(tmp_path), tracking_uri=store.uri
+    )
+    write_spec(spec)
+    shown = CliRunner().invoke(cli, ["status", "old", "--storage", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == "study old: mlvae on digits, 3/4 trials"
+    assert lines[1] == "  finished 3"
+    assert lines[2] == "  best swap_acc (max): 0.9000  trial abc0_00000"
+    assert lines[3] == "  best recon_mse (min): 0.1000  trial abc0_00000"
+
+
 def test_reading_a_missing_study_writes_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with pytest.raises(UserError, match="no study 'nothing'"):
@@ -243,13 +267,17 @@ def test_sqlite_store_opens_under_the_directory_lock(tmp_path):
 
 # --- the writing side -----------------------------------------------------------------------
 class FakeCheckpoint:
-    def __init__(self, images: dict[str, bytes]):
-        self.images = images
+    """A trial's last checkpoint as the logger sees it: a directory on a pyarrow
+    filesystem, holding weights beside the image grids."""
 
-    def to_directory(self, path: str) -> None:
-        (Path(path) / "images").mkdir()
-        for name, data in self.images.items():
-            (Path(path) / "images" / name).write_bytes(data)
+    def __init__(self, directory: Path, images: dict[str, bytes]):
+        import pyarrow.fs
+
+        (directory / "images").mkdir(parents=True)
+        for name, data in images.items():
+            (directory / "images" / name).write_bytes(data)
+        (directory / "state.pt").write_bytes(b"weights")
+        self.path, self.filesystem = str(directory), pyarrow.fs.LocalFileSystem()
 
 
 def fake_trial(trial_id: str, lr: float) -> SimpleNamespace:
@@ -279,13 +307,16 @@ def test_the_tracking_callback_writes_what_the_reading_side_loads(store, monkeyp
     )
     parent_id = parent.info.run_id
     queue = tracking.TrackingQueue(store.uri)
-    logger = tracking.MlflowTrialLogger(queue, store.experiment, parent_id, "w", {"swap_acc"})
+    logger = tracking.MlflowTrialLogger(
+        queue, store.experiment, parent_id, "w", {"swap_acc"}, objectives=[("swap_acc", "max")]
+    )
     trial = fake_trial("wt_00000", 0.003)
 
     # The first result of a trial goes out at once, later ones wait for the throttle.
     monkeypatch.setattr(tracking, "METRICS_EVERY_SECONDS", 3600.0)
     logger.on_trial_start(0, [trial], trial)
-    logger.on_trial_result(0, [trial], trial, result(1))
+    source = {records.RESULT_DATASET_SOURCE: "/data/mnist", records.RESULT_DATASET_DIGEST: "d1"}
+    logger.on_trial_result(0, [trial], trial, result(1, **source))
     logger.on_trial_result(0, [trial], trial, result(2, device="cuda"))
     logger.on_step_end(0, [trial])
     run_id = logger.runs.run_id(trial.trial_id)
@@ -305,7 +336,7 @@ def test_the_tracking_callback_writes_what_the_reading_side_loads(store, monkeyp
         store.experiment, tags=records.trial_tags(parent_id, "w", "lost0000")
     ).info.run_id
     trial.last_result = {**result(3), "time_total_s": 12.5}
-    trial.checkpoint = FakeCheckpoint({"swaps.png": b"png"})
+    trial.checkpoint = FakeCheckpoint(store.directory / "checkpoint", {"swaps.png": b"png"})
     resumed.on_trial_complete(0, [trial], trial)
     resumed.on_experiment_end([trial])
 
@@ -322,8 +353,29 @@ def test_the_tracking_callback_writes_what_the_reading_side_loads(store, monkeyp
     assert written.config.params["lr"] == 0.003
     assert written.config.params["hidden"] == [500]
     assert epochs_of(store.client, run_id) == [1, 2, 3]
+    # The image grids of its last checkpoint, not its weights.
+    artifacts = [a.path for a in store.client.list_artifacts(run_id)]
     images = [a.path for a in store.client.list_artifacts(run_id, "images")]
-    assert images == ["images/swaps.png"]
+    assert artifacts == ["images"] and images == ["images/swaps.png"]
+    # The data it trained on, once, as MLflow's dataset input for training.
+    (logged,) = store.client.get_run(run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("digits", "d1")
+    assert json.loads(logged.dataset.source) == {"uri": "/data/mnist"}
+    assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "train")]
+    # The parent run's trial counts, as the driver saw the trials at the end.
+    trial.status = "TERMINATED"
+    resumed.on_experiment_end([trial])
+    parent_record = records.StudyRecord.from_run(store.client.get_run(parent_id))
+    assert parent_record.progress == {
+        "trials_total": 1,
+        "trials_pending": 0,
+        "trials_running": 0,
+        "trials_terminated": 1,
+        "trials_error": 0,
+        "trials_diverged": 0,
+    }
+    assert parent_record.tags[records.TAG_PROGRESS_AT].endswith("Z")
+    assert parent_record.best("swap_acc") == (pytest.approx(0.8), trial.trial_id)
 
 
 @pytest.mark.parametrize("uptime", [1.0, 1e6])  # seconds since the monotonic clock's zero
@@ -351,6 +403,54 @@ def test_a_trial_first_result_goes_out_at_once_whatever_the_clock_reads(monkeypa
         "metrics of t1 to epoch 3",
         "metrics of t2 to epoch 1",
     ]
+
+
+def test_the_parent_run_counts_the_trials_when_they_change_at_most_every_period(monkeypatch):
+    from study import tracking
+
+    class Sent(list):
+        def submit(self, what, operation):
+            self.append(what)
+
+    clock = [5.0]
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: clock[0])
+    trials = [
+        SimpleNamespace(trial_id=f"t{i}", status=status, last_result=last)
+        for i, (status, last) in enumerate(
+            [
+                ("TERMINATED", {"diverged": 0.0, "acc": 0.5, "loss": 2.0}),
+                ("TERMINATED", {"diverged": 1.0, "acc": 0.9, "loss": 0.1}),
+                ("ERROR", {"diverged": 1.0}),  # an error is counted as an error only
+                ("RUNNING", {"acc": 0.95, "loss": 0.05}),  # not finished: not a best
+                ("PENDING", None),
+                ("TERMINATED", {"diverged": 0.0, "acc": 0.7, "loss": float("nan")}),
+            ]
+        )
+    ]
+    assert tracking.trial_counts(trials) == {
+        "trials_total": 6,
+        "trials_pending": 1,
+        "trials_running": 1,
+        "trials_terminated": 3,
+        "trials_error": 1,
+        "trials_diverged": 1,
+    }
+    assert tuple(tracking.trial_counts(trials)) == records.PROGRESS_METRICS
+    # The best finished trial, neither diverged nor without a finite value.
+    objectives = [("acc", "max"), ("loss", "min")]
+    assert tracking.best_trials(trials, objectives) == {"acc": (0.7, "t5"), "loss": (2.0, "t0")}
+    sent = Sent()
+    progress = tracking.StudyProgress(sent, "parent", objectives)
+    progress.update(trials)
+    progress.update(trials)  # within the period
+    clock[0] += tracking.PROGRESS_EVERY_SECONDS
+    progress.update(trials)  # due, but nothing changed
+    trials[3].status = "TERMINATED"
+    progress.update(trials)  # changed, but within the period of the last count
+    clock[0] += tracking.PROGRESS_EVERY_SECONDS
+    progress.update(trials)
+    progress.update(trials, final=True)  # the end is always written
+    assert sent == ["study progress"] * 3
 
 
 def epochs_of(client, run_id: str) -> list[int]:
@@ -460,28 +560,74 @@ def test_a_rerun_trial_run_is_named_by_variant_and_seed(tmp_path):
     assert written.tags[records.TAG_SOURCE_STUDY] == "s1"
 
 
-def test_the_study_link_filters_the_runs_table_to_the_studys_trials(tmp_path):
+def saved_view(client, experiment: str, study: str) -> dict:
+    """The state of study's saved view, decoded as MLflow's UI decodes it."""
+    import base64
+    import zlib
+
+    envelope = json.loads(client.get_experiment(experiment).tags[records.study_view_tag(study)])
+    assert set(envelope) == {"name", "createdAt", "updatedAt", "state"}
+    assert envelope["name"] == f"study {study}" and isinstance(envelope["createdAt"], int)
+    packed = envelope["state"].removeprefix("deflate;")
+    assert packed != envelope["state"]
+    return json.loads(zlib.decompress(base64.b64decode(packed)))
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_the_study_link_opens_a_view_of_its_trials_and_their_numbers(tmp_path, seeds):
     from urllib.parse import parse_qs, urlsplit
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = records.open_client(uri)
     experiment = records.experiment_id(client, records.DEFAULT_EXPERIMENT)
+    space = {"lr": {}, "z_dim": {}}  # the names are what the view reads
     for study in ("s1", "s1-robust"):
+        tags = records.study_tags(study, "betavae", "digits", ["recon_mse:min", "kl:max"], "t")
         parent = client.create_run(
-            experiment, tags=records.study_tags(study, "mlvae", "digits", [], "test")
+            experiment, tags={**tags, records.TAG_SPACE: json.dumps(space)}
         ).info.run_id
+        client.log_batch(
+            parent, params=records.params_of({"seeds": seeds, "seed_aggregate": "bound"})
+        )
         for i in range(2):
             client.create_run(
                 experiment,
                 run_name=f"{study}-t{i}",
                 tags=records.trial_tags(parent, study, f"t{i}"),
             )
+    _, _, run = records.find_study(uri, "s1", records.DEFAULT_EXPERIMENT)
+    records.write_study_view(client, records.StudyRecord.from_run(run))
 
     link = records.study_runs_link("http://127.0.0.1:5000/", experiment, "s1")
     assert link.startswith(f"http://127.0.0.1:5000/#/experiments/{experiment}/runs?")
     query = {k: v for k, (v,) in parse_qs(urlsplit(link).fragment.split("?", 1)[1]).items()}
-    assert query["workflowType"] == "machine_learning"
-    assert query["orderByKey"] == "tags.`mlflow.runName`" and query["orderByAsc"] == "true"
+    # The UI applies a saved view only to a link with no filter or sort of its own.
+    assert query == {
+        "viewStateShareKey": "study-s1",
+        "compareRunsMode": "TABLE",
+        "workflowType": "machine_learning",
+    }
+    assert records.VIEW_TAG_PREFIX + query["viewStateShareKey"] == records.study_view_tag("s1")
+    envelope = client.get_experiment(experiment).tags[records.study_view_tag("s1")]
+    assert len(envelope) <= records.VIEW_TAG_LIMIT
+    state = saved_view(client, experiment, "s1")
     # The filter is MLflow search syntax that selects exactly the study's trial runs.
-    runs = client.search_runs([experiment], filter_string=query["searchFilter"])
+    runs = client.search_runs([experiment], filter_string=state["searchFilter"])
     assert sorted(run.info.run_name for run in runs) == ["s1-t0", "s1-t1"]
+    # Best first by what the study ranks by: with seeds, the bound of the first objective.
+    ranked = "recon_mse_upper" if seeds > 1 else "recon_mse"
+    assert (state["orderByKey"], state["orderByAsc"]) == (f"metrics.`{ranked}`", True)
+    seed_columns = [
+        f"metrics.`{metric}_{stat}`"
+        for metric in ("recon_mse", "kl")
+        for stat in records.SEED_STATS
+    ]
+    expected = {
+        records.VIEW_DATASET_COLUMN,
+        "metrics.`recon_mse`",
+        "metrics.`kl`",
+        "params.`lr`",
+        "params.`z_dim`",
+        *(seed_columns if seeds > 1 else []),
+    }
+    assert set(state["selectedColumns"]) == expected

@@ -481,6 +481,9 @@ def test_a_study_that_cannot_start_leaves_nothing_half_made(tmp_path, ray_env, w
     db = tmp_path / "mlflow.db"
     assert run_states(db) == [(name, "FAILED", "deleted")]
     assert records.find_study(f"sqlite:///{db}", name, EXPERIMENT) is None
+    # Nor its saved view of the runs table (written before Tune's part began).
+    experiment = records.open_client(f"sqlite:///{db}").get_experiment_by_name(EXPERIMENT)
+    assert records.study_view_tag(name) not in experiment.tags
     # Storage: no spec, no tuner.pkl, no study directory at all.
     assert not (tmp_path / "ray_results" / name).exists()
     # Optuna: the study the searcher made at its first suggestion (where it got that far:
@@ -498,7 +501,7 @@ def test_a_study_that_cannot_start_leaves_nothing_half_made(tmp_path, ray_env, w
     run_study(args, tmp_path, ray_env)
     status = run_forked_cli(["status", name], tmp_path)
     assert status.returncode == 0, status.stderr
-    assert f"study {name}: mlvae on digits, 1/1 trials in MLflow" in status.stdout
+    assert f"study {name}: mlvae on digits, 1/1 trials" in status.stdout
     assert [state for state in run_states(db) if state[1] == "RUNNING"] == []
 
 

@@ -3,8 +3,10 @@ signatures checked against an IAM key) and a real `mlflow server` over HTTP whos
 go to the same bucket (the lost-node sweep on a three-node cluster is in test_cluster.py).
 
 - a killed driver, then `study resume` from another directory given only the storage URI:
-  exactly the requested trials and runs, everything recorded on the server and stored in
-  the bucket, nothing local; `study robustness` then re-runs the best from the bucket;
+  exactly the requested trials and runs, everything recorded on the server (its backend
+  store on PostgreSQL), the sampler's study in PostgreSQL and the rest in the bucket,
+  nothing local; `study robustness` then re-runs the best from the bucket;
+- two studies at once against the same databases;
 - storage the server refuses (a missing bucket, missing or wrong credentials): exit 2 in
   seconds with one line, and nothing written anywhere.
 """
@@ -40,11 +42,16 @@ pytestmark = pytest.mark.cluster
 
 # --- a killed driver, resumed from another directory --------------------------------------
 @pytest.mark.slow
-def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, procs, tmp_path):
+def test_resume_on_another_driver_needs_only_the_storage_uri(
+    shared_services, cluster_databases, procs, tmp_path
+):
     """ML-VAE's two default objectives, so Optuna runs NSGA-II; its state too must come
-    back from the bucket."""
+    back from the bucket. The databases are a cluster's: the tracking server's backend
+    store and the Optuna storage on PostgreSQL, so the second driver needs the storage URI
+    alone (the spec in the bucket names the other two)."""
     name, trials, epochs = "moved", 4, 15
-    s3, tracking = shared_services.s3, shared_services.tracking
+    s3, tracking = shared_services.s3, cluster_databases.tracking
+    optuna_url = cluster_databases.optuna_url
     storage = s3.uri("sweeps")
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
@@ -56,6 +63,7 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, pr
             *["run", "mlvae", "--name", name, "--trials", str(trials), "--epochs", str(epochs)],
             *["--eval-every", str(epochs), "--scheduler", "none"],
             *["--storage", storage, "--tracking-uri", tracking.uri],
+            *["--optuna-storage", optuna_url],
             cwd=first,
             log=log,
             env=env,
@@ -76,20 +84,29 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, pr
         # Another driver: a new directory, the storage URI and the credentials; the spec
         # in the bucket says where MLflow and the Optuna study are.
         resume_log = second / "resume.log"
+        started = time.monotonic()
         resumed = procs.study(
             "resume", name, "--storage", storage, cwd=second, log=resume_log, env=env
         )
         output = finish(resumed, resume_log)
+        print(f"resumed on PostgreSQL in {time.monotonic() - started:.1f} s:\n{output}")
     assert sorted(p.name for p in second.iterdir()) == ["resume.log"], "resume wrote local files"
-    # The first driver kept only its log and the sampler's Optuna study (optuna.db beside
-    # it: there is no SQLite store to put it next to); no results, no MLflow store.
-    assert sorted(p.name for p in first.iterdir()) == ["optuna.db", "run.log"]
+    # The first driver kept only its log: no results, no MLflow store, no Optuna storage.
+    assert sorted(p.name for p in first.iterdir()) == ["run.log"]
+    # The sampler's study, in PostgreSQL: every trial told, none left running.
+    import optuna
+
+    told = optuna.load_study(study_name=name, storage=optuna_url).get_trials(deepcopy=False)
+    assert len(told) >= trials
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in told) == trials
+    assert not [t for t in told if t.state == optuna.trial.TrialState.RUNNING]
 
     record = study_record(tracking.uri, name)
     parent = record.parent
     assert parent.info.status == "FINISHED"
     assert parent.data.params["tracking_uri"] == tracking.uri
     assert parent.data.params["storage"] == storage
+    assert parent.data.params["optuna_storage"] == records.redact(optuna_url)
     assert parent.data.metrics["trials_total"] == trials
     objectives = get_family("mlvae").default_objectives
     assert parent.data.tags[records.TAG_OBJECTIVES] == ",".join(objectives)
@@ -122,7 +139,7 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, pr
             "images/swaps.png",
             "images/latent_scatter.png",
         }
-        where = f"mlartifacts/{record.experiment_id}/{run_id}/artifacts/images/"
+        where = f"{cluster_databases.artifacts_prefix}/{record.experiment_id}/{run_id}/artifacts/images/"
         sizes = {k.rpartition("/")[2]: len(s3.read(k)) for k in s3.keys(where)}
         assert sizes == {k.removeprefix("images/"): v for k, v in listed.items()}
 
@@ -157,6 +174,49 @@ def test_resume_on_another_driver_needs_only_the_storage_uri(shared_services, pr
     assert any(k.endswith(STATE_FILE) for k in robust_keys), robust_keys
 
 
+@pytest.mark.slow
+def test_two_studies_at_once_share_the_databases(
+    shared_services, cluster_databases, procs, tmp_path
+):
+    """Two drivers (each with Ray of its own) write to one tracking server on PostgreSQL
+    and one Optuna database at the same time: each study gets its own trials, runs and
+    Optuna study, and neither sees the other's."""
+    names, trials = ("twin-a", "twin-b"), 3
+    tracking, optuna_url = cluster_databases.tracking, cluster_databases.optuna_url
+    storage = shared_services.s3.uri("twins")
+    drivers = []
+    with ray_tmpdir() as ray_tmp:
+        env = base_env(ray_tmp, **shared_services.env)
+        started = time.monotonic()
+        for name in names:
+            cwd = tmp_path / name
+            cwd.mkdir()
+            driver = procs.study(
+                *["run", "betavae", "--name", name, "--trials", str(trials), "--epochs", "2"],
+                *["--scheduler", "none", "--concurrency", "1", "--storage", storage],
+                *["--tracking-uri", tracking.uri, "--optuna-storage", optuna_url],
+                cwd=cwd,
+                log=cwd / "run.log",
+                env=env,
+            )
+            drivers.append((driver, cwd / "run.log"))
+        for driver, log in drivers:
+            finish(driver, log)
+        print(f"two studies at once on PostgreSQL: {time.monotonic() - started:.1f} s")
+    import optuna
+
+    stored = optuna.get_all_study_names(storage=optuna_url)
+    for name in names:
+        record = study_record(tracking.uri, name)
+        assert record.parent.info.status == "FINISHED"
+        assert record.parent.data.metrics["trials_terminated"] == trials
+        assert [r.info.status for r in record.children] == ["FINISHED"] * trials
+        assert {r.data.tags[records.TAG_STUDY] for r in record.children} == {name}
+        assert name in stored
+        told = optuna.load_study(study_name=name, storage=optuna_url).trials
+        assert [t.state for t in told] == [optuna.trial.TrialState.COMPLETE] * trials
+
+
 # --- a study that cannot start -------------------------------------------------------------
 def test_a_study_that_cannot_start_leaves_nothing_in_the_bucket(shared_services, tmp_path):
     """As tests/test_reliability.py's study that cannot start, its results on S3 and its
@@ -165,6 +225,7 @@ def test_a_study_that_cannot_start_leaves_nothing_in_the_bucket(shared_services,
     s3, tracking = shared_services.s3, shared_services.tracking
     name, storage = "unmade-s3", s3.uri("unmade")
     args = [*SMALL_SWEEP, "--name", name, "--storage", storage, "--tracking-uri", tracking.uri]
+    args += ["--optuna-storage", f"sqlite:///{tmp_path / 'optuna.db'}"]
     with ray_tmpdir() as ray_tmp:
         env = base_env(ray_tmp, **shared_services.env)
         done = run_study(["pickle", *args], tmp_path, env, check=False, study=BROKEN_STUDY)
@@ -215,7 +276,8 @@ def test_unusable_storage_fails_in_seconds_writing_nothing(shared_services, tmp_
     env = {k: v for k, v in clean_env().items() if not k.startswith("AWS_")}
     started = time.monotonic()
     done = run_forked_cli(
-        ["run", "mlvae", "--trials", "2", "--storage", storage, "--tracking-uri", tracking.uri],
+        ["run", "mlvae", "--trials", "2", "--storage", storage, "--tracking-uri", tracking.uri]
+        + ["--optuna-storage", f"sqlite:///{tmp_path}-optuna.db"],
         tmp_path,
         env={**env, **aws},
     )

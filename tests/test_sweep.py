@@ -174,9 +174,17 @@ def test_optuna_drives_the_trials(sweep, searcher_state):
 
 def test_status_reports_the_study(sweep):
     done = run_study(["status", NAME], cwd=sweep.cwd)
-    assert f"{TRIALS}/{TRIALS} trials in MLflow" in done.stdout
+    assert f"{TRIALS}/{TRIALS} trials" in done.stdout
     assert f"finished {TRIALS}" in done.stdout
-    assert f"best {OBJECTIVE[0]}" in done.stdout
+    # The best trial by the store's ordering is the one the recorded values make best.
+    value = max(c.data.metrics[OBJECTIVE[0]] for c in sweep.record.children)
+    best = {
+        c.data.tags[records.TAG_TRIAL]
+        for c in sweep.record.children
+        if c.data.metrics[OBJECTIVE[0]] == value
+    }
+    (line,) = [x for x in done.stdout.splitlines() if f"best {OBJECTIVE[0]} (max)" in x]
+    assert f": {value:.4f}  trial " in line and line.rsplit(" ", 1)[-1] in best
 
 
 def test_export_then_train_reproduces_the_metrics(sweep):
@@ -221,3 +229,36 @@ def test_report_shows_the_best_trials_images_with_the_latent_scatter(sweep):
     for name in ("latent_scatter", "reconstructions", "swaps"):
         assert f"<img src='images/{name}.png'>" in page, name
         assert (out / "images" / f"{name}.png").stat().st_size > 1000, name
+
+
+def test_the_driver_forgets_a_finished_trials_running_statistics(monkeypatch):
+    """Ray keeps min/max/mean and the last values of every number a trial reported; a
+    study's driver drops them when the trial ends (its last result stays), so they leave
+    its memory and its snapshots, and it trims the C heap at most every few seconds."""
+    from types import SimpleNamespace
+
+    from ray.tune.trainable.metadata import _TrainingRunMetadata
+
+    from study import execute
+
+    metadata = _TrainingRunMetadata()
+    metadata.last_result = {"recon_mse": 0.25}
+    for step, value in enumerate([0.5, 0.25], start=1):
+        metadata.update_metric("recon_mse", value, step=step)
+    before = metadata.get_json_state()
+    assert "last-10-avg" in before
+    trial = SimpleNamespace(run_metadata=metadata)
+    execute.DriverMemory().on_trial_complete(0, [trial], trial)
+    assert metadata.metric_analysis == {} and metadata.metric_n_steps == {}
+    after = metadata.get_json_state()  # the cached JSON went with them
+    assert "last-10-avg" not in after and len(after) < len(before)
+    assert metadata.last_result == {"recon_mse": 0.25}
+
+    trims, clock = [], [100.0]
+    monkeypatch.setattr(execute, "_release_free_heap", lambda: trims.append(clock[0]))
+    monkeypatch.setattr(execute.time, "monotonic", lambda: clock[0])
+    memory = execute.DriverMemory()
+    for _ in range(3):
+        memory.on_step_end(0, [])
+        clock[0] += execute.TRIM_EVERY_SECONDS / 2
+    assert trims == [100.0, 100.0 + execute.TRIM_EVERY_SECONDS]

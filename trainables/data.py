@@ -6,7 +6,9 @@ A training loop never touches a Python object per sample: a split is one float t
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import hashlib
 import importlib.metadata
 import os
 import struct
@@ -36,6 +38,7 @@ IDX_FILES = {
 TORCHVISION_SUBDIRS = {"mnist": "MNIST/raw", "fashion-mnist": "FashionMNIST/raw"}
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+DIGITS_SOURCE = "sklearn.datasets.load_digits"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class Dataset:
     y_test: torch.Tensor
     image_shape: tuple[int, int]
     n_classes: int
+    # Where the data came from (a directory, or "sklearn.datasets.load_digits") and a hash
+    # of its arrays as loaded: what a trial's MLflow dataset input records, so runs that
+    # trained on different files (another node's copy) tell apart.
+    source: str = ""
+    digest: str = ""
 
     @property
     def n_pixels(self) -> int:
@@ -60,15 +68,23 @@ class Dataset:
 
     def to(self, device: str | torch.device) -> Dataset:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Dataset(
-            self.name,
-            move(self.x_train),
-            move(self.y_train),
-            move(self.x_test),
-            move(self.y_test),
-            self.image_shape,
-            self.n_classes,
+        return dataclasses.replace(
+            self,
+            x_train=move(self.x_train),
+            y_train=move(self.y_train),
+            x_test=move(self.x_test),
+            y_test=move(self.y_test),
         )
+
+
+def digest(arrays: dict[str, np.ndarray]) -> str:
+    """The first 16 hex digits of the SHA-256 of the arrays, in key order (MLflow keeps at
+    most 36 characters of a dataset's digest)."""
+    hashed = hashlib.sha256()
+    for key in sorted(arrays):
+        hashed.update(key.encode())
+        hashed.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return hashed.hexdigest()[:16]
 
 
 def load_dataset(
@@ -102,6 +118,8 @@ def load_dataset(
         labels(arrays["y_test"]),
         (rows, cols),
         10,
+        source=str(directory.resolve()),
+        digest=digest(arrays),
     )
     return dataset.to(device)
 
@@ -137,6 +155,8 @@ def _load_digits() -> Dataset:
         t(arrays["y_test"]),
         (8, 8),
         10,
+        source=DIGITS_SOURCE,
+        digest=digest(arrays),
     )
 
 

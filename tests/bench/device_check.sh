@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token
 tar -xJf .devsite/site312.tar.xz -C /tmp
 export PYTHONPATH=/tmp/latent-site312:$PWD
 
-steps=" ${STEPS:-env pytest_gpu bench_abde bench_c bench_h} "  # also: study_mnist
+steps=" ${STEPS:-env pytest_gpu bench_abde bench_c bench_h} "  # also: study_mnist headline
 step() {
   local name=$1 limit=$2 lines=$3 start=$SECONDS rc
   shift 3
@@ -39,5 +39,8 @@ step bench_c "${SWEEP_LIMIT:-150}" 22 python3 -m tests.bench.run --devices cuda 
 step bench_h "${SEEDS_LIMIT:-240}" 70 python3 -m tests.bench.run --devices cuda --only h \
   --data-dir .devdata/mnist --json "$out/bench-h-cuda.json"
 step study_mnist "${STUDY_LIMIT:-420}" 30 bash tests/bench/device_study.sh "$out"
+# Issue 24's headline study: 64 configs x 3 seeds x 20 epochs, ASHA, then the report (<= 10 min).
+step headline "${HEADLINE_LIMIT:-600}" 30 python3 -m tests.bench.headline --gpus-per-trial 0.25 \
+  --data-dir .devdata/mnist --out "$out/headline-cuda.json"
 [[ $steps == *" study_mnist "* ]] && tar -czf "$out/mnist-study.tar.gz" -C /tmp/mnist-study \
   mlflow.db optuna.db mlruns

@@ -2,7 +2,7 @@
 
     python -m tests.bench.run            # full run (about 25 minutes on 2 cores)
     python -m tests.bench.run --quick    # small sizes, a dry run of every section
-    python -m tests.bench.run --only ab  # some sections (a b c d e f g h)
+    python -m tests.bench.run --only ab  # some sections (a b c d e f g h i)
 
 Sections (targets from the issue; a MISS is reported, not raised):
   a. training throughput per family, ours vs a torchvision-style DataLoader loop (>= 3x);
@@ -15,6 +15,11 @@ Sections (targets from the issue; a MISS is reported, not raised):
      parameter first in >= 90% of synthetic studies (<= MIN_TRIALS_FOR_IMPORTANCE; no torch)
   g. OpenMP wait policy per execution context: step times under spin, PASSIVE and a short
      spin, alone, in sweeps, oversubscribed and beside a busy driver (our policy <= 1.2x best)
+  i. scale: a study of N minimal trials (betavae on digits, 1 epoch, concurrency = cores) for
+     N = 100 and 1,000 (--scale-trials 100,1000,5000 adds 5,000: about 45 minutes here), beside
+     a bare tune.Tuner in the same layout: cost per trial (<= 1.2x its 100-trial figure),
+     driver RSS growth (<= 50 KB per trial), Optuna's suggestion latency, MLflow rows, and the
+     time of `study status` (<= 3 s) and `study report` (<= 30 s) on the finished study
   h. seed replicas: seed-epochs/s of one experiment of S = 1, 4, 8 replicas vs S solo runs,
      per family, on digits and MNIST (GPU: an 8-replica epoch <= 1.5x a 1-replica epoch;
      CPU: >= 1x S solo runs); end to end on the CPU, one sweep trial of 4 seeds vs 4
@@ -53,7 +58,7 @@ from tests.bench.common import (  # noqa: E402
     verdict,
 )
 
-SECTIONS = "abcdefgh"
+SECTIONS = "abcdefghi"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,7 +90,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="torch threads for a, b, d (default: torch's)"
     )
     parser.add_argument(
-        "--keep-sweep-dir", action="store_true", help="keep section c's temporary directory"
+        "--keep-sweep-dir",
+        action="store_true",
+        help="keep the temporary directories of sections c and i",
     )
     parser.add_argument(
         "--devices",
@@ -102,6 +109,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="section c on CUDA: each trial takes this fraction of the GPU, 1/FRACTION at once",
+    )
+    parser.add_argument(
+        "--scale-trials",
+        default=None,
+        help="section i's study sizes, e.g. 100,1000,5000 (default 100,1000; quick: 20,100)",
     )
     args = parser.parse_args(argv)
     unknown = set(args.only) - set(SECTIONS)
@@ -654,6 +666,79 @@ def section_g(report: Report, args) -> None:
     say()
 
 
+# --- i ---------------------------------------------------------------------------------
+def section_i(report: Report, args) -> None:
+    from tests.bench import scale
+
+    if args.scale_trials:
+        counts = [int(n) for n in args.scale_trials.split(",")]
+    else:
+        counts = [20, 100] if args.quick else list(scale.DEFAULT_TRIALS)
+    say(f"i. scale: studies of {', '.join(map(str, counts))} one-epoch trials, and a bare Tuner")
+    r = scale.run(counts, log=say, keep=args.keep_sweep_dir)
+    report.section("i_scale", r)
+    first = counts[0]
+    rows = []
+    for n in counts:
+        ours, bare = r["ours"][n], r["bare"][n]
+        ratio = ours["fit_per_trial_s"] / r["ours"][first]["fit_per_trial_s"]
+        checks = [report.check("i", f"cost per trial at {n} / at {first}", ratio, scale.TARGET_COST_RATIO, False, "x")]  # fmt: skip
+        if n >= 1000:  # below, the start-up's memory swamps the slope
+            checks.append(report.check("i", f"driver growth per trial at {n}", ours["driver_growth_kb_per_trial"], scale.TARGET_GROWTH_KB, False, " KB"))  # fmt: skip
+        if n >= 5000:
+            checks.append(report.check("i", f"study status at {n}", ours["status_s"], scale.TARGET_STATUS_S, False, " s"))  # fmt: skip
+            checks.append(report.check("i", f"study report at {n}", ours["report_s"], scale.TARGET_REPORT_S, False, " s"))  # fmt: skip
+        rows.append(
+            [
+                n,
+                ours["wall_s"],
+                ours["fit_per_trial_s"],
+                ratio,
+                ours["slot_s_outside_training_per_trial"],
+                bare["fit_per_trial_s"],
+                bare["slot_s_outside_training_per_trial"],
+                ours["driver_peak_rss_mb"],
+                ours["driver_growth_kb_per_trial"],
+                bare["driver_growth_kb_per_trial"],
+                ours["suggest"]["median_s"] * 1000,
+                ours["mlflow_rows_per_trial"],
+                ours["ray_storage_mb"] / n,
+                ours["status_s"],
+                ours["report_s"],
+                ours["export_s"],
+                " ".join(checks),
+            ]
+        )
+    say()
+    say(
+        table(
+            f"i. scale: study run {scale.FAMILY} --dataset {scale.DATASET} --epochs 1 --scheduler none "
+            f"--concurrency {r['concurrency']} (ours) beside a bare tune.Tuner of a function that only "
+            "reports (bare), same sampler, resources and actor reuse",
+            [
+                "N",
+                "wall s",
+                "fit s/trial",
+                "/ first N",
+                "slot s/trial outside training",
+                "bare fit s/trial",
+                "bare slot s/trial",
+                "driver peak MB",
+                "driver KB/trial",
+                "bare KB/trial",
+                "suggest ms",
+                "MLflow rows/trial",
+                "Ray MB/trial",
+                "status s",
+                "report s",
+                "export s",
+                "result",
+            ],
+            rows,
+        )
+    )
+
+
 # --- h ---------------------------------------------------------------------------------
 def section_h(report: Report, args, devices: list[str], dataset) -> None:
     from tests.bench import seeds
@@ -817,6 +902,8 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("g", lambda: section_g(report, args)))
     if "h" in args.only:
         steps.append(("h", lambda: section_h(report, args, devices, dataset)))
+    if "i" in args.only:
+        steps.append(("i", lambda: section_i(report, args)))
     for name, step in steps:
         try:
             step()

@@ -1,0 +1,84 @@
+"""The headline study as one command, timed: the ML-VAE on MNIST, 64 configurations x 3
+seed replicas, 20 epochs, ASHA, then `study report`; its wall time and sweep share (the
+trials' training and evaluation seconds over tuner.fit's wall time x concurrency).
+
+    python -m tests.bench.headline [--configs 64] [--gpus-per-trial 0.25] [--out FILE]
+
+Target (issue 24): at most 10 minutes on one H200, with --gpus-per-trial 0.25 (4 trials
+at once, each with its share of the cores). On a CPU machine, --configs 16 (a quarter)
+fits in about half an hour on 2 cores; the note extrapolates from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.bench.common import REPO_ROOT, find_mnist_dir, machine_info
+
+NAME = "headline"
+EXPERIMENT = "bench"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.headline", description=__doc__)
+    parser.add_argument("--configs", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default="headline-results.json")
+    args = parser.parse_args(argv)
+    data = find_mnist_dir(args.data_dir)
+    if data is None:
+        parser.error("--data-dir: no MNIST idx files found; name the directory that holds them")
+    cores = os.cpu_count() or 1
+    concurrency = round(1 / args.gpus_per_trial) if args.gpus_per_trial else cores
+    cpus = max(1, cores // concurrency)
+    workdir = Path(tempfile.mkdtemp(prefix="latent-headline-"))
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    where = ["--tracking-uri", uri, "--experiment", EXPERIMENT]
+    run = [
+        "run", "mlvae", "--dataset", "mnist", "--data-dir", str(data), "--name", NAME,
+        "--trials", str(args.configs), "--seeds", str(args.seeds), "--epochs", str(args.epochs),
+        "--concurrency", str(concurrency), "--cpus-per-trial", str(cpus),
+        "--gpus-per-trial", str(args.gpus_per_trial), "--storage", str(workdir / "ray_results"),
+        *where,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    figures = {"command": "study " + " ".join(run), "machine": machine_info()}
+    for step, command in (("run", run), ("report", ["report", NAME, "--out", str(workdir / "report"), *where])):  # fmt: skip
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "study.cli", *command], cwd=workdir, env=env)
+        figures[f"{step}_s"] = time.perf_counter() - started
+        if done.returncode != 0:
+            print(f"study {step} failed ({done.returncode}); kept {workdir}", file=sys.stderr)
+            return 1
+    from analysis.records import read_study
+
+    study = read_study(NAME, uri, EXPERIMENT)
+    fit = float(study.parent.metrics["wall_seconds"])
+    busy = [t.metrics.get("train_seconds", 0.0) + t.metrics.get("eval_seconds", 0.0) for t in study.trials]  # fmt: skip
+    epochs = sorted(int(t.metrics.get("epoch", 0)) for t in study.trials)
+    figures.update(
+        fit_s=fit,
+        concurrency=concurrency,
+        sweep_share=sum(busy) / (fit * concurrency),
+        train_eval_s=sum(busy),
+        epochs_reached={str(e): epochs.count(e) for e in sorted(set(epochs))},
+        total_s=figures["run_s"] + figures["report_s"],
+        workdir=str(workdir),
+    )
+    Path(args.out).write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
