@@ -584,11 +584,10 @@ def study_view(parent: StudyRecord, searched: Iterable[str]) -> str:
     import time
     import zlib
 
-    seeds = int(parent.params.get("seeds", 1))
     columns = [VIEW_DATASET_COLUMN]
     for metric, _ in parent.objectives:
         columns.append(f"metrics.`{metric}`")
-        if seeds > 1:
+        if parent.seeds > 1:
             columns += [f"metrics.`{stat_metric(metric, stat)}`" for stat in SEED_STATS]
     columns += [f"params.`{name}`" for name in searched]
     metric, mode = parent.ranked_by
@@ -685,12 +684,21 @@ class StudyRecord:
         return self.tags.get(TAG_SPACE, "")
 
     @property
+    def seeds(self) -> int:
+        """Seed replicas per trial (1 for a study recorded before replicas existed)."""
+        return int(self.params.get("seeds", 1))
+
+    @property
+    def seed_aggregate(self) -> str:
+        """What the searcher read of a replicated trial: "mean" or "bound"."""
+        return self.params.get("seed_aggregate", "mean")
+
+    @property
     def ranked_by(self) -> tuple[str, str]:
         """(metric, mode) the study's trials rank by: its first objective as the searcher
         read it (the seeds' mean, or their pessimistic bound: searched_metric)."""
         metric, mode = self.objectives[0]
-        seeds = int(self.params.get("seeds", 1))
-        return searched_metric(metric, mode, self.params.get("seed_aggregate", "mean"), seeds), mode
+        return searched_metric(metric, mode, self.seed_aggregate, self.seeds), mode
 
     @property
     def progress(self) -> dict[str, int] | None:

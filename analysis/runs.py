@@ -43,13 +43,11 @@ class StudyRuns:
 
     @property
     def seeds(self) -> int:
-        """Seed replicas per trial (1 for a study recorded before replicas existed)."""
-        return int(self.parent.params.get("seeds", 1))
+        return self.parent.seeds
 
     @property
     def seed_aggregate(self) -> str:
-        """What the searcher read of a replicated trial: "mean" or "bound"."""
-        return self.parent.params.get("seed_aggregate", "mean")
+        return self.parent.seed_aggregate
 
     @property
     def ranked_by(self) -> tuple[str, str]:
