@@ -399,7 +399,7 @@ def test_image_grids_have_the_declared_names_and_kinds(case, contract_digits):
             assert image.shape[0] > 100 and image.shape[1] > 100, name
             assert len(torch.unique(image.reshape(-1, 3), dim=0)) > 10, name
             continue
-        assert image.dim() == 4 and image.shape[2:] == contract_digits.image_shape, name
+        assert image.dim() == 5 and image.shape[2:] == contract_digits.image_shape, name
         assert image.shape[0] >= 1 and image.shape[1] >= 1, name
         assert image.is_floating_point() and image.min() >= 0.0 and image.max() <= 1.0, name
 
