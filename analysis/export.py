@@ -37,6 +37,12 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
     return {
         "family": row[run_column("family")],
         "dataset": row[run_column("dataset")],
+        # What reads the dataset and finds the family, when the study set them.
+        **{
+            key: value
+            for key in ("image_size", "color", "family_module")
+            if (value := _setting(row, key)) is not None
+        },
         # The epochs the trial actually trained (ASHA may have stopped it early), so that
         # `study train --config` reproduces its metrics.
         "epochs": epochs_trained,
@@ -55,6 +61,14 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
         },
         "objectives": [f"{m}:{d}" for m, d in study.objectives],
     }
+
+
+def _setting(row, key: str):
+    """A run setting a study may not have recorded (absent, or NaN in a mixed table)."""
+    value = row.get(run_column(key))
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return int(value) if key == "image_size" else value
 
 
 def robust_best_config(robust: StudyRuns) -> dict[str, Any] | None:

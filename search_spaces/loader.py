@@ -9,6 +9,7 @@ turned into Optuna distributions.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,19 @@ def _suggest(trial, name: str, dist: od.BaseDistribution) -> Any:
 
 
 def default_space_path(family: str) -> Path:
-    return SPACES_DIR / f"{family}.yaml"
+    """A built-in family's space here; a plugin family's beside its module."""
+    from trainables.registry import registered_family
+
+    entry = registered_family(family)
+    if entry.builtin:
+        return SPACES_DIR / f"{family}.yaml"
+    if entry.space_path is None:
+        module = Path(sys.modules[entry.module].__file__).parent
+        raise ConfigError(
+            f"space: family {family} ({entry.origin}) ships no search space; put one in "
+            f"{module / (family + '.yaml')} or pass --space FILE"
+        )
+    return entry.space_path
 
 
 def load_space(

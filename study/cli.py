@@ -111,6 +111,7 @@ DOWNLOAD = click.option("--download", is_flag=True, help="Fetch MNIST-style data
     help="YAML file (e.g. an export) with family, dataset, epochs, seed, params.",
 )
 @spec_options(TrainSpec, "dataset", "epochs", "seed", "seeds", "params", "precision")
+@spec_options(TrainSpec, "image_size", "color", "family_module")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @spec_options(StudySpec, "data_dir")
 @DOWNLOAD
@@ -132,6 +133,9 @@ def train(
     params,
     device,
     precision,
+    image_size,
+    color,
+    family_module,
     data_dir,
     download,
     out,
@@ -154,6 +158,9 @@ def train(
         seed=seed,
         seeds=seeds,
         precision=precision,
+        image_size=image_size,
+        color=color,
+        family_module=family_module,
     )
     metrics, out_dir = train_once(spec, device, data_dir, download, out, progress=not as_json)
     if as_json:
@@ -750,6 +757,40 @@ def serve_dashboard(storage_url: str, name: str, port: int) -> None:
 
 
 @cli.command()
+def families():
+    """List every family: built in, from an installed package's entry point, or from
+    $LATENT_STUDIES_FAMILY_MODULES, with its search space."""
+    from search_spaces.loader import load_space
+    from trainables.registry import broken_plugins, registered
+
+    for name, entry in registered().items():
+        click.echo(f"{name}  [{entry.origin}]  {entry.family.summary}")
+        try:
+            space = load_space(name)
+        except UserError as error:
+            click.echo(f"  no search space: {error}")
+            continue
+        click.echo(f"  space: {space.source}")
+        for line in space.describe():
+            click.echo(f"    {line}")
+    for plugin in broken_plugins():
+        click.echo(f"{plugin.name}  [{plugin.origin}]  BROKEN: {plugin.error}")
+
+
+@cli.command("check-family")
+@click.argument("target", metavar="NAME|pkg.module")
+@click.option("-v", "--verbose", is_flag=True, help="Show pytest's own report too.")
+def check_family_command(target, verbose):
+    """Run the contract every family must meet on one family, a registered NAME or a
+    module pkg.module that defines FAMILY; print each rule that fails. Exit 0 only when
+    every rule holds."""
+    from study.check_family import check_family
+
+    outcome = check_family(target, verbose, echo=click.echo)
+    sys.exit(0 if outcome.ok else 1)
+
+
+@cli.command()
 @click.argument("family", required=False)
 def spaces(family):
     """Show the search space of FAMILY (or of every family)."""
@@ -775,11 +816,11 @@ def demo(trials, epochs, verbose):
     from study.execute import execute
     from study.plan import plan_search
     from study.spec import StudySpec
-    from trainables import all_families
+    from trainables.registry import builtin_families
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     names = []
-    for family in all_families():
+    for family in builtin_families():
         spec = StudySpec(family=family, name=f"demo-{family}-{stamp}", trials=trials, epochs=epochs)
         click.echo(
             f"\n== {family}: {trials} trials x {epochs} epochs on digits ({', '.join(spec.objectives)})"

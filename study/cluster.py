@@ -42,8 +42,9 @@ def probe_address(address: str) -> None:
         ) from None
 
 
-def connect(address: str | None, verbose: bool) -> None:
-    """Join the cluster at `address`, or start Ray on this machine when None."""
+def connect(address: str | None, verbose: bool, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join the cluster at `address`, or start Ray on this machine when None; the job's
+    workers get `runtime_env` (a --family-module's code)."""
     import ray
 
     if ray.is_initialized():
@@ -54,6 +55,8 @@ def connect(address: str | None, verbose: bool) -> None:
         "include_dashboard": False,
         "configure_logging": True,
     }
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     if address:
         probe_address(address)
         kwargs["address"] = address
@@ -71,6 +74,38 @@ def connect(address: str | None, verbose: bool) -> None:
             f"address: cannot connect to Ray at {redact(address or 'local')} "
             f"({str(error).splitlines()[0][:160]}); {CONNECT_FIX}"
         ) from None
+
+
+def check_workers_import(module: str, fix: str) -> None:
+    """Import `module` in a worker on every alive node (a zero-CPU task pinned to each),
+    and refuse, naming the node, if one cannot: each of its trials would fail there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def try_import(name: str) -> str | None:
+        import importlib
+
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - whatever the import raises is the answer
+            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return None
+
+    pending = {
+        node["NodeManagerAddress"]: try_import.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote(module)
+        for node in ray.nodes()
+        if node.get("Alive")
+    }
+    for address, ref in pending.items():
+        error = ray.get(ref)
+        if error:
+            raise UserError(
+                f"family: a Ray worker on node {address} cannot import {module} ({error}); "
+                f"fix: {fix}"
+            )
 
 
 def quiet_logs(verbose: bool) -> None:

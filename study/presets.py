@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.reproductions import param_text as _text
-from study.spec import StudySpec, TrainSpec, check_dataset, check_positive_int, setting_type
+from study.spec import StudySpec, TrainSpec, check_positive_int, setting_type
 from trainables import get_family
+from trainables.config import check_dataset_name
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
 
@@ -161,7 +162,7 @@ def parse_preset(name: str, data: dict[str, Any], path: Path) -> Preset:
         if not isinstance(data.get(key), str):
             raise fail(key, "required, a string")
     family = get_family(data["family"])
-    check_dataset(data["dataset"])
+    data["dataset"] = check_dataset_name(data["dataset"])
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise fail("params", "expected a mapping of parameter names to values")
