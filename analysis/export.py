@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analysis.records import parse_seed_metric, run_column
+from analysis.records import OPTIONAL_RUN_SETTINGS, parse_seed_metric, run_column
 from analysis.runs import StudyRuns, params_of_row, ranked
 from analysis.stats import finite_or_none
 from trainables.errors import UserError
@@ -39,9 +39,7 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
         "dataset": row[run_column("dataset")],
         # What reads the dataset and finds the family, when the study set them.
         **{
-            key: value
-            for key in ("image_size", "color", "family_module")
-            if (value := _setting(row, key)) is not None
+            key: value for key in OPTIONAL_RUN_SETTINGS if (value := _setting(row, key)) is not None
         },
         # The epochs the trial actually trained (ASHA may have stopped it early), so that
         # `study train --config` reproduces its metrics.

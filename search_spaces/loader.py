@@ -9,7 +9,6 @@ turned into Optuna distributions.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +98,14 @@ def default_space_path(family: str) -> Path:
     entry = registered_family(family)
     if entry.builtin:
         return SPACES_DIR / f"{family}.yaml"
-    if entry.space_path is None:
-        module = Path(sys.modules[entry.module].__file__).parent
+    path = entry.space_beside_module
+    if path is None or not path.exists():
+        where = f"put one in {path}" if path else f"put {family}.yaml beside {entry.module}"
         raise ConfigError(
-            f"space: family {family} ({entry.origin}) ships no search space; put one in "
-            f"{module / (family + '.yaml')} or pass --space FILE"
+            f"space: family {family} ({entry.origin}) ships no search space; {where} or "
+            f"pass --space FILE"
         )
-    return entry.space_path
+    return path
 
 
 def load_space(

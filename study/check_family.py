@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
-import os
 import sys
 import tempfile
 import time
@@ -17,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from study.errors import UserError
+from study.errors import ConfigError
 
 MESSAGE_CHARS = 240
+SUITE = "trainables.contract"
 
 
 @dataclass
@@ -55,10 +55,24 @@ class Outcome:
 
 
 class _Collector:
-    """A pytest plugin that files every test's outcome under its rule."""
+    """A pytest plugin that keeps the suite's cases of one family and files every test's
+    outcome under its rule. Rules over all families (a shared metric name means the same
+    everywhere) run too: the family takes part in them."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: str) -> None:
+        self.family = family
         self.rules: dict[str, Rule] = {}
+
+    def pytest_collection_modifyitems(self, config, items) -> None:
+        kept, dropped = [], []
+        for item in items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            case = params.get("case")
+            named = case.name if case is not None else params.get("name", self.family)
+            (kept if named == self.family else dropped).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
 
     def pytest_runtest_logreport(self, report) -> None:
         function, _, case = report.nodeid.rpartition("::")[2].partition("[")
@@ -90,19 +104,18 @@ def _first_line(report) -> str:
 
 def resolve(target: str) -> tuple[str, str]:
     """The family `target` names, as (name, origin): a registered family's name, or a
-    module path (pkg.module) whose FAMILY is loaded."""
-    from trainables.errors import ContractError
+    module (pkg.module, or a file's name in the working directory) whose FAMILY is loaded."""
     from trainables.registry import add_family_module, registered, registered_family
 
+    if target in registered():
+        entry = registered_family(target)
+        return entry.family.name, entry.origin
     try:
-        if target in registered():
-            entry = registered_family(target)
-        elif "." in target or _importable(target):
-            entry = add_family_module(target)
-        else:
-            entry = registered_family(target)  # raises, listing the known families
-    except ContractError as error:  # the module defines no family: nothing to check
-        raise UserError(str(error)) from None
+        entry = add_family_module(target)
+    except ConfigError:
+        if "." not in target and not _importable(target):  # a family's name, not a module's
+            registered_family(target)  # raises, listing the known families
+        raise
     return entry.family.name, entry.origin
 
 
@@ -117,42 +130,39 @@ def check_family(
     target: str, verbose: bool = False, echo: Callable[[str], None] = print
 ) -> Outcome:
     """Run the contract on the family `target` names, printing the failing rules."""
-    try:
-        import pytest
-    except ImportError:
-        raise UserError(
-            "check-family: the contract suite runs with pytest; pip install pytest"
-        ) from None
-    from trainables.registry import CONTRACT_FAMILIES_ENV
+    import pytest
 
     name, origin = resolve(target)
-    os.environ[CONTRACT_FAMILIES_ENV] = name
-    # pytest imports the suite by its file; a copy imported before (by a test session
-    # that runs this) would keep the families it chose then.
-    sys.modules.pop("trainables.contract", None)
-    suite = importlib.util.find_spec("trainables.contract").origin
-    collector = _Collector()
+    collector = _Collector(name)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        # An empty ini of our own: the suite must not take the options (addopts, plugins)
-        # of whatever project the author runs it from.
-        ini = Path(scratch) / "pytest.ini"
-        ini.write_text("[pytest]\n")
-        args = [
-            suite,
-            "-c",
-            str(ini),
-            "--rootdir",
-            scratch,
-            "-p",
-            "no:cacheprovider",
-            "-W",
-            "ignore::DeprecationWarning",
-            "-q" if verbose else "-qq",
-        ]
-        output = io.StringIO()
-        with contextlib.redirect_stdout(output) if not verbose else contextlib.nullcontext():
-            exit_code = int(pytest.main(args, plugins=[collector]))
+    # pytest imports the suite by its file; a copy imported before in this process (a
+    # test session that calls this) would keep the families it saw then.
+    imported = sys.modules.pop(SUITE, None)
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            # An empty ini of our own: the suite must not take the options (addopts,
+            # plugins) of whatever project the author runs it from.
+            ini = Path(scratch) / "pytest.ini"
+            ini.write_text("[pytest]\n")
+            args = [
+                importlib.util.find_spec(SUITE).origin,
+                "-c",
+                str(ini),
+                "--rootdir",
+                scratch,
+                "-p",
+                "no:cacheprovider",
+                "-W",
+                "ignore::DeprecationWarning",
+                "-q" if verbose else "-qq",
+            ]
+            output = io.StringIO()
+            quiet = contextlib.redirect_stdout(output) if not verbose else contextlib.nullcontext()
+            with quiet:
+                exit_code = int(pytest.main(args, plugins=[collector]))
+    finally:
+        if imported is not None:
+            sys.modules[SUITE] = imported
     outcome = Outcome(name, origin, collector.rules, time.perf_counter() - started, exit_code)
     _print(outcome, output.getvalue(), echo)
     return outcome

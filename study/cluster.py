@@ -16,6 +16,9 @@ from analysis.records import redact
 from study.errors import UserError
 
 CONNECT_FIX = "start the cluster (ray start --head) or fix --address"
+# A worker's start, with a runtime_env to set up, takes seconds; a node that has not run
+# the import check in this long will not run trials either.
+IMPORT_CHECK_SECONDS = 120.0
 
 
 def probe_address(address: str) -> None:
@@ -92,19 +95,32 @@ def check_workers_import(module: str, fix: str) -> None:
             return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         return None
 
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
     pending = {
-        node["NodeManagerAddress"]: try_import.options(
+        try_import.options(
             scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-        ).remote(module)
-        for node in ray.nodes()
-        if node.get("Alive")
+        ).remote(module): node
+        for node in nodes
     }
-    for address, ref in pending.items():
-        error = ray.get(ref)
+    # One deadline for all: a node that cannot start a worker must not hang the driver.
+    answered, silent = ray.wait(
+        list(pending), num_returns=len(pending), timeout=IMPORT_CHECK_SECONDS
+    )
+    for ref in silent:
+        ray.cancel(ref, force=True)
+    for ref in [*answered, *silent]:
+        node = pending[ref]
+        if ref in silent:
+            error = f"no answer within {IMPORT_CHECK_SECONDS:g} s"
+        else:
+            try:
+                error = ray.get(ref)
+            except ray.exceptions.RayError as failed:  # its worker did not start
+                error = f"{type(failed).__name__}: {str(failed).strip().splitlines()[-1][:200]}"
         if error:
+            where = f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})"
             raise UserError(
-                f"family: a Ray worker on node {address} cannot import {module} ({error}); "
-                f"fix: {fix}"
+                f"family: a Ray worker on node {where} cannot import {module} ({error}); fix: {fix}"
             )
 
 

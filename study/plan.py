@@ -130,15 +130,13 @@ def check_space_fits_data(spec: StudySpec, space: SearchSpace, dataset) -> None:
 
 def family_runtime_env(spec: StudySpec) -> dict[str, Any] | None:
     """What Ray's workers need to import a --family-module family: its package or file,
-    shipped with the job (runtime_env py_modules), and the module's name."""
+    shipped with the job (runtime_env py_modules). Each trial names the module in its run
+    settings, and loads it."""
     if not spec.family_module:
         return None
-    from trainables.registry import FAMILY_MODULES_ENV, module_location
+    from trainables.registry import module_location
 
-    return {
-        "py_modules": [str(module_location(spec.family_module))],
-        "env_vars": {FAMILY_MODULES_ENV: spec.family_module},
-    }
+    return {"py_modules": [str(module_location(spec.family_module))]}
 
 
 def check_workers_import_family(spec: StudySpec) -> None:
@@ -190,10 +188,9 @@ def run_settings(spec: StudySpec) -> dict[str, Any]:
         "eval_every": spec.eval_every,
         "precision": spec.precision,
         "study": spec.name,
-        # Only when given: the records of studies without them stay as they were.
         **{
             key: value
-            for key in ("image_size", "color", "family_module")
+            for key in records.OPTIONAL_RUN_SETTINGS
             if (value := getattr(spec, key)) is not None
         },
     }

@@ -41,6 +41,9 @@ SWEEP_SETTINGS = (
     "scheduler",
     "precision",
     "space_file",
+    "image_size",
+    "color",
+    "family_module",
 )
 COMMON_KEYS = {"kind", "description", "family", "dataset", "params"}
 REPRODUCTION_KEYS = COMMON_KEYS | {
@@ -101,8 +104,8 @@ class Preset:
         self, seeds: int | None = None, first_seed: int = 0, **settings: Any
     ) -> list[tuple[Variant, TrainSpec]]:
         """One spec per variant, its seeds (first_seed onwards) trained as replicas.
-        `settings` override dataset, epochs, precision and (as `params`) parameters of
-        every variant."""
+        `settings` override dataset (with image_size and color), epochs, precision, the
+        family's module and (as `params`) parameters of every variant."""
         overrides = settings.pop("params", {}) or {}
         return [
             (
@@ -114,6 +117,9 @@ class Preset:
                     seed=first_seed,
                     seeds=seeds or self.seeds,
                     precision=settings.get("precision") or "fp32",
+                    image_size=settings.get("image_size"),
+                    color=settings.get("color"),
+                    family_module=settings.get("family_module"),
                     params={**self.params, **variant.params, **overrides},
                 ),
             )

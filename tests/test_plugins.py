@@ -19,7 +19,7 @@ from sweep_helpers import base_env, ray_cluster, ray_tmpdir, run_study, study_re
 
 from analysis import records
 from trainables import registry
-from trainables.errors import ConfigError, ContractError
+from trainables.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO_ROOT / "examples" / "conv_vae"
@@ -230,7 +230,9 @@ def test_a_cluster_without_the_plugin_refuses_it_until_the_tool_ships_it(install
         assert refused.returncode == 2, refused.describe()
         lines = [line for line in refused.stderr.splitlines() if line.strip()]
         assert len(lines) == 1, refused.describe()
-        assert re.match(r"error: family: a Ray worker on node \S+ cannot import ", lines[0])
+        assert re.match(
+            r"error: family: a Ray worker on node \S+ \([0-9a-f]{8}\) cannot import ", lines[0]
+        )
         assert (
             "import conv_vae.family (ModuleNotFoundError: No module named 'conv_vae')" in lines[0]
         )
@@ -271,7 +273,9 @@ def clean_registry(monkeypatch):
 
     forget()
     yield monkeypatch
-    for name in [m for m in sys.modules if m.split(".")[0] in ("conv_vae", "smallfam", "pointer")]:
+    for name in [
+        m for m in sys.modules if m.split(".")[0] in ("conv_vae", "smallfam", "pointer", "impostor")
+    ]:
         del sys.modules[name]
     monkeypatch.undo()
     forget()
@@ -290,7 +294,7 @@ def test_an_installed_entry_point_registers_its_family(tmp_path, clean_registry)
     entry = registry.registered_family("conv_vae")
     assert entry.origin == "latent-studies-conv-vae 0.1.0 (entry point)"
     assert entry.module == "conv_vae.family" and not entry.builtin
-    assert entry.space_path == tmp_path / "conv_vae" / "conv_vae.yaml"
+    assert entry.space_beside_module == tmp_path / "conv_vae" / "conv_vae.yaml"
     assert {"betavae", "mlvae", "conv_vae"} <= set(registry.all_families())
     assert "conv_vae" not in registry.builtin_families()
 
@@ -350,7 +354,82 @@ def test_a_plugin_may_not_take_a_built_in_name(tmp_path, clean_registry):
     (tmp_path / "smallfam.py").write_text(MODULE_FAMILY.replace('"small_vae"', '"betavae"'))
     clean_registry.chdir(tmp_path)
     with pytest.raises(
-        ContractError,
-        match=r"family name 'betavae' is taken by trainables\.families\.betavae \(built in\)",
+        ConfigError,
+        match=r"^family-module: smallfam defines family 'betavae', which "
+        r"trainables\.families\.betavae \(built in\) defines already; rename yours",
     ):
         registry.add_family_module("smallfam")
+    # Refused, it is off the record that child processes read.
+    assert os.environ[registry.FAMILY_MODULES_ENV] == ""
+    assert registry.get_family("betavae").name == "betavae"
+
+
+def test_an_installed_plugin_that_takes_a_built_in_name_is_listed_broken(tmp_path, clean_registry):
+    (tmp_path / "impostor.py").write_text(MODULE_FAMILY.replace('"small_vae"', '"betavae"'))
+    clean_registry.syspath_prepend(str(entry_point_site(tmp_path, "betavae", "impostor:FAMILY")))
+    (broken,) = registry.broken_plugins()
+    assert "defines family 'betavae', which trainables.families.betavae (built in)" in broken.error
+    # Every family, the built-in betavae included, still works.
+    assert type(registry.get_family("betavae")).__module__ == "trainables.families.betavae"
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("def broken(:\n", r"importing smallfam raised SyntaxError: .*; fix the module"),
+        (
+            "raise RuntimeError('no GPU here')\n",
+            r"importing smallfam raised RuntimeError: no GPU here; fix",
+        ),
+        (
+            "import not_installed_anywhere\n",
+            r"cannot import 'smallfam' \(No module named 'not_installed_anywhere'\); it imports "
+            r"not_installed_anywhere, which is not installed here; install it",
+        ),
+    ],
+    ids=["syntax-error", "raises", "missing-dependency"],
+)
+def test_a_module_that_fails_to_import_is_one_line(tmp_path, clean_registry, source, message):
+    (tmp_path / "smallfam.py").write_text(source)
+    clean_registry.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="^family-module: " + message) as info:
+        registry.add_family_module("smallfam")
+    assert "\n" not in str(info.value)
+
+
+def test_check_family_finds_a_one_file_module_in_the_working_directory(tmp_path, clean_registry):
+    from study.check_family import resolve
+
+    (tmp_path / "smallfam.py").write_text(MODULE_FAMILY)
+    clean_registry.chdir(tmp_path)
+    assert resolve("smallfam") == ("small_vae", "module smallfam")
+    with pytest.raises(ConfigError, match=r"^family: unknown family 'nosuch'; choose one of"):
+        resolve("nosuch")
+
+
+def test_a_study_of_a_module_family_on_a_folder_resumes_with_its_settings(tmp_path, clean_registry):
+    """What `study resume` rebuilds from the storage: the module, the folder, its size
+    and colour, all as the study was written."""
+    from study.spec import StudySpec
+    from study.storage import list_studies, read_spec, write_spec
+
+    (tmp_path / "smallfam.py").write_text(MODULE_FAMILY)
+    images = write_image_folder(tmp_path / "images", classes=2, per_class=4)
+    clean_registry.chdir(tmp_path)
+    spec = StudySpec(
+        family="small_vae",
+        family_module="smallfam",
+        dataset="folder:images",
+        image_size=8,
+        color="gray",
+        storage="results",
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    assert spec.dataset == f"folder:{images}"  # absolute: trials run elsewhere
+    assert spec.name.startswith("small_vae-images-")
+    write_spec(spec)
+    assert read_spec(spec.name, str(tmp_path / "results")) == spec
+    # Listing reads the settings as written, without importing the family's module.
+    del sys.modules["smallfam"]
+    (listed,) = list_studies(str(tmp_path / "results"))
+    assert listed["family_module"] == "smallfam" and "smallfam" not in sys.modules

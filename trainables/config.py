@@ -81,7 +81,9 @@ def dataset_label(name: str) -> str:
         label = os.path.basename(check_dataset_name(name).partition(":")[2])
         if kind == "npz":
             label = os.path.splitext(label)[0]
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("._-") or kind or "dataset"
+    # At most 40 characters: a default study name (family-label-time) stays within 100.
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:40]
+    return label.strip("._-") or kind or "dataset"
 
 
 def check_precision(precision: str) -> str:

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import importlib
 import math
-import os
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,7 @@ from trainables.errors import ConfigError
 from trainables.experiment import Experiment
 from trainables.family import Family
 from trainables.images import is_picture
-from trainables.registry import CONTRACT_FAMILIES_ENV, all_families, get_family
+from trainables.registry import all_families, get_family
 
 __all__ = [
     "case",
@@ -78,12 +77,7 @@ class Case:
         return Experiment.create(self.name, self.params, dataset, seed=seed, seeds=seeds)
 
 
-# `study check-family NAME` runs the suite on one family: it names it in the variable.
-FAMILY_NAMES = sorted(
-    name
-    for name in all_families()
-    if name in os.environ.get(CONTRACT_FAMILIES_ENV, name).split(",")
-)
+FAMILY_NAMES = sorted(all_families())
 CASES = [Case(name) for name in FAMILY_NAMES] + [
     Case(name, dict(params)) for name in FAMILY_NAMES for params in get_family(name).test_variants
 ]

@@ -125,10 +125,10 @@ def load_dataset(
         raise DataError(str(error)) from None
     kind, _, path = checked.partition(":")
     if kind == "npz":
-        return _own_dataset(name, path, load_npz(Path(path))).to(device)
+        return _own_dataset(checked, path, load_npz(Path(path))).to(device)
     if kind == "folder":
         loaded = load_folder(Path(path), image_size, color, cache_root())
-        return _own_dataset(name, path, loaded).to(device)
+        return _own_dataset(checked, path, loaded).to(device)
     if name == "digits":
         return _load_digits().to(device)
     directory = _find_idx_dir(name, data_dir, download)

@@ -454,6 +454,7 @@ def read_cache(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | Non
 
 
 def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    handle = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename: processes racing to fill the cache never read half a file.
@@ -461,4 +462,5 @@ def write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(handle, **arrays)
         os.replace(handle.name, path)
     except OSError:  # a cache that cannot be written only costs the next process time
-        pass
+        if handle is not None:
+            Path(handle.name).unlink(missing_ok=True)

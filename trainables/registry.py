@@ -17,6 +17,7 @@ import importlib
 import importlib.metadata
 import os
 import pkgutil
+import re
 import sys
 import types
 from dataclasses import dataclass
@@ -30,9 +31,6 @@ from trainables.family import Family
 ENTRY_POINT_GROUP = "latent_studies.families"
 FAMILY_MODULES_ENV = "LATENT_STUDIES_FAMILY_MODULES"
 BUILT_IN = "built in"
-# The families the contract suite (trainables/contract.py) runs on, comma-separated, when
-# not all: what `study check-family` sets.
-CONTRACT_FAMILIES_ENV = "LATENT_STUDIES_CONTRACT_FAMILIES"
 
 
 @dataclass(frozen=True)
@@ -48,14 +46,10 @@ class Registered:
         return self.origin == BUILT_IN
 
     @property
-    def space_path(self) -> Path | None:
-        """The default search space shipped beside the family's module, when there is one."""
-        module = sys.modules.get(self.module)
-        where = getattr(module, "__file__", None)
-        if where is None:
-            return None
-        path = Path(where).parent / f"{self.family.name}.yaml"
-        return path if path.exists() else None
+    def space_beside_module(self) -> Path | None:
+        """Where a plugin's default search space belongs: `<name>.yaml` beside its module."""
+        where = getattr(sys.modules.get(self.module), "__file__", None)
+        return None if where is None else Path(where).parent / f"{self.family.name}.yaml"
 
 
 @dataclass(frozen=True)
@@ -106,29 +100,42 @@ def add_family_module(module_name: str) -> Registered:
     if module_name not in names:
         os.environ[FAMILY_MODULES_ENV] = ",".join([*names, module_name])
     try:
-        entry = registered()[family.name]
+        return registered()[family.name]
     except Exception:  # a family that cannot register must not stay on the record
         os.environ[FAMILY_MODULES_ENV] = before
         raise
-    if entry.family is not family:  # another module registered the name first
-        raise ContractError(
-            f"family-module: {module_name} defines family {family.name!r}, which "
-            f"{entry.module} ({entry.origin}) already defines; rename one of them"
-        )
-    return entry
 
 
 def load_family_module(module_name: str) -> types.ModuleType:
-    """Import `module_name`, also from the working directory, as `python -m` would."""
+    """Import `module_name`, also from the working directory (searched after the
+    installed packages, so a file there cannot shadow one of them)."""
+    if not MODULE_NAME.match(module_name):
+        raise ConfigError(
+            f"family-module: {module_name!r} is not a module path; write it as Python "
+            f"imports it, such as mypackage.family"
+        )
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.append(cwd)
     try:
         return importlib.import_module(module_name)
-    except ImportError as error:
+    except ModuleNotFoundError as error:
+        missing = error.name or module_name
+        if module_name != missing and not module_name.startswith(missing + "."):
+            fix = f"it imports {missing}, which is not installed here; install it"
+        else:
+            fix = (
+                "give a module path such as mypackage.family, importable from this "
+                "directory or installed"
+            )
         raise ConfigError(
-            f"family-module: cannot import {module_name!r} ({error}); give a module path "
-            f"such as mypackage.family, importable from this directory or installed"
+            f"family-module: cannot import {module_name!r} ({error}); {fix}"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - the author's code may raise anything
+        raise ConfigError(
+            f"family-module: importing {module_name} raised {type(error).__name__}: "
+            f"{_first_line(error)}; fix the module (python -c 'import {module_name}' shows "
+            f"the traceback)"
         ) from None
 
 
@@ -141,8 +148,11 @@ def module_location(module_name: str) -> Path:
     return Path(list(top.__path__)[0])
 
 
+MODULE_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
 @cache
-def _registered(named_modules: str) -> dict[str, Registered]:
+def _builtin() -> dict[str, Registered]:
     found: dict[str, Registered] = {}
     for module_info in sorted(
         pkgutil.iter_modules(families_package.__path__), key=lambda m: m.name
@@ -152,28 +162,39 @@ def _registered(named_modules: str) -> dict[str, Registered]:
         module = importlib.import_module(f"{families_package.__name__}.{module_info.name}")
         family = getattr(module, "FAMILY", None)
         if isinstance(family, Family):
-            _add(found, Registered(family, BUILT_IN, module.__name__))
-    for entry in _entry_point_families()[0]:
-        _add(found, entry)
-    for module_name in filter(None, named_modules.split(",")):
-        family = _family_of(load_family_module(module_name), module_name, "family-module")
-        _add(found, Registered(family, f"module {module_name}", module_name))
+            if family.name in found:
+                raise ContractError(
+                    f"{module.__name__}: family name {family.name!r} is taken by "
+                    f"{found[family.name].module}"
+                )
+            found[family.name] = Registered(family, BUILT_IN, module.__name__)
     return found
 
 
-def _add(found: dict[str, Registered], entry: Registered) -> None:
-    name = entry.family.name
-    if name in found and found[name].family is not entry.family:
-        raise ContractError(
-            f"{entry.module}: family name {name!r} is taken by {found[name].module} "
-            f"({found[name].origin}); rename one of them"
-        )
-    found.setdefault(name, entry)
+@cache
+def _registered(named_modules: str) -> dict[str, Registered]:
+    found = {**_builtin(), **{e.family.name: e for e in _entry_point_families()[0]}}
+    for module_name in filter(None, named_modules.split(",")):
+        module = load_family_module(module_name)
+        family = _family_of(module, module_name, "family-module")
+        taken = found.get(family.name)
+        if taken is not None and taken.family is not family:
+            raise ConfigError(
+                f"family-module: {module_name} defines family {family.name!r}, which "
+                f"{taken.module} ({taken.origin}) defines already; rename yours"
+            )
+        found[family.name] = Registered(family, f"module {module_name}", module_name)
+    return found
 
 
 @cache
 def _entry_point_families() -> tuple[tuple[Registered, ...], tuple[BrokenPlugin, ...]]:
-    loaded, broken = [], []
+    """Every installed plugin: loaded, or broken (it does not import, gives no Family, is
+    named after another family, or takes a name already taken). One broken plugin leaves
+    the others, and every built-in family, working."""
+    loaded: dict[str, Registered] = {}
+    broken = []
+    builtin = _builtin()
     for point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         distribution = point.dist
         origin = (
@@ -182,31 +203,25 @@ def _entry_point_families() -> tuple[tuple[Registered, ...], tuple[BrokenPlugin,
             else f"{point.value} (entry point)"
         )
         try:
-            target = point.load()
-            family = _family_of(target, point.value, f"entry point {point.name!r}")
-        except Exception as error:  # a plugin's import can fail in any way
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            broken.append(
-                BrokenPlugin(
-                    point.name,
-                    origin,
-                    f"the plugin {point.name!r} of {origin} does not load ({reason}); "
-                    f"fix or reinstall that package",
+            family = _family_of(point.load(), point.value, f"entry point {point.name!r}")
+        except Exception as error:  # noqa: BLE001 - a plugin's import can fail in any way
+            problem = f"does not load ({_first_line(error)}); fix or reinstall that package"
+        else:
+            taken = builtin.get(family.name) or loaded.get(family.name)
+            if family.name != point.name:
+                problem = f"names family {family.name!r}; name the entry point after the family"
+            elif taken is not None:
+                problem = (
+                    f"defines family {family.name!r}, which {taken.module} ({taken.origin}) "
+                    f"defines already; uninstall one of them"
                 )
-            )
-            continue
-        if family.name != point.name:
-            broken.append(
-                BrokenPlugin(
-                    point.name,
-                    origin,
-                    f"the entry point {point.name!r} of {origin} names family "
-                    f"{family.name!r}; name the entry point after the family",
-                )
-            )
-            continue
-        loaded.append(Registered(family, origin, type(family).__module__))
-    return tuple(loaded), tuple(broken)
+            else:
+                loaded[family.name] = Registered(family, origin, point.module)
+                continue
+        broken.append(
+            BrokenPlugin(point.name, origin, f"the plugin {point.name!r} of {origin} {problem}")
+        )
+    return tuple(loaded.values()), tuple(broken)
 
 
 def _family_of(target: object, where: str, how: str) -> Family:
@@ -219,3 +234,8 @@ def _family_of(target: object, where: str, how: str) -> Family:
             f"FAMILY = YourFamily() (a subclass of trainables.family.Family)"
         )
     return family
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
