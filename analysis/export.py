@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analysis.records import parse_seed_metric, run_column
+from analysis.records import OPTIONAL_RUN_SETTINGS, parse_seed_metric, run_column
 from analysis.runs import StudyRuns, params_of_row, ranked
 from analysis.stats import finite_or_none
 from trainables.errors import UserError
@@ -37,6 +37,10 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
     return {
         "family": row[run_column("family")],
         "dataset": row[run_column("dataset")],
+        # What reads the dataset and finds the family, when the study set them.
+        **{
+            key: value for key in OPTIONAL_RUN_SETTINGS if (value := _setting(row, key)) is not None
+        },
         # The epochs the trial actually trained (ASHA may have stopped it early), so that
         # `study train --config` reproduces its metrics.
         "epochs": epochs_trained,
@@ -55,6 +59,14 @@ def export_config(study: StudyRuns, row: pd.Series) -> dict[str, Any]:
         },
         "objectives": [f"{m}:{d}" for m, d in study.objectives],
     }
+
+
+def _setting(row, key: str):
+    """A run setting a study may not have recorded (absent, or NaN in a mixed table)."""
+    value = row.get(run_column(key))
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return int(value) if key == "image_size" else value
 
 
 def robust_best_config(robust: StudyRuns) -> dict[str, Any] | None:

@@ -95,6 +95,9 @@ DATASET_CONTEXT = "train"
 # --- the trial-config envelope ------------------------------------------------------------
 RUN_KEY = "study"  # trial config key holding the run settings; the rest are family params
 RUN_PREFIX = RUN_KEY + "."  # MLflow param (and reader column) prefix of a run setting
+# Run settings a trial carries only when its study set them (so the records of studies
+# without them stay as they were): how the dataset is read, and where the family is.
+OPTIONAL_RUN_SETTINGS = ("image_size", "color", "family_module")
 PARAM_PREFIX = "param."  # reader column prefix of a family parameter
 # Run settings that are names: read back as text even when they look like numbers.
 TEXT_SETTINGS = frozenset({"family", "dataset", "study", "variant", "precision"})

@@ -92,7 +92,20 @@ def _suggest(trial, name: str, dist: od.BaseDistribution) -> Any:
 
 
 def default_space_path(family: str) -> Path:
-    return SPACES_DIR / f"{family}.yaml"
+    """A built-in family's space here; a plugin family's beside its module."""
+    from trainables.registry import registered_family
+
+    entry = registered_family(family)
+    if entry.builtin:
+        return SPACES_DIR / f"{family}.yaml"
+    path = entry.space_beside_module
+    if path is None or not path.exists():
+        where = f"put one in {path}" if path else f"put {family}.yaml beside {entry.module}"
+        raise ConfigError(
+            f"space: family {family} ({entry.origin}) ships no search space; {where} or "
+            f"pass --space FILE"
+        )
+    return path
 
 
 def load_space(

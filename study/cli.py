@@ -14,6 +14,7 @@ import click
 from study import threads
 from study.errors import UserError
 from study.spec import StudySpec, TrainSpec, parse_overrides
+from trainables.config import DATASETS
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -111,6 +112,7 @@ DOWNLOAD = click.option("--download", is_flag=True, help="Fetch MNIST-style data
     help="YAML file (e.g. an export) with family, dataset, epochs, seed, params.",
 )
 @spec_options(TrainSpec, "dataset", "epochs", "seed", "seeds", "params", "precision")
+@spec_options(TrainSpec, "image_size", "color", "family_module")
 @click.option("--device", type=click.Choice(DEVICE_CHOICES), default="auto", show_default=True)
 @spec_options(StudySpec, "data_dir")
 @DOWNLOAD
@@ -132,6 +134,9 @@ def train(
     params,
     device,
     precision,
+    image_size,
+    color,
+    family_module,
     data_dir,
     download,
     out,
@@ -154,6 +159,9 @@ def train(
         seed=seed,
         seeds=seeds,
         precision=precision,
+        image_size=image_size,
+        color=color,
+        family_module=family_module,
     )
     metrics, out_dir = train_once(spec, device, data_dir, download, out, progress=not as_json)
     if as_json:
@@ -193,6 +201,9 @@ def train_preset(options: dict) -> None:
         dataset=options["dataset"],
         epochs=options["epochs"],
         precision=options["precision"],
+        image_size=options["image_size"],
+        color=options["color"],
+        family_module=options["family_module"],
         params=parse_overrides(options["params"]),
     )
     summary, out_dir = reproduce(
@@ -348,8 +359,8 @@ def run(family, preset, download, verbose, **given):
     from study.plan import plan_search
 
     spec = study_spec(family, preset, given)
-    if download:  # after the spec is valid: a typo must not cost a download
-        from trainables import load_dataset
+    if download and spec.dataset in DATASETS:  # after the spec is valid: a typo must not
+        from trainables import load_dataset  # cost a download; your own files have none
 
         load_dataset(spec.dataset, spec.data_dir, download=True)
     print_where(execute(plan_search(spec, verbose), verbose))
@@ -434,7 +445,8 @@ def status(name, storage, tracking_uri, experiment):
             click.echo(f"no studies in {storage}")
         for spec in studies:
             click.echo(
-                f"{spec.name:<40} {spec.family:<6} {spec.dataset:<14} {spec.trials:>4} trials  {spec.path}"
+                f"{spec['name']:<40} {spec['family']:<6} {spec['dataset']:<14} "
+                f"{spec['trials']:>4} trials  {spec['path']}"
             )
         return
     from analysis import records
@@ -750,18 +762,54 @@ def serve_dashboard(storage_url: str, name: str, port: int) -> None:
 
 
 @cli.command()
+def families():
+    """List every family: built in, from an installed package's entry point, or from a
+    module (--family-module), with its search space."""
+    from trainables.registry import broken_plugins, registered
+
+    for name, entry in registered().items():
+        click.echo(f"{name}  [{entry.origin}]  {entry.family.summary}")
+        echo_space(name, indent="  ")
+    for plugin in broken_plugins():
+        click.echo(f"{plugin.name}  [{plugin.origin}]  BROKEN: {plugin.error}")
+
+
+def echo_space(name: str, indent: str = "") -> None:
+    """The family's default search space, or why it has none."""
+    from search_spaces.loader import load_space
+
+    try:
+        space = load_space(name)
+    except UserError as error:
+        click.echo(f"{indent}no search space: {error}")
+        return
+    click.echo(f"{indent}space: {space.source}")
+    for line in space.describe():
+        click.echo(f"{indent}  {line}")
+
+
+@cli.command("check-family")
+@click.argument("target", metavar="NAME|pkg.module")
+@click.option("-v", "--verbose", is_flag=True, help="Show pytest's own report too.")
+def check_family_command(target, verbose):
+    """Run the contract every family must meet on one family, a registered NAME or a
+    module pkg.module that defines FAMILY; print each rule that fails. Exit 0 only when
+    every rule holds."""
+    from study.check_family import check_family
+
+    outcome = check_family(target, verbose, echo=click.echo)
+    sys.exit(0 if outcome.ok else 1)
+
+
+@cli.command()
 @click.argument("family", required=False)
 def spaces(family):
     """Show the search space of FAMILY (or of every family)."""
-    from search_spaces.loader import load_space
     from trainables import all_families, get_family
 
-    names = [get_family(family).name] if family else list(all_families())
-    for name in names:
-        space = load_space(name)
-        click.echo(f"{name}  ({space.source})")
-        for line in space.describe():
-            click.echo(f"  {line}")
+    for name in [get_family(family).name] if family else list(all_families()):
+        click.echo(name)
+        echo_space(name, indent="  ")
 
 
 @cli.command()
@@ -775,11 +823,11 @@ def demo(trials, epochs, verbose):
     from study.execute import execute
     from study.plan import plan_search
     from study.spec import StudySpec
-    from trainables import all_families
+    from trainables.registry import builtin_families
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     names = []
-    for family in all_families():
+    for family in builtin_families():
         spec = StudySpec(family=family, name=f"demo-{family}-{stamp}", trials=trials, epochs=epochs)
         click.echo(
             f"\n== {family}: {trials} trials x {epochs} epochs on digits ({', '.join(spec.objectives)})"

@@ -16,6 +16,9 @@ from analysis.records import redact
 from study.errors import UserError
 
 CONNECT_FIX = "start the cluster (ray start --head) or fix --address"
+# A worker's start, with a runtime_env to set up, takes seconds; a node that has not run
+# the import check in this long will not run trials either.
+IMPORT_CHECK_SECONDS = 120.0
 
 
 def probe_address(address: str) -> None:
@@ -42,8 +45,9 @@ def probe_address(address: str) -> None:
         ) from None
 
 
-def connect(address: str | None, verbose: bool) -> None:
-    """Join the cluster at `address`, or start Ray on this machine when None."""
+def connect(address: str | None, verbose: bool, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join the cluster at `address`, or start Ray on this machine when None; the job's
+    workers get `runtime_env` (a --family-module's code)."""
     import ray
 
     if ray.is_initialized():
@@ -54,6 +58,8 @@ def connect(address: str | None, verbose: bool) -> None:
         "include_dashboard": False,
         "configure_logging": True,
     }
+    if runtime_env:
+        kwargs["runtime_env"] = runtime_env
     if address:
         probe_address(address)
         kwargs["address"] = address
@@ -71,6 +77,51 @@ def connect(address: str | None, verbose: bool) -> None:
             f"address: cannot connect to Ray at {redact(address or 'local')} "
             f"({str(error).splitlines()[0][:160]}); {CONNECT_FIX}"
         ) from None
+
+
+def check_workers_import(module: str, fix: str) -> None:
+    """Import `module` in a worker on every alive node (a zero-CPU task pinned to each),
+    and refuse, naming the node, if one cannot: each of its trials would fail there."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def try_import(name: str) -> str | None:
+        import importlib
+
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # noqa: BLE001 - whatever the import raises is the answer
+            return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return None
+
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    pending = {
+        try_import.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+        ).remote(module): node
+        for node in nodes
+    }
+    # One deadline for all: a node that cannot start a worker must not hang the driver.
+    answered, silent = ray.wait(
+        list(pending), num_returns=len(pending), timeout=IMPORT_CHECK_SECONDS
+    )
+    for ref in silent:
+        ray.cancel(ref, force=True)
+    for ref in [*answered, *silent]:
+        node = pending[ref]
+        if ref in silent:
+            error = f"no answer within {IMPORT_CHECK_SECONDS:g} s"
+        else:
+            try:
+                error = ray.get(ref)
+            except ray.exceptions.RayError as failed:  # its worker did not start
+                error = f"{type(failed).__name__}: {str(failed).strip().splitlines()[-1][:200]}"
+        if error:
+            where = f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})"
+            raise UserError(
+                f"family: a Ray worker on node {where} cannot import {module} ({error}); fix: {fix}"
+            )
 
 
 def quiet_logs(verbose: bool) -> None:

@@ -23,7 +23,7 @@ from analysis.records import TrialConfig
 from analysis.stats import finite_or_none
 from study import cluster, tracking
 from study.errors import StudyFailed, UserError
-from study.plan import StudyPlan, check_cluster, check_inputs
+from study.plan import StudyPlan, check_cluster, check_inputs, family_runtime_env
 from study.spec import StudySpec
 from study.storage import read_spec, remove_study, study_exists, write_spec
 
@@ -82,7 +82,7 @@ def _start(spec: StudySpec, tags: dict[str, str], verbose: bool):
     # store is complete (the pool waits for it), if empty.
     with ThreadPoolExecutor(max_workers=1) as pool:
         opened = pool.submit(lambda: queue.client)
-        cluster.connect(spec.address, verbose)
+        cluster.connect(spec.address, verbose, family_runtime_env(spec))
         opened.result()
     experiment = records.experiment_id(queue.client, spec.experiment)
     from trainables import get_family
@@ -328,7 +328,7 @@ def resume(
     print(f"resuming study {spec.name}: {spec.trials} trials of {spec.family}", flush=True)
     cluster.quiet_logs(verbose)
     cluster.ray_loggers_off()
-    cluster.connect(spec.address, verbose)
+    cluster.connect(spec.address, verbose, family_runtime_env(spec))
     queue = tracking.TrackingQueue(spec.tracking_uri, client)
     records.experiment_id(queue.client, spec.experiment)  # a store from before the kind tag
     tuner = tune.Tuner.restore(

@@ -96,20 +96,84 @@ def check_inputs(spec: StudySpec, check_data: bool = True) -> SearchSpace:
     if check_data:
         from trainables import load_dataset
 
-        load_dataset(spec.dataset, spec.data_dir)
+        dataset = load_dataset(
+            spec.dataset, spec.data_dir, image_size=spec.image_size, color=spec.color
+        )
+        check_space_fits_data(spec, space, dataset)
+        for note in dataset.notes:
+            print(f"note: {note}", flush=True)
     return space
 
 
+def check_space_fits_data(spec: StudySpec, space: SearchSpace, dataset) -> None:
+    """Refuse a space that reaches a config the data cannot train (an ML-VAE group larger
+    than a class): the family's `check_data` on the defaults with the fixed values, and on
+    each end of each searched range (each choice), one parameter at a time."""
+    import optuna.distributions as od
+
+    from trainables import get_family
+
+    family = get_family(spec.family)
+    candidates = [dict(spec.fixed)]
+    for name, dist in space.distributions.items():
+        ends = (
+            dist.choices if isinstance(dist, od.CategoricalDistribution) else (dist.low, dist.high)
+        )
+        candidates += [{**spec.fixed, name: value} for value in ends]
+    for values in candidates:
+        try:
+            config = family.make_config(values)
+        except ConfigError:  # a combination the space never proposes
+            continue
+        family.check_data(config, dataset)
+
+
+def family_runtime_env(spec: StudySpec) -> dict[str, Any] | None:
+    """What Ray's workers need to import a --family-module family: its package or file,
+    shipped with the job (runtime_env py_modules). Each trial names the module in its run
+    settings, and loads it."""
+    if not spec.family_module:
+        return None
+    from trainables.registry import module_location
+
+    return {"py_modules": [str(module_location(spec.family_module))]}
+
+
+def check_workers_import_family(spec: StudySpec) -> None:
+    """Refuse, before anything is written, a plugin family that a worker cannot import:
+    its trials would all fail on that node."""
+    from trainables.registry import registered_family
+
+    entry = registered_family(spec.family)
+    if spec.family_module:
+        fix = f"install what {entry.module} imports on every node"
+    else:
+        fix = (
+            f"install it on every node (pip install the package of {entry.origin}), or pass "
+            f"--family-module {entry.module} and the tool ships it with Ray's runtime_env"
+        )
+    cluster.check_workers_import(entry.module, fix)
+
+
 def check_cluster(spec: StudySpec, verbose: bool) -> None:
-    """Refuse a trial no node can hold. A local run is checked against this machine
-    without starting Ray; `--address` joins the cluster (which writes nothing) to ask."""
-    if spec.address:
+    """Refuse a trial no node can hold, or a family from outside the package that a
+    worker cannot import. A local run of a built-in family is checked against this
+    machine without starting Ray; `--address` joins the cluster (which writes nothing)."""
+    from trainables.registry import registered_family
+
+    # A family from outside the package: Ray starts here (not in `execute`), so the
+    # workers can be asked to import it before anything is written.
+    plugin = not registered_family(spec.family).builtin
+    if spec.address or plugin:
         cluster.quiet_logs(verbose)
-        cluster.connect(spec.address, verbose)
-        nodes, where = cluster.cluster_nodes(), f"the cluster at {spec.address}"
+        cluster.connect(spec.address, verbose, family_runtime_env(spec))
+        where = f"the cluster at {spec.address}" if spec.address else "this machine"
+        nodes = cluster.cluster_nodes()
     else:
         nodes, where = cluster.local_nodes(), "this machine"
     cluster.check_trial_fits(spec.cpus_per_trial, spec.gpus_per_trial, nodes, where)
+    if plugin:
+        check_workers_import_family(spec)
 
 
 def run_settings(spec: StudySpec) -> dict[str, Any]:
@@ -124,6 +188,11 @@ def run_settings(spec: StudySpec) -> dict[str, Any]:
         "eval_every": spec.eval_every,
         "precision": spec.precision,
         "study": spec.name,
+        **{
+            key: value
+            for key in records.OPTIONAL_RUN_SETTINGS
+            if (value := getattr(spec, key)) is not None
+        },
     }
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from analysis.reproductions import param_text as _text
-from study.spec import StudySpec, TrainSpec, check_dataset, check_positive_int, setting_type
+from study.spec import StudySpec, TrainSpec, check_positive_int, setting_type
 from trainables import get_family
+from trainables.config import check_dataset_name
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
 
@@ -40,6 +41,9 @@ SWEEP_SETTINGS = (
     "scheduler",
     "precision",
     "space_file",
+    "image_size",
+    "color",
+    "family_module",
 )
 COMMON_KEYS = {"kind", "description", "family", "dataset", "params"}
 REPRODUCTION_KEYS = COMMON_KEYS | {
@@ -100,8 +104,8 @@ class Preset:
         self, seeds: int | None = None, first_seed: int = 0, **settings: Any
     ) -> list[tuple[Variant, TrainSpec]]:
         """One spec per variant, its seeds (first_seed onwards) trained as replicas.
-        `settings` override dataset, epochs, precision and (as `params`) parameters of
-        every variant."""
+        `settings` override dataset (with image_size and color), epochs, precision, the
+        family's module and (as `params`) parameters of every variant."""
         overrides = settings.pop("params", {}) or {}
         return [
             (
@@ -113,6 +117,9 @@ class Preset:
                     seed=first_seed,
                     seeds=seeds or self.seeds,
                     precision=settings.get("precision") or "fp32",
+                    image_size=settings.get("image_size"),
+                    color=settings.get("color"),
+                    family_module=settings.get("family_module"),
                     params={**self.params, **variant.params, **overrides},
                 ),
             )
@@ -161,7 +168,7 @@ def parse_preset(name: str, data: dict[str, Any], path: Path) -> Preset:
         if not isinstance(data.get(key), str):
             raise fail(key, "required, a string")
     family = get_family(data["family"])
-    check_dataset(data["dataset"])
+    data["dataset"] = check_dataset_name(data["dataset"])
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise fail("params", "expected a mapping of parameter names to values")

@@ -202,9 +202,17 @@ def run_plans(
     # or trained: the presets of one call share them.
     datasets = {}
     for plan in plans:
-        name = plan.specs[0][1].dataset
-        if plan.jobs and name not in datasets:
-            datasets[name] = load_dataset(name, data_dir, download, pick_device(device))
+        spec = plan.specs[0][1]
+        key = (spec.dataset, spec.image_size, spec.color)
+        if plan.jobs and key not in datasets:
+            datasets[key] = load_dataset(
+                spec.dataset,
+                data_dir,
+                download,
+                pick_device(device),
+                image_size=spec.image_size,
+                color=spec.color,
+            )
     echo(
         f"{len(plans)} preset{'' if len(plans) == 1 else 's'}, {total} run"
         f"{'' if total == 1 else 's'} to train ({clock.text()} by the presets' sizes)"
@@ -220,7 +228,8 @@ def run_plans(
             f"{plan.specs[0][1].dataset}, into {plan.out_dir}"
             + (f" ({kept} runs kept)" if kept else "")
         )
-        dataset = datasets.get(plan.specs[0][1].dataset)
+        first = plan.specs[0][1]
+        dataset = datasets.get((first.dataset, first.image_size, first.color))
         for job in plan.jobs:
             started = time.perf_counter()
             metrics, _ = train_once(

@@ -19,18 +19,35 @@ from typing import Any
 import yaml
 
 from analysis import records
-from trainables.config import DATASETS, PRECISIONS, check_precision, check_seeds
+from trainables.config import (
+    COLORS,
+    PRECISIONS,
+    check_dataset_name,
+    check_image_options,
+    check_precision,
+    check_seeds,
+    dataset_label,
+)
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
-def get_family(name: str):
-    """The registered family `name`. The registry (and with it torch) loads on first use,
-    so the command line starts without torch."""
+def get_family(name: str, module: str | None = None):
+    """The registered family `name`, after loading `module` (--family-module) when given.
+    The registry (and with it torch) loads on first use, so the command line starts
+    without torch."""
+    from trainables.registry import add_family_module
     from trainables.registry import get_family as registered
 
+    if module:
+        defined = add_family_module(module).family.name
+        if defined != name:
+            raise ConfigError(
+                f"family: {module} defines family {defined!r}, not {name!r}; "
+                f"name {defined} or pass its module"
+            )
     return registered(name)
 
 
@@ -49,12 +66,6 @@ def parse_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
                 f"--set: cannot read the value of {key!r} ({raw!r}); quote or fix it"
             ) from None
     return values
-
-
-def check_dataset(name: str) -> str:
-    if name not in DATASETS:
-        raise ConfigError(f"dataset: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    return name
 
 
 def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -97,12 +108,27 @@ def settings_of(spec_cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(spec_cls)}
 
 
+DATASET_HELP = (
+    "Dataset: digits, mnist, fashion-mnist, or your own files as npz:PATH (arrays x_train, "
+    "y_train, x_test, y_test) or folder:PATH (a subfolder of images per class)."
+)
+IMAGE_SIZE_HELP = "folder: datasets: resize every image to PIXELS x PIXELS."
+COLOR_HELP = "folder: datasets: read images as gray or rgb (default: rgb if any has colour)."
+FAMILY_MODULE_HELP = (
+    "Load the family from this module (pkg.module, defining FAMILY) when no installed "
+    "package provides it; Ray ships it to the workers."
+)
+
+
 @dataclass
 class TrainSpec:
     """One training run: what `study train` runs and what `study export` writes."""
 
     family: str = field(metadata={"help": "Model family to train.", "flag": None})
-    dataset: str = setting("digits", "Dataset.", choices=DATASETS)
+    dataset: str = setting("digits", DATASET_HELP, metavar="NAME")
+    image_size: int | None = setting(None, IMAGE_SIZE_HELP, metavar="PIXELS")
+    color: str | None = setting(None, COLOR_HELP, choices=COLORS)
+    family_module: str | None = setting(None, FAMILY_MODULE_HELP, metavar="MODULE")
     epochs: int = setting(20, "Training epochs.")
     seed: int = setting(0, "Seed for weights, batches and noise.")
     seeds: int = setting(
@@ -121,8 +147,9 @@ class TrainSpec:
     INFO_KEYS = ("metrics", "seed_metrics", "source", "objectives", "robust")
 
     def __post_init__(self) -> None:
-        family = get_family(self.family)
-        check_dataset(self.dataset)
+        family = get_family(self.family, self.family_module)
+        self.dataset = check_dataset_name(self.dataset)
+        check_image_options(self.dataset, self.image_size, self.color)
         check_positive_int("epochs", self.epochs)
         check_positive_int("seed", self.seed, minimum=0)
         check_seeds(self.seeds)
@@ -193,7 +220,10 @@ class StudySpec:
 
     family: str = field(metadata={"help": "Model family to sweep.", "flag": None})
     name: str = setting("", "Study name (default <family>-<dataset>-<time>).")
-    dataset: str = setting("digits", "Dataset.", choices=DATASETS)
+    dataset: str = setting("digits", DATASET_HELP, metavar="NAME")
+    image_size: int | None = setting(None, IMAGE_SIZE_HELP, metavar="PIXELS")
+    color: str | None = setting(None, COLOR_HELP, choices=COLORS)
+    family_module: str | None = setting(None, FAMILY_MODULE_HELP, metavar="MODULE")
     trials: int = setting(8, "Number of trials Optuna proposes.")
     epochs: int = setting(10, "Epochs per trial (ASHA may stop a trial sooner).")
     objectives: list[str] = setting(
@@ -248,10 +278,12 @@ class StudySpec:
     )
 
     def __post_init__(self) -> None:
-        family = get_family(self.family)
-        check_dataset(self.dataset)
+        family = get_family(self.family, self.family_module)
+        self.dataset = check_dataset_name(self.dataset)
+        check_image_options(self.dataset, self.image_size, self.color)
         self.name = check_study_name(
-            self.name or f"{self.family}-{self.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+            self.name
+            or f"{self.family}-{dataset_label(self.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
         self._check_counts()
         check_seeds(self.seeds)

@@ -44,7 +44,7 @@ WAIT_POLICY = "OMP_WAIT_POLICY"
 # The commands that train in this process alone. Every other command either trains
 # nothing or runs trials on Ray workers, which share their cores with the driver and
 # with each other and inherit this process's environment when Ray starts here.
-ONE_PROCESS_COMMANDS = frozenset({"train", "reproduce"})
+ONE_PROCESS_COMMANDS = frozenset({"train", "reproduce", "check-family"})
 # How `study train` looks at the machine as it starts: the other tasks runnable on its
 # cores, counted this many times this far apart (about 0.1 s in all). A core counts as
 # taken when some other task was runnable on it in at least half the looks.

@@ -15,6 +15,7 @@ from analysis.seeds import summarize
 from study.provenance import PROVENANCE_FILE, provenance
 from study.spec import TrainSpec
 from trainables import Dataset, Experiment, load_dataset, pick_device
+from trainables.config import dataset_label
 from trainables.images import save_images
 from trainables.io import atomic_directory
 
@@ -26,7 +27,7 @@ def default_out_dir(spec: TrainSpec) -> Path:
     seeds = (
         f"seed{spec.seed}" if spec.seeds == 1 else f"seeds{spec.seed}-{spec.seed + spec.seeds - 1}"
     )
-    return Path("runs") / "train" / f"{spec.family}-{spec.dataset}-{seeds}-{stamp}"
+    return Path("runs") / "train" / f"{spec.family}-{dataset_label(spec.dataset)}-{seeds}-{stamp}"
 
 
 def train_once(
@@ -56,7 +57,14 @@ def train_once(
 
         raise ConfigError(f"out: {out_dir} exists and is not empty; choose another --out")
     if dataset is None:
-        dataset = load_dataset(spec.dataset, data_dir, download, pick_device(device))
+        dataset = load_dataset(
+            spec.dataset,
+            data_dir,
+            download,
+            pick_device(device),
+            image_size=spec.image_size,
+            color=spec.color,
+        )
     experiment = Experiment.create(
         spec.family, spec.params, dataset, spec.seed, precision=spec.precision, seeds=spec.seeds
     )

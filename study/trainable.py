@@ -32,15 +32,20 @@ from analysis.records import (  # noqa: E402
 from analysis.seeds import summarize  # noqa: E402
 from trainables import Experiment, load_dataset  # noqa: E402
 from trainables.images import save_images  # noqa: E402
+from trainables.registry import add_family_module  # noqa: E402
 
 IMAGES_DIR = "images"
 CHECKPOINT_SECONDS = 10.0
 
 
 @lru_cache(maxsize=2)
-def _cached_dataset(name: str, data_dir: str | None, device: str):
+def _cached_dataset(
+    name: str, data_dir: str | None, device: str, image_size: int | None, color: str | None
+):
     # Reused actors keep the dataset between trials: loading MNIST costs about a second.
-    return load_dataset(name, data_dir, download=False, device=device)
+    return load_dataset(
+        name, data_dir, download=False, device=device, image_size=image_size, color=color
+    )
 
 
 def _allocated_device_and_threads() -> tuple[str, int]:
@@ -62,7 +67,11 @@ def train_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
-    dataset = _cached_dataset(run["dataset"], run.get("data_dir"), device)
+    if run.get("family_module"):  # a family from outside the package (--family-module)
+        add_family_module(run["family_module"])
+    dataset = _cached_dataset(
+        run["dataset"], run.get("data_dir"), device, run.get("image_size"), run.get("color")
+    )
     experiment = Experiment.create(
         run["family"],
         params,

@@ -54,7 +54,7 @@ def case(id: str, command: str, field: str, fix: str, setup: str = "", script=Fa
 CASES = [
     # --- study run: the spec ---
     case("run-unknown-family", "run nofamily", "family:", "choose one of"),
-    case("run-unknown-dataset", "run mlvae --dataset cifar", "'--dataset'", "is not one of"),
+    case("run-unknown-dataset", "run mlvae --dataset cifar", "dataset:", "npz:PATH / folder:PATH"),
     case("run-unknown-objective", "run mlvae --objective nosuch:max", "objective:", "choose from"),
     case("run-unknown-parameter", "run mlvae --set nosuch=1", "nosuch:", "valid parameters"),
     case("run-wrong-type-parameter", "run mlvae --set style_dim=abc", "style_dim:", "expected int"),
@@ -66,6 +66,81 @@ CASES = [
     case("run-group-size-1", "run mlvae --set group_size=1", "group_size:", "use a value in"),
     case("run-name-separator", "run mlvae --name a/b", "name:", "no path separators"),
     case("run-name-dotdot", "run mlvae --name ..", "name:", "no path separators"),
+    # --- the user's own data (npz:, folder:) ---
+    case(
+        "npz-missing-file",
+        "run betavae --dataset npz:{inputs}/nosuch.npz",
+        "dataset:",
+        "check the path",
+    ),
+    case(
+        "npz-missing-array",
+        "run betavae --dataset npz:{inputs}/no_test_labels.npz",
+        "dataset:",
+        "no array 'y_test'",
+    ),
+    case(
+        "npz-mismatched-lengths",
+        "run betavae --dataset npz:{inputs}/lengths.npz",
+        "dataset:",
+        "one label per image",
+    ),
+    case(
+        "npz-nan-pixels",
+        "train betavae --dataset npz:{inputs}/nan.npz",
+        "dataset:",
+        "replace them with values in [0, 1]",
+    ),
+    case(
+        "npz-out-of-range",
+        "run betavae --dataset npz:{inputs}/range.npz",
+        "dataset:",
+        "scale pixels to [0, 1]",
+    ),
+    case(
+        "npz-float-labels",
+        "train betavae --dataset npz:{inputs}/float_labels.npz",
+        "dataset:",
+        "integer class indices",
+    ),
+    case(
+        "npz-class-below-group-size",
+        "run mlvae --dataset npz:{inputs}/small_class.npz",
+        "dataset:",
+        "keep group_size <= 3",
+    ),
+    case(
+        "folder-empty",
+        "run betavae --dataset folder:{inputs}/empty_folder",
+        "dataset:",
+        "one subfolder per class",
+    ),
+    case(
+        "folder-unreadable-image",
+        "train betavae --dataset folder:{inputs}/unreadable",
+        "bad.png",
+        "replace or delete the file",
+    ),
+    case(
+        "image-size-without-folder",
+        "run betavae --image-size 16",
+        "image-size:",
+        "folder: datasets only",
+    ),
+    # --- families from outside the package ---
+    case(
+        "family-module-missing",
+        "run small --family-module no_such_module_here",
+        "family-module:",
+        "cannot import",
+    ),
+    case(
+        "family-module-not-a-family",
+        "train small --family-module json",
+        "family-module:",
+        "FAMILY = YourFamily()",
+    ),
+    case("check-family-unknown", "check-family nosuchfamily", "family:", "choose one of"),
     # --- study run: the search space file ---
     case("space-low-above-high", "run mlvae --space {inputs}/low_high.yaml", "lr:", "swap them"),
     case("space-malformed-yaml", "run mlvae --space {inputs}/broken.yaml", "space:", "syntax"),
@@ -348,6 +423,42 @@ def _write_inputs(inputs: Path) -> None:
     images = truncated / "train-images-idx3-ubyte.gz"
     raw = gzip.decompress(images.read_bytes())
     images.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    _write_own_data(inputs)
+
+
+def _write_own_data(inputs: Path) -> None:
+    """npz files and image folders with one fault each (the npz layout: x_train, y_train,
+    x_test, y_test)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(40) % 4
+    good = {
+        "x_train": rng.integers(0, 256, (40, 6, 5), dtype=np.uint8),
+        "y_train": labels,
+        "x_test": rng.integers(0, 256, (20, 6, 5), dtype=np.uint8),
+        "y_test": labels[:20],
+    }
+    nan = good["x_train"].astype(np.float32) / 255
+    nan[3, 2, 2] = np.nan
+    faults = {
+        "no_test_labels": {k: v for k, v in good.items() if k != "y_test"},
+        "lengths": {**good, "y_train": labels[:39]},
+        "nan": {**good, "x_train": nan},
+        "range": {**good, "x_test": good["x_test"].astype(np.float32)},  # 0..255 as floats
+        "float_labels": {**good, "y_train": labels.astype(np.float32)},
+        # Class 3 has 3 training samples; the ML-VAE's space reaches groups of 32.
+        "small_class": {**good, "y_train": np.where(np.arange(40) < 37, labels % 3, 3)},
+    }
+    for name, arrays in faults.items():
+        np.savez(inputs / f"{name}.npz", **arrays)
+    (inputs / "empty_folder").mkdir()
+    for label in ("a", "b"):
+        (inputs / "unreadable" / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(good["x_train"][i]).save(inputs / "unreadable" / label / f"{i}.png")
+    (inputs / "unreadable" / "b" / "bad.png").write_bytes(b"not a png")
 
 
 def _template_store(directory: Path) -> Path:

@@ -27,7 +27,7 @@ def test_digits_split_shapes_and_ranges(digits):
     assert digits.x_train.shape == (1437, 64)
     assert digits.x_test.shape == (360, 64)
     assert digits.y_train.shape == (1437,) and digits.y_test.shape == (360,)
-    assert digits.n_pixels == 64 and digits.image_shape == (8, 8) and digits.n_classes == 10
+    assert digits.n_pixels == 64 and digits.image_shape == (1, 8, 8) and digits.n_classes == 10
     assert digits.x_train.dtype == torch.float32 and digits.y_train.dtype == torch.int64
     for x in (digits.x_train, digits.x_test):
         assert x.min() >= 0.0 and x.max() <= 1.0
@@ -208,7 +208,7 @@ def test_load_mnist_from_idx_files(tmp_path):
     arrays = write_idx_set(tmp_path)
     dataset = load_dataset("mnist", data_dir=tmp_path)
     assert dataset.name == "mnist"
-    assert dataset.image_shape == (4, 3) and dataset.n_pixels == 12 and dataset.n_classes == 10
+    assert dataset.image_shape == (1, 4, 3) and dataset.n_pixels == 12 and dataset.n_classes == 10
     assert dataset.x_train.shape == (12, 12) and dataset.x_test.shape == (5, 12)
     assert dataset.x_train.dtype == torch.float32 and dataset.y_train.dtype == torch.int64
     expected = torch.from_numpy(arrays["x_train"].reshape(12, -1).astype(np.float32) / 255.0)
@@ -311,7 +311,7 @@ MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 def test_real_mnist(mnist_dir):
     mnist = load_dataset("mnist", data_dir=mnist_dir)
     assert mnist.x_train.shape == (60000, 784) and mnist.x_test.shape == (10000, 784)
-    assert mnist.image_shape == (28, 28)
+    assert mnist.image_shape == (1, 28, 28)
     assert mnist.x_train.min() >= 0.0 and mnist.x_train.max() == 1.0
     assert torch.bincount(mnist.y_train).tolist() == MNIST_TRAIN_COUNTS
     assert torch.bincount(mnist.y_test).tolist() == MNIST_TEST_COUNTS

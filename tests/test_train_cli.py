@@ -112,7 +112,7 @@ BAD_INPUTS = {
     "unknown-parameter": (["train", "mlvae", "--set", "colour=1"], ["colour:", "valid parameters"]),
     "zero-noise-std": (["train", "mlvae", "--set", "noise_std=0"], ["noise_std:", "out of range"]),
     "text-for-int": (["train", "icvae", "--set", "z_dim=abc"], ["z_dim:", "expected int"]),
-    "unknown-dataset": (["train", "mlvae", "--dataset", "nope"], ["--dataset", "nope"]),
+    "unknown-dataset": (["train", "mlvae", "--dataset", "nope"], ["dataset:", "nope", "npz:PATH"]),
     "zero-epochs": (["train", "mlvae", "--epochs", "0"], ["epochs:", ">= 1"]),
     "malformed-yaml": (
         ["train", "--config", "{inputs}/broken.yaml"],

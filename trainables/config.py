@@ -6,6 +6,8 @@ its choices from these names before it needs torch."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -14,11 +16,74 @@ from typing import Any, ClassVar, Literal
 from trainables.errors import ConfigError
 
 DATASETS = ("digits", "mnist", "fashion-mnist")
+# The user's own files: "npz:PATH" (an .npz archive of four arrays) or "folder:PATH" (one
+# subfolder of images per class), read by trainables.own_data.
+OWN_DATASET_KINDS = ("npz", "folder")
+# What a folder's images are converted to: greyscale (one channel) or RGB (three).
+COLORS = ("gray", "rgb")
 # Training arithmetic: "bf16" runs each training step's forward pass under bfloat16
 # autocast (loss terms stay float32, see losses.py); evaluation is always float32.
 PRECISIONS = ("fp32", "bf16")
 # Seed replicas one experiment trains at once (trainables.replicas).
 MAX_SEEDS = 64
+
+
+def check_dataset_name(name: str) -> str:
+    """`name` if it is a built-in dataset; for npz:PATH and folder:PATH, the same with the
+    path made absolute (and `~` expanded), so every process of a study reads the same
+    files whatever its working directory. Only the form is checked, not the files."""
+    if name in DATASETS:
+        return name
+    kind, colon, path = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not colon or kind not in OWN_DATASET_KINDS:
+        raise ConfigError(
+            f"dataset: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, "
+            "or npz:PATH / folder:PATH for your own files"
+        )
+    if not path.strip():
+        what = (
+            "an .npz file" if kind == "npz" else "a folder with one subfolder of images per class"
+        )
+        raise ConfigError(f"dataset: {name!r} names no path; write {kind}:PATH with PATH {what}")
+    return f"{kind}:{os.path.abspath(os.path.expanduser(path))}"
+
+
+def check_image_options(dataset: str, image_size: int | None, color: str | None) -> None:
+    """--image-size and --color shape a folder's images; every other dataset has one shape."""
+    if image_size is not None and (
+        isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 2
+    ):
+        raise ConfigError(
+            f"image-size: expected a whole number of pixels >= 2, got {image_size!r}; "
+            "--image-size N resizes a folder's images to N x N"
+        )
+    if color is not None and color not in COLORS:
+        raise ConfigError(
+            f"color: expected one of {', '.join(COLORS)}, got {color!r}; --color converts "
+            "a folder's images to grey or RGB"
+        )
+    for flag, value in (("image-size", image_size), ("color", color)):
+        if value is not None and not dataset.startswith("folder:"):
+            raise ConfigError(
+                f"{flag}: --{flag} applies to folder: datasets only, not {dataset}; fix: drop it"
+            )
+
+
+def dataset_label(name: str) -> str:
+    """A short name for the dataset, safe inside a study's name or a file name: the
+    built-in name, or the file's stem / the folder's name, with anything outside
+    [A-Za-z0-9_.-] replaced by `_`. Any other name (a benchmark's "synthetic-mnist") is
+    cleaned the same way rather than refused."""
+    kind, colon, path = name.partition(":")
+    label = name
+    if colon and kind in OWN_DATASET_KINDS and path.strip():
+        # The absolute path: its last part is the folder's name even for "folder:." or "x/".
+        label = os.path.basename(check_dataset_name(name).partition(":")[2])
+        if kind == "npz":
+            label = os.path.splitext(label)[0]
+    # At most 40 characters: a default study name (family-label-time) stays within 100.
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:40]
+    return label.strip("._-") or kind or "dataset"
 
 
 def check_precision(precision: str) -> str:

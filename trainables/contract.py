@@ -32,6 +32,7 @@ from trainables.registry import all_families, get_family
 
 __all__ = [
     "case",
+    "contract_colour_images",
     "contract_digits",
     "test_a_shared_metric_name_means_the_same_everywhere",
     "test_declarations_hold_together",
@@ -52,6 +53,7 @@ __all__ = [
     "test_training_step_is_cuda_graph_safe",
     "test_unknown_family_names_the_choices",
     "test_unknown_parameter_names_the_valid_ones",
+    "test_works_on_any_image_shape_and_channel_count",
     "test_wrong_type_names_the_field",
 ]
 
@@ -84,6 +86,24 @@ CASES = [Case(name) for name in FAMILY_NAMES] + [
 @pytest.fixture(scope="session")
 def contract_digits() -> Dataset:
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def contract_colour_images(contract_digits) -> Dataset:
+    """Digits as 3-channel images of 10 x 9 pixels (each channel a different function of
+    the digit, padded unevenly): a shape and channel count no family was written for."""
+
+    def colour(x: torch.Tensor) -> torch.Tensor:
+        grey = torch.nn.functional.pad(x.view(-1, 1, 8, 8), (0, 1, 2, 0))
+        return torch.cat([grey, 0.5 * grey, 1.0 - grey], dim=1).flatten(1)
+
+    return dataclasses.replace(
+        contract_digits,
+        name="digits-colour-10x9",
+        x_train=colour(contract_digits.x_train),
+        x_test=colour(contract_digits.x_test),
+        image_shape=(3, 10, 9),
+    )
 
 
 @pytest.fixture(params=CASES, ids=[c.id for c in CASES])
@@ -217,7 +237,10 @@ def test_save_and_restore_resume_exactly(case, contract_digits, tmp_path):
     assert_same_state(saved_weights, snapshot(resumed.model))
     assert resumed.epoch == 1 and resumed.last_metrics == saved_metrics
     assert not resumed.diverged
-    assert resumed.train_epoch() == losses_original
+    assert resumed.train_epoch() == losses_original, (
+        "the restored run trains differently from the original: state that training "
+        "reads is missing from state_dict() (a plain attribute, not a buffer?)"
+    )
     assert resumed.evaluate() == metrics_original
     assert_same_state(snapshot(original.model), snapshot(resumed.model))
     for key, optimizer in original.optimizers.items():
@@ -339,7 +362,10 @@ def test_replicas_resume_exactly(case, contract_digits, tmp_path):
     expected = original.train_replicas()
     resumed = case.experiment(contract_digits, seed=2, seeds=2)
     resumed.restore(tmp_path)
-    assert resumed.train_replicas() == expected
+    assert resumed.train_replicas() == expected, (
+        "restored replicas train differently from the originals: state that training "
+        "reads is missing from state_dict() (a plain attribute, not a buffer?)"
+    )
     assert_same_state(snapshot(original.model), snapshot(resumed.model))
     # A state saved by other seeds is refused, naming the setting; so is one from before
     # replicas existed (no seeds, no noise stream).
@@ -378,7 +404,11 @@ def test_evaluate_changes_nothing_and_returns_the_declared_metrics(case, contrac
     assert_same_state(weights, snapshot(experiment.model))
     assert optimizer_states == {k: repr(o.state_dict()) for k, o in experiment.optimizers.items()}
     assert torch.equal(generator_state, experiment.generator.get_state())
-    assert set(metrics) == set(family.reported_metrics(experiment.config)) | {"diverged"}
+    expected = set(family.reported_metrics(experiment.config)) | {"diverged"}
+    assert set(metrics) == expected, (
+        f"evaluate() left out {sorted(expected - set(metrics))} and returned undeclared "
+        f"{sorted(set(metrics) - expected)}"
+    )
     assert metrics["diverged"] == 0.0
     for name, value in metrics.items():
         assert isinstance(value, float) and math.isfinite(value), (name, value)
@@ -399,9 +429,29 @@ def test_image_grids_have_the_declared_names_and_kinds(case, contract_digits):
             assert image.shape[0] > 100 and image.shape[1] > 100, name
             assert len(torch.unique(image.reshape(-1, 3), dim=0)) > 10, name
             continue
-        assert image.dim() == 4 and image.shape[2:] == contract_digits.image_shape, name
+        assert image.dim() == 5 and image.shape[2:] == contract_digits.image_shape, name
         assert image.shape[0] >= 1 and image.shape[1] >= 1, name
         assert image.is_floating_point() and image.min() >= 0.0 and image.max() <= 1.0, name
+
+
+def test_works_on_any_image_shape_and_channel_count(case, contract_colour_images):
+    """Users bring their own images (npz:, folder:): every family trains, evaluates and
+    draws its grids on an RGB, non-square shape, the grids in that shape."""
+    data = contract_colour_images
+    experiment = case.experiment(data)
+    losses = experiment.train_epoch()
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    metrics = experiment.evaluate()
+    assert metrics["diverged"] == 0.0
+    for name, value in metrics.items():
+        assert case.family.metric(name).admits(value), (name, value)
+    x, y = data.x_test[:4], data.y_test[:4]
+    with torch.no_grad():
+        assert experiment.model.eval().reconstruct(x, y).shape == x.shape
+    declared = {grid.name: grid for grid in case.family.grids}
+    for name, image in experiment.image_grids().items():
+        if declared[name].kind == "images":
+            assert image.shape[2:] == data.image_shape, name
 
 
 def test_reconstruct_gives_images_of_the_inputs(case, contract_digits):

@@ -1,7 +1,8 @@
 """Datasets as whole tensors on the trial's device, and the batchers that slice them.
 
 A training loop never touches a Python object per sample: a split is one float tensor in
-[0, 1] of shape (N, pixels), and a batch is an index tensor into it.
+[0, 1] of shape (N, C*H*W), and a batch is an index tensor into it. Besides the built-in
+datasets, `npz:PATH` and `folder:PATH` name the user's own files (trainables.own_data).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import hashlib
 import importlib.metadata
 import os
 import struct
-import tempfile
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainables.config import DATASETS
-from trainables.errors import DataError
+from trainables.config import check_dataset_name, check_image_options
+from trainables.errors import ConfigError, DataError
+from trainables.own_data import OwnData, load_folder, load_npz, read_cache, write_cache
 
 DATA_DIR_ENV = "LATENT_STUDIES_DATA_DIR"
 CACHE_ENV = "LATENT_STUDIES_CACHE"
@@ -43,24 +43,43 @@ DIGITS_SOURCE = "sklearn.datasets.load_digits"
 
 @dataclass(frozen=True)
 class Dataset:
-    """Both splits of one dataset, flattened, as tensors on one device."""
+    """Both splits of one dataset, flattened, as tensors on one device.
+
+    An image is flattened channel-first, so `x.view(N, *image_shape)` recovers the
+    (N, C, H, W) images.
+    """
 
     name: str
-    x_train: torch.Tensor  # (N, pixels) float32 in [0, 1]
-    y_train: torch.Tensor  # (N,) int64
+    x_train: torch.Tensor  # (N, C*H*W) float32 in [0, 1]
+    y_train: torch.Tensor  # (N,) int64 in 0..n_classes-1
     x_test: torch.Tensor
     y_test: torch.Tensor
-    image_shape: tuple[int, int]
+    image_shape: tuple[int, int, int]  # (C, H, W), C = 1 (grey) or 3 (RGB)
     n_classes: int
-    # Where the data came from (a directory, or "sklearn.datasets.load_digits") and a hash
-    # of its arrays as loaded: what a trial's MLflow dataset input records, so runs that
-    # trained on different files (another node's copy) tell apart.
+    # Where the data came from (a directory or file, or "sklearn.datasets.load_digits") and
+    # a hash of its arrays as loaded: what a trial's MLflow dataset input records, so runs
+    # that trained on different files (another node's copy) tell apart.
     source: str = ""
     digest: str = ""
+    # A folder's class names, by label; empty where classes are only numbers.
+    class_names: tuple[str, ...] = ()
+    # Sentences telling the user what the loader chose for them (a train/test split).
+    notes: tuple[str, ...] = ()
 
     @property
     def n_pixels(self) -> int:
         return self.x_train.shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[0]
+
+    def smallest_class(self) -> tuple[int, int]:
+        """The class with the fewest training samples (the first on a tie) and its count:
+        what bounds ML-VAE's group_size."""
+        counts = torch.bincount(self.y_train.cpu(), minlength=self.n_classes)
+        index = int(torch.argmin(counts))
+        return index, int(counts[index])
 
     @property
     def device(self) -> torch.device:
@@ -92,11 +111,24 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     device: str | torch.device = "cpu",
+    image_size: int | None = None,
+    color: str | None = None,
 ) -> Dataset:
     """Load `name` whole onto `device`. MNIST-style sets come from idx files in `data_dir`
-    (or $LATENT_STUDIES_DATA_DIR); torchvision downloads only when `download` is true."""
-    if name not in DATASETS:
-        raise DataError(f"dataset: unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    (or $LATENT_STUDIES_DATA_DIR); torchvision downloads only when `download` is true.
+    `npz:PATH` and `folder:PATH` read the user's files; a folder's images are resized to
+    `image_size` square and converted to `color` ("gray" or "rgb") when those are given."""
+    try:
+        checked = check_dataset_name(name)
+        check_image_options(checked, image_size, color)
+    except ConfigError as error:  # the CLI checked these; a caller that did not gets this
+        raise DataError(str(error)) from None
+    kind, _, path = checked.partition(":")
+    if kind == "npz":
+        return _own_dataset(checked, path, load_npz(Path(path))).to(device)
+    if kind == "folder":
+        loaded = load_folder(Path(path), image_size, color, cache_root())
+        return _own_dataset(checked, path, loaded).to(device)
     if name == "digits":
         return _load_digits().to(device)
     directory = _find_idx_dir(name, data_dir, download)
@@ -107,7 +139,7 @@ def load_dataset(
                 f"data-dir: {directory} has {len(arrays[f'x_{split}'])} {split} images but "
                 f"{len(arrays[f'y_{split}'])} labels; replace the idx files with matching ones"
             )
-    rows, cols = arrays["x_train"].shape[1:]
+    height, width = arrays["x_train"].shape[1:]
     images = lambda a: torch.from_numpy(a.reshape(len(a), -1)).float().div_(255.0)  # noqa: E731
     labels = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
     dataset = Dataset(
@@ -116,7 +148,7 @@ def load_dataset(
         labels(arrays["y_train"]),
         images(arrays["x_test"]),
         labels(arrays["y_test"]),
-        (rows, cols),
+        (1, height, width),
         10,
         source=str(directory.resolve()),
         digest=digest(arrays),
@@ -131,21 +163,10 @@ def _load_digits() -> Dataset:
     path = (
         cache_root() / f"digits-{_sklearn_version()}-{DIGITS_TEST_FRACTION}-{DIGITS_SPLIT_SEED}.npz"
     )
-    try:
-        with np.load(path) as saved:
-            arrays = {key: saved[key] for key in ("x_train", "y_train", "x_test", "y_test")}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, damaged
+    arrays = read_cache(path, ("x_train", "y_train", "x_test", "y_test"))
+    if arrays is None:  # absent or damaged
         arrays = _split_digits()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Write then rename: processes racing to fill the cache never read half a file.
-            with tempfile.NamedTemporaryFile(
-                dir=path.parent, suffix=".npz", delete=False
-            ) as handle:
-                np.savez(handle, **arrays)
-            os.replace(handle.name, path)
-        except OSError:  # a cache that cannot be written only costs the next process time
-            pass
+        write_cache(path, arrays)
     t = torch.from_numpy
     return Dataset(
         "digits",
@@ -153,10 +174,34 @@ def _load_digits() -> Dataset:
         t(arrays["y_train"]),
         t(arrays["x_test"]),
         t(arrays["y_test"]),
-        (8, 8),
+        (1, 8, 8),
         10,
         source=DIGITS_SOURCE,
         digest=digest(arrays),
+    )
+
+
+def _own_dataset(name: str, source: str, loaded: OwnData) -> Dataset:
+    """A Dataset of arrays read from the user's files: images (N, C, H, W), uint8 or
+    float32 in [0, 1]."""
+    arrays = loaded.arrays
+
+    def images(a: np.ndarray) -> torch.Tensor:
+        flat = torch.from_numpy(a.reshape(len(a), -1))
+        return flat.float().div_(255.0) if a.dtype == np.uint8 else flat.float()
+
+    return Dataset(
+        name,
+        images(arrays["x_train"]),
+        torch.from_numpy(arrays["y_train"]),
+        images(arrays["x_test"]),
+        torch.from_numpy(arrays["y_test"]),
+        tuple(arrays["x_train"].shape[1:]),
+        loaded.n_classes,
+        source=source,
+        digest=digest(arrays),
+        class_names=loaded.class_names,
+        notes=loaded.notes,
     )
 
 

@@ -169,6 +169,11 @@ class Family(abc.ABC, Generic[ConfigT, ModelT]):
         """One epoch's batches, as index tensors into the training split."""
         return shuffled_batches(len(dataset.x_train), config.batch_size, generator, dataset.device)
 
+    def check_data(self, config: ConfigT, dataset: Dataset) -> None:
+        """Raise DataError, naming the dataset and the fix, when `config` cannot train on
+        `dataset` (the ML-VAE's groups need classes at least as large). The planner calls
+        it on each end of a search space before a study starts; `build` calls it too."""
+
     def reported_metrics(self, config: ConfigT) -> tuple[str, ...]:
         """The metrics evaluate() returns for `config`: all the declared ones, unless the
         family's evaluate() reports some only under some settings."""
@@ -179,6 +184,7 @@ class Family(abc.ABC, Generic[ConfigT, ModelT]):
         return self.config_cls.from_dict(dict(values or {}))
 
     def build(self, config: ConfigT, dataset: Dataset) -> ModelT:
+        self.check_data(config, dataset)
         model = self.make_model(config, dataset)
         if not isinstance(model, FamilyModel):
             raise ContractError(

@@ -1,7 +1,8 @@
 """Image grids a family declares, and the two every family shows.
 
-A grid is either a block of images, a (rows, cols, H, W) tensor in [0, 1] (saved as one
-tiled greyscale PNG), or a picture, an (H, W, 3) uint8 RGB tensor (the latent scatter).
+A grid is either a block of images, a (rows, cols, C, H, W) tensor in [0, 1] with the
+dataset's `image_shape` (C, H, W) (saved as one tiled PNG, greyscale for C = 1, RGB for
+C = 3), or a picture, an (H, W, 3) uint8 RGB tensor (the latent scatter).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Grid:
 
 @torch.no_grad()
 def reconstruction_grid(model, dataset: Dataset, config: FamilyConfig, ctx) -> torch.Tensor:
-    """Ten test images (top row) over their reconstructions from mean codes (bottom row)."""
+    """Ten test images (top row) over their reconstructions from mean codes (bottom row):
+    a (2, 10, C, H, W) grid."""
     model.eval()
     x, y = ctx.x_test[:10], ctx.y_test[:10]
     return torch.stack([x, model.reconstruct(x, y)]).view(2, len(x), *dataset.image_shape)
@@ -56,7 +58,9 @@ def latent_scatter(model, dataset: Dataset, config: FamilyConfig, ctx) -> torch.
         name: (principal_plane(codes.float()).cpu().numpy(), codes.shape[1])
         for name, codes in model.latent_codes(x, y).items()
     }
-    return scatter_picture(panels, y.cpu().numpy())
+    return scatter_picture(
+        panels, y.cpu().numpy(), n_classes=dataset.n_classes, class_names=dataset.class_names
+    )
 
 
 def principal_plane(codes: torch.Tensor) -> torch.Tensor:

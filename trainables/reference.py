@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.config import dataset_label
 from trainables.data import Dataset, cache_root, shuffled_batches
 
 RECIPE_VERSION = 1
@@ -53,7 +54,8 @@ class ReferenceClassifier:
 
 def load_reference(dataset: Dataset) -> ReferenceClassifier:
     """The cached classifier for `dataset`, training and caching it on first use."""
-    path = cache_dir() / f"{dataset.name}-{_fingerprint(dataset)}.pt"
+    # The label, not the name: "npz:/data/x.npz" would be a path of folders.
+    path = cache_dir() / f"{dataset_label(dataset.name)}-{_fingerprint(dataset)}.pt"
     with torch.random.fork_rng(devices=[]):  # building it must not move the caller's RNG
         model = build_classifier(dataset.n_pixels, dataset.n_classes)
     if path.exists():

@@ -67,7 +67,7 @@ def synthetic_mnist(n_train: int = 60_000, n_test: int = 10_000) -> Dataset:
         labels(n_train),
         images(n_test),
         labels(n_test),
-        (28, 28),
+        (1, 28, 28),
         10,
     )
 
@@ -101,9 +101,11 @@ def subset(dataset: Dataset, n_train: int) -> Dataset:
 
 def uint8_images(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The training split back as (N, H, W) uint8 images and int64 labels, the form the
-    reference implementations read their data in (exact: pixels were stored as k/255)."""
+    reference implementations read their (greyscale) data in (exact: pixels were stored
+    as k/255)."""
+    assert dataset.channels == 1, "the reference implementations read greyscale images"
     pixels = (dataset.x_train.cpu() * 255).round().to(torch.uint8)
-    return pixels.view(-1, *dataset.image_shape).numpy(), dataset.y_train.cpu().numpy()
+    return pixels.view(-1, *dataset.image_shape[1:]).numpy(), dataset.y_train.cpu().numpy()
 
 
 # --- timing ----------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def worker(workload: str, threads: int, seconds: float, interop: int | None, our
         n = 16 * config["batch_size"]
         x = torch.rand(n, 784, generator=generator)
         y = torch.arange(n) % 10
-        dataset = Dataset("mnist-shaped", x, y, x[:512], y[:512], (28, 28), 10)
+        dataset = Dataset("mnist-shaped", x, y, x[:512], y[:512], (1, 28, 28), 10)
     experiment = Experiment.create(family, config, dataset, seed=0, use_reference=False)
     steps_per_epoch = len(dataset.x_train) // config["batch_size"]
     experiment.train_epoch()  # warm-up

@@ -22,7 +22,7 @@ from torch import nn
 
 from trainables import noise
 from trainables.data import Dataset, GroupBatcher, fixed_groups
-from trainables.errors import ConfigError
+from trainables.errors import ConfigError, DataError
 from trainables.family import (
     Family,
     FamilyConfig,
@@ -218,6 +218,16 @@ class MLVAEFamily(Family[MLVAEConfig, MLVAE]):
 
     def make_model(self, config: MLVAEConfig, dataset: Dataset) -> MLVAE:
         return MLVAE(config, dataset.n_pixels)
+
+    def check_data(self, config: MLVAEConfig, dataset: Dataset) -> None:
+        label, count = dataset.smallest_class()
+        if count < config.group_size:
+            named = dataset.class_names[label] if dataset.class_names else label
+            raise DataError(
+                f"dataset: class {named!r} of {dataset.name} has {count} training samples, fewer "
+                f"than group_size {config.group_size}; fix: keep group_size <= {count} "
+                f"(--set group_size=N, or a --space whose values stop there) or add samples"
+            )
 
     def make_optimizers(
         self, model: MLVAE, config: MLVAEConfig
