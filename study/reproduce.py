@@ -194,8 +194,7 @@ def run_plans(
 ) -> list[dict[str, Any]]:
     """Train every plan's jobs in turn, with a line per run and the time left, and write
     each preset's summary once its runs are done."""
-    from study.train import train_once
-    from trainables import load_dataset, pick_device
+    from study.train import load_spec_dataset, train_once
 
     total = sum(len(p.jobs) for p in plans)
     # Every dataset a run needs, loaded (or refused, in one line) before anything is said
@@ -205,14 +204,7 @@ def run_plans(
         spec = plan.specs[0][1]
         key = (spec.dataset, spec.image_size, spec.color)
         if plan.jobs and key not in datasets:
-            datasets[key] = load_dataset(
-                spec.dataset,
-                data_dir,
-                download,
-                pick_device(device),
-                image_size=spec.image_size,
-                color=spec.color,
-            )
+            datasets[key] = load_spec_dataset(spec, data_dir, download, device)
     echo(
         f"{len(plans)} preset{'' if len(plans) == 1 else 's'}, {total} run"
         f"{'' if total == 1 else 's'} to train ({clock.text()} by the presets' sizes)"

@@ -30,6 +30,20 @@ def default_out_dir(spec: TrainSpec) -> Path:
     return Path("runs") / "train" / f"{spec.family}-{dataset_label(spec.dataset)}-{seeds}-{stamp}"
 
 
+def load_spec_dataset(
+    spec: TrainSpec, data_dir: str | None, download: bool, device: str = "auto"
+) -> Dataset:
+    """The dataset `spec` trains on (with a folder's size and colour), on `device`."""
+    return load_dataset(
+        spec.dataset,
+        data_dir,
+        download,
+        pick_device(device),
+        image_size=spec.image_size,
+        color=spec.color,
+    )
+
+
 def train_once(
     spec: TrainSpec,
     device: str = "auto",
@@ -57,14 +71,7 @@ def train_once(
 
         raise ConfigError(f"out: {out_dir} exists and is not empty; choose another --out")
     if dataset is None:
-        dataset = load_dataset(
-            spec.dataset,
-            data_dir,
-            download,
-            pick_device(device),
-            image_size=spec.image_size,
-            color=spec.color,
-        )
+        dataset = load_spec_dataset(spec, data_dir, download, device)
     experiment = Experiment.create(
         spec.family, spec.params, dataset, spec.seed, precision=spec.precision, seeds=spec.seeds
     )
