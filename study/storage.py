@@ -26,6 +26,7 @@ import yaml
 from analysis.records import redact
 from study.errors import UserError
 from study.spec import DEFAULT_STORAGE, StudySpec, check_study_name
+from trainables.errors import first_line
 
 SPEC_FILE = "latent_study.yaml"
 FIELD = "storage"
@@ -178,8 +179,7 @@ def _has_credentials() -> bool:
 
 
 def _first_line(error: BaseException, limit: int = 200) -> str:
-    text = str(error).strip()
-    return redact(text.splitlines()[0] if text else type(error).__name__)[:limit]
+    return redact(first_line(error))[:limit]
 
 
 def _curl_reason(reason: str) -> str:

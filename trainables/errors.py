@@ -18,3 +18,10 @@ class ContractError(Exception):
     """A family broke its own declarations (an undeclared metric, a value outside its
     declared range, a model without the methods the base relies on): a bug in the family's
     code, not bad input, so it is not a UserError and keeps its traceback."""
+
+
+def first_line(error: BaseException) -> str:
+    """An error's message in one line (its first), or its type when it has none: what a
+    one-line report of someone else's exception quotes."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

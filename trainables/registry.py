@@ -25,7 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from trainables import families as families_package
-from trainables.errors import ConfigError, ContractError
+from trainables.errors import ConfigError, ContractError, first_line
 from trainables.family import Family
 
 ENTRY_POINT_GROUP = "latent_studies.families"
@@ -134,7 +134,7 @@ def load_family_module(module_name: str) -> types.ModuleType:
     except Exception as error:  # noqa: BLE001 - the author's code may raise anything
         raise ConfigError(
             f"family-module: importing {module_name} raised {type(error).__name__}: "
-            f"{_first_line(error)}; fix the module (python -c 'import {module_name}' shows "
+            f"{first_line(error)}; fix the module (python -c 'import {module_name}' shows "
             f"the traceback)"
         ) from None
 
@@ -205,7 +205,7 @@ def _entry_point_families() -> tuple[tuple[Registered, ...], tuple[BrokenPlugin,
         try:
             family = _family_of(point.load(), point.value, f"entry point {point.name!r}")
         except Exception as error:  # noqa: BLE001 - a plugin's import can fail in any way
-            problem = f"does not load ({_first_line(error)}); fix or reinstall that package"
+            problem = f"does not load ({first_line(error)}); fix or reinstall that package"
         else:
             taken = builtin.get(family.name) or loaded.get(family.name)
             if family.name != point.name:
@@ -234,8 +234,3 @@ def _family_of(target: object, where: str, how: str) -> Family:
             f"FAMILY = YourFamily() (a subclass of trainables.family.Family)"
         )
     return family
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
