@@ -31,10 +31,11 @@ def test_preset_validates_and_states_its_size(name):
     assert preset.description
     if preset.kind == "reproduction":
         # The budget: three seeds on a 2-core CPU within 30 minutes, measured; a preset
-        # that checks what longer training changes (it evaluates along the way) within 60.
+        # that checks what longer training changes (it evaluates along the way), or one
+        # on rendered shapes (a conv net, DCI's trees), within 60.
         assert preset.seeds >= 3 and preset.epochs >= 1
         assert preset.cpu_minutes is not None
-        assert preset.cpu_minutes <= (60 if preset.eval_epochs else 30)
+        assert preset.cpu_minutes <= (60 if preset.eval_epochs or preset.shapes else 30)
         family = get_family(preset.family)
         for variant in preset.variants:
             family.make_config({**preset.params, **variant.params})
