@@ -142,6 +142,7 @@ def _kept_seeds(run_dir: Path, spec: TrainSpec) -> list[int]:
         return []
     config = yaml.safe_load(config_file.read_text()) or {}
     wanted = spec.to_dict()
+    wanted["params"] = _without_new_defaults(spec, config.get("params") or {})
     for key in SAME_SETTINGS:
         if config.get(key) != wanted[key]:
             raise ConfigError(
@@ -150,6 +151,24 @@ def _kept_seeds(run_dir: Path, spec: TrainSpec) -> list[int]:
             )
     first = int(config.get("seed", 0))
     return list(range(first, first + int(config.get("seeds", 1))))
+
+
+def _without_new_defaults(spec: TrainSpec, kept: dict[str, Any]) -> dict[str, Any]:
+    """`spec`'s parameters less those a kept run predates (a field added since, `arch`)
+    that hold the field's default: the run trained what the default trains."""
+    from trainables import get_family
+
+    defaults = get_family(spec.family).make_config({})
+    return {
+        name: value
+        for name, value in spec.params.items()
+        if name in kept or not _is_default(defaults, name, value)
+    }
+
+
+def _is_default(defaults: Any, name: str, value: Any) -> bool:
+    default = getattr(defaults, name, None)
+    return value == default or (isinstance(default, tuple) and list(default) == value)
 
 
 def _short(value: Any) -> str:
