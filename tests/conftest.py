@@ -20,6 +20,25 @@ MNIST_CANDIDATES = (
 )
 
 
+# `make test` runs on two pytest-xdist workers (--dist loadgroup). Every test module is a
+# group, so a module's fixtures are built once; modules that share a session fixture built
+# at great cost (a finished study, the S3 and PostgreSQL services) form one group, so it is
+# built once too, on one worker.
+SHARED_GROUPS = {
+    "test_analysis": "analysis-study",
+    "test_browser": "analysis-study",
+    "test_optuna_record": "analysis-study",
+    "test_cluster": "shared-services",
+    "test_shared_storage": "shared-services",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else item.nodeid
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_cache(tmp_path_factory: pytest.TempPathFactory):
     """Point the reference-classifier cache at one directory per session, so tests never
