@@ -372,11 +372,13 @@ def test_image_size_and_color_apply_to_folders_only(tmp_path):
 # --- bad data ------------------------------------------------------------------------------
 
 
-def bad_npz(**change):
-    """A case: write a valid npz with `change` applied (None removes an array)."""
+def bad_npz(base=None, **change):
+    """A case: write a valid npz (`base(arrays)` of the usual ones, when given) with
+    `change` applied (None removes an array)."""
 
     def make(tmp_path: Path) -> tuple[str, Path]:
         arrays = npz_arrays()
+        arrays = base(arrays) if base is not None else arrays
         for key, value in change.items():
             if value is None:
                 del arrays[key]
@@ -391,19 +393,7 @@ def bad_npz(**change):
 
 def bad_factors(**change):
     """A case: a valid npz with factors, then `change` applied as bad_npz does."""
-
-    def make(tmp_path: Path) -> tuple[str, Path]:
-        arrays = with_factors(npz_arrays())
-        for key, value in change.items():
-            if value is None:
-                del arrays[key]
-            else:
-                arrays[key] = value(arrays[key]) if callable(value) else value
-        path = tmp_path / "bad.npz"
-        np.savez(path, **arrays)
-        return f"npz:{path}", path
-
-    return make
+    return bad_npz(with_factors, **change)
 
 
 def raw_file(content: bytes, name: str = "bad.npz", kind: str = "npz"):
