@@ -40,8 +40,11 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Two workers: CI and this project's machine have two cores, and a third of the suite's
+# wall time is waiting (Ray and servers starting, subprocesses). TEST_WORKERS=0 runs serially.
+TEST_WORKERS ?= 2
 test: lint browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 # The browser tests (tests/test_browser.py) drive a headless Chromium; they skip without
 # one. Where none is on PATH and apt-get is usable (as root, or with passwordless sudo),

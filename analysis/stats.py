@@ -8,7 +8,10 @@ plain values so a test can construct its input.
   variance into configuration and seed (the intraclass correlation ICC(1)), with its
   F-distribution interval;
 - budget: `budget_band` (best-so-far against trials over random orderings of the trials)
-  and `expected_best_of_k` (Dodge et al., 2019, "Show your work").
+  and `expected_best_of_k` (Dodge et al., 2019, "Show your work");
+- do metrics agree: `rank_agreement`, Spearman's rank correlation between metrics over
+  runs (Locatello et al. 2019, Figure 2), and `upset_rate`, how often a run of the worst
+  configuration beats a run of the best.
 """
 
 from __future__ import annotations
@@ -249,3 +252,46 @@ def _signed(value: Any, mode: str) -> float:
     if value is None:
         return math.nan
     return value if mode == "max" else -value
+
+
+def rank_agreement(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> dict[str, dict]:
+    """Spearman's rank correlation between each pair of `metrics` over `rows` (one per
+    run, metric name -> value), from the runs where both are finite: metric -> metric ->
+    {"rho", "n"}. rho is NaN with fewer than 3 such runs or a metric constant over them."""
+    from scipy import stats
+
+    found: dict[str, dict] = {}
+    for a in metrics:
+        found[a] = {}
+        for b in metrics:
+            pairs = [(finite_or_none(row.get(a)), finite_or_none(row.get(b))) for row in rows]
+            pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+            rho = math.nan
+            if len(pairs) >= 3:
+                xs, ys = np.array(pairs).T
+                if np.ptp(xs) > 0 and np.ptp(ys) > 0:
+                    rho = float(stats.spearmanr(xs, ys).statistic)
+            found[a][b] = {"rho": rho, "n": len(pairs)}
+    return found
+
+
+def upset_rate(values: Sequence[float], groups: Sequence[Any], mode: str) -> dict | None:
+    """Locatello et al.'s "a good run with bad hyperparameters can beat a bad run with
+    good ones", as a number: the configs with the best and the worst mean (by `mode`),
+    and the share of (best-config run, worst-config run) pairs in which the worst
+    config's run is the better one (ties count half). None without two configs with
+    finite values."""
+    by_group: dict[Any, list[float]] = {}
+    for value, group in zip(values, groups, strict=True):
+        value = finite_or_none(value)
+        if value is not None:
+            by_group.setdefault(group, []).append(value)
+    if len(by_group) < 2:
+        return None
+    sign = 1.0 if mode == "max" else -1.0
+    ranked = sorted(by_group, key=lambda g: sign * float(np.mean(by_group[g])))
+    worst, best = ranked[0], ranked[-1]
+    good = sign * np.array(by_group[best])[:, None]
+    bad = sign * np.array(by_group[worst])[None, :]
+    rate = float(((bad > good).sum() + 0.5 * (bad == good).sum()) / (good.size * bad.size))
+    return {"best": best, "worst": worst, "rate": rate, "pairs": int(good.size * bad.size)}

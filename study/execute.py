@@ -295,6 +295,7 @@ def trial_dirname(trial) -> str:
 def _callbacks(plan: StudyPlan, parent_id: str):
     from study.progress import TrialPrinter
     from trainables import get_family
+    from trainables.factor_metrics import FACTOR_METRICS
 
     spec = plan.spec
     queue = tracking.TrackingQueue(spec.tracking_uri)
@@ -303,7 +304,12 @@ def _callbacks(plan: StudyPlan, parent_id: str):
         records.experiment_id(queue.client, spec.experiment),
         parent_id,
         spec.name,
-        {*get_family(spec.family).metric_names, "diverged", "train_seconds"},
+        {
+            *get_family(spec.family).metric_names,
+            *(metric.name for metric in FACTOR_METRICS),
+            "diverged",
+            "train_seconds",
+        },
         source_study=plan.tags.get(records.TAG_SOURCE_STUDY),
         # What status shows: each objective as searched (a seed bound) and as a mean.
         objectives=list(dict.fromkeys(spec.searched_objectives + spec.parsed_objectives)),

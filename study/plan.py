@@ -126,6 +126,23 @@ def check_space_fits_data(spec: StudySpec, space: SearchSpace, dataset) -> None:
         except ConfigError:  # a combination the space never proposes
             continue
         family.check_data(config, dataset)
+    check_objectives_fit_data(spec, dataset)
+
+
+def check_objectives_fit_data(spec: StudySpec, dataset) -> None:
+    """A factor metric as an objective needs ground-truth factors, which an npz: file
+    carries only when it stores them (the spec could not tell before loading it)."""
+    from trainables.errors import DataError
+    from trainables.factor_metrics import FACTOR_METRICS
+
+    factor_names = {metric.name for metric in FACTOR_METRICS}
+    wanted = [name for name, _ in spec.parsed_objectives if name in factor_names]
+    if wanted and not dataset.has_factors:
+        raise DataError(
+            f"objective: {wanted[0]} needs ground-truth factors, and {spec.dataset} has none; "
+            "fix: store factors_train and factors_test in the npz file, or choose another "
+            "objective"
+        )
 
 
 def family_runtime_env(spec: StudySpec) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from typing import Any
 from analysis.reproductions import param_text as _text
 from study.spec import StudySpec, TrainSpec, check_positive_int, setting_type
 from trainables import get_family
-from trainables.config import check_dataset_name
+from trainables.config import check_dataset_name, may_have_factors
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
 
@@ -57,6 +57,7 @@ REPRODUCTION_KEYS = COMMON_KEYS | {
     "cpu_minutes",
     "published",
     "eval_epochs",
+    "shapes",
 }
 SWEEP_KEYS = COMMON_KEYS | set(SWEEP_SETTINGS) | {"gpu_hours"}
 
@@ -99,6 +100,9 @@ class Preset:
     eval_epochs: tuple[int, ...] = ()
     sweep: dict[str, Any] = field(default_factory=dict)
     gpu_hours: float | None = None
+    # A reproduction on rendered shapes (`study data shapes`) rather than a file the user
+    # names: the grid, rendered into the cache on first use (trainables.shapes).
+    shapes: Any = None
 
     def train_specs(
         self, seeds: int | None = None, first_seed: int = 0, **settings: Any
@@ -212,6 +216,10 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
         family.make_config({**params, **variant.params})
     metrics = tuple(data.get("metrics") or ())
     known = set(family.metric_names) | {"diverged"}
+    if may_have_factors(data["dataset"]):
+        from trainables.factor_metrics import FACTOR_METRICS
+
+        known |= {metric.name for metric in FACTOR_METRICS}
     for metric in metrics:
         if metric not in known:
             raise fail(
@@ -257,6 +265,7 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
     history = (*eval_epochs, epochs) if eval_epochs else ()
     published = _published(data.get("published") or {}, variants, metrics, family, fail, history)
     return {
+        "shapes": _shapes(data, fail),
         "eval_epochs": eval_epochs,
         "published": published,
         "epochs": epochs,
@@ -267,6 +276,23 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
         "figures": figures,
         "cpu_minutes": data.get("cpu_minutes"),
     }
+
+
+def _shapes(data: dict[str, Any], fail):
+    """`shapes: {grid: "shape=3,scale=6,...", size: 64}`, checked, as a ShapesGrid."""
+    shapes = data.get("shapes")
+    if shapes is None:
+        return None
+    from trainables.shapes import parse_grid
+
+    if data.get("dataset") != "dsprites":
+        raise fail("shapes", "rendered shapes are a dsprites dataset; set `dataset: dsprites`")
+    if not isinstance(shapes, dict) or set(shapes) - {"grid", "size"}:
+        raise fail("shapes", "expected {grid: FACTOR=COUNT,..., size: PIXELS}")
+    try:
+        return parse_grid(shapes.get("grid"), shapes.get("size", 64))
+    except ConfigError as error:
+        raise fail("shapes", str(error)) from None
 
 
 PUBLISHED_KEYS = {"headline", "tables", "panels"}

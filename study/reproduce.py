@@ -31,7 +31,7 @@ from study.provenance import PROVENANCE_FILE
 from study.spec import TrainSpec
 from study.train import HISTORY_FILE
 from trainables.errors import ConfigError
-from trainables.metrics import metric_range
+from trainables.metrics import metric_declaration, metric_range
 
 SUMMARY_FILE = "summary.json"
 INTERVAL = "mean [95% percentile-bootstrap interval of the mean over seeds]"
@@ -142,6 +142,7 @@ def _kept_seeds(run_dir: Path, spec: TrainSpec) -> list[int]:
         return []
     config = yaml.safe_load(config_file.read_text()) or {}
     wanted = spec.to_dict()
+    wanted["params"] = _without_new_defaults(spec, config.get("params") or {})
     for key in SAME_SETTINGS:
         if config.get(key) != wanted[key]:
             raise ConfigError(
@@ -150,6 +151,24 @@ def _kept_seeds(run_dir: Path, spec: TrainSpec) -> list[int]:
             )
     first = int(config.get("seed", 0))
     return list(range(first, first + int(config.get("seeds", 1))))
+
+
+def _without_new_defaults(spec: TrainSpec, kept: dict[str, Any]) -> dict[str, Any]:
+    """`spec`'s parameters less those a kept run predates (a field added since, `arch`)
+    that hold the field's default: the run trained what the default trains."""
+    from trainables import get_family
+
+    defaults = get_family(spec.family).make_config({})
+    return {
+        name: value
+        for name, value in spec.params.items()
+        if name in kept or not _is_default(defaults, name, value)
+    }
+
+
+def _is_default(defaults: Any, name: str, value: Any) -> bool:
+    default = getattr(defaults, name, None)
+    return value == default or (isinstance(default, tuple) and list(default) == value)
 
 
 def _short(value: Any) -> str:
@@ -202,9 +221,16 @@ def run_plans(
     datasets = {}
     for plan in plans:
         spec = plan.specs[0][1]
-        key = (spec.dataset, spec.image_size, spec.color)
+        key = (spec.dataset, spec.image_size, spec.color, plan.preset.shapes)
         if plan.jobs and key not in datasets:
-            datasets[key] = load_spec_dataset(spec, data_dir, download, device)
+            where = data_dir
+            if (
+                plan.preset.shapes is not None
+                and spec.dataset == "dsprites"
+                and not holds_dsprites(data_dir)
+            ):
+                where = str(rendered_shapes(plan.preset.shapes, echo))
+            datasets[key] = load_spec_dataset(spec, where, download, device)
     echo(
         f"{len(plans)} preset{'' if len(plans) == 1 else 's'}, {total} run"
         f"{'' if total == 1 else 's'} to train ({clock.text()} by the presets' sizes)"
@@ -221,7 +247,7 @@ def run_plans(
             + (f" ({kept} runs kept)" if kept else "")
         )
         first = plan.specs[0][1]
-        dataset = datasets.get((first.dataset, first.image_size, first.color))
+        dataset = datasets.get((first.dataset, first.image_size, first.color, preset.shapes))
         for job in plan.jobs:
             started = time.perf_counter()
             metrics, _ = train_once(
@@ -252,6 +278,35 @@ def run_plans(
         write_summary(summary, plan.out_dir)
         summaries.append(summary)
     return summaries
+
+
+def holds_dsprites(data_dir: str | None) -> bool:
+    """Whether `data_dir` holds a dSprites-format file, which a preset on rendered shapes
+    then trains on (the official dSprites, or the user's own render)."""
+    from trainables.shapes import FILE_PATTERN
+
+    if not data_dir:
+        return False
+    root = Path(data_dir).expanduser()
+    return any(any(d.glob(FILE_PATTERN)) for d in (root, root / "dsprites") if d.is_dir())
+
+
+def rendered_shapes(grid, echo: Callable[[str], None]) -> Path:
+    """The directory holding `grid`'s rendered shapes, rendered on first use into the
+    cache: a reproduction on shapes needs no file of the user's, and renders the same
+    bytes on every machine."""
+    from trainables.data import cache_root
+    from trainables.shapes import write_shapes
+
+    directory = cache_root() / "shapes" / Path(grid.file_name).stem
+    if not (directory / grid.file_name).is_file():
+        started = time.perf_counter()
+        write_shapes(directory, grid)
+        echo(
+            f"rendered {grid.count:,} shapes ({grid.file_name}) into {directory} in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+    return directory
 
 
 def published_settings() -> dict[str, dict[str, Any]]:
@@ -414,6 +469,7 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
             }
         )
     return {
+        **between_runs(preset.metrics, variants),
         "preset": preset.name,
         "family": preset.family,
         "dataset": plan.specs[0][1].dataset,
@@ -427,6 +483,43 @@ def summarise(plan: PresetPlan) -> dict[str, Any]:
         "run_seconds": run_seconds,
         "made_with": made_with,
         "variants": variants,
+    }
+
+
+def between_runs(metrics: tuple[str, ...], variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the runs say together, per metric: how its variance splits between the
+    variant and the seed (`variance_share`, ICC(1) with its interval), how often a run of
+    the worst variant beats a run of the best (`upset`), and how the metrics rank the
+    runs alike (`rank_agreement`, Spearman's rho over every run): Locatello et al.'s
+    questions, asked of any preset with two variants and two seeds."""
+    from analysis.stats import rank_agreement, upset_rate, variance_share
+
+    runs = []  # (variant, {metric: value}) per seed run
+    for variant in variants:
+        per_metric = {m: variant["metrics"][m]["values"] for m in metrics}
+        for k in range(len(next(iter(per_metric.values()), []))):
+            runs.append((variant["name"], {m: per_metric[m][k] for m in metrics}))
+    groups = [name for name, _ in runs]
+    shares, upsets = {}, {}
+    for m in metrics:
+        values = [row[m] for _, row in runs]
+        share = variance_share(values, groups)
+        if share is not None:
+            shares[m] = {
+                "config_share": share.config_share,
+                "low": share.low,
+                "high": share.high,
+                "configs": share.configs,
+                "runs": share.runs,
+            }
+        goal = metric_declaration(m).goal
+        upset = upset_rate(values, groups, goal) if goal else None
+        if upset is not None:
+            upsets[m] = upset
+    return {
+        "variance_share": shares,
+        "upset": upsets,
+        "rank_agreement": rank_agreement([row for _, row in runs], metrics),
     }
 
 
@@ -475,9 +568,55 @@ def markdown(summary: dict[str, Any]) -> str:
             + " | ".join(cells)
             + f" | {variant['seconds_per_seed']:.0f} |"
         )
+    lines += between_runs_markdown(summary)
     if summary["reference_source"]:
         lines += ["", f"Reference: {summary['reference_source']}"]
     return "\n".join(lines) + "\n"
+
+
+def between_runs_markdown(summary: dict[str, Any]) -> list[str]:
+    """The variance split, the upsets and the metrics' rank agreement, as Markdown
+    (nothing for a preset with one variant or one seed)."""
+    shares, upsets = summary.get("variance_share", {}), summary.get("upset", {})
+    lines: list[str] = []
+    if shares:
+        lines += [
+            "",
+            "How much is the variant and how much the seed: the variant's share of each "
+            "metric's variance over runs (ICC(1), 95% interval; the rest is the seed's), and "
+            "how often a run of the worst variant beats a run of the best.",
+            "",
+            "| metric | variant's share | seed's share | worst beats best |",
+            "| --- | --- | --- | --- |",
+        ]
+        for m, share in shares.items():
+            upset = upsets.get(m)
+            beats = f"{upset['rate']:.0%} ({upset['worst']} vs {upset['best']})" if upset else "-"
+            lines.append(
+                f"| {m} | {share['config_share']:.2f} [{share['low']:.2f}, {share['high']:.2f}]"
+                f" | {1 - share['config_share']:.2f} | {beats} |"
+            )
+    agreement = summary.get("rank_agreement", {})
+    metrics = [m for m in summary["metrics"] if m in agreement]
+    runs = max((cell["n"] for row in agreement.values() for cell in row.values()), default=0)
+    if len(metrics) >= 2 and runs >= 3:
+        lines += [
+            "",
+            f"Do the metrics rank the runs alike: Spearman's rho over the {runs} runs.",
+            "",
+            "| | " + " | ".join(metrics) + " |",
+            "| --- | " + " | ".join("---" for _ in metrics) + " |",
+        ]
+        for a in metrics:
+            cells = [agreement[a][b]["rho"] for b in metrics]
+            lines.append(
+                f"| {a} | "
+                + " | ".join(
+                    "-" if c is None or not math.isfinite(c) else f"{c:+.2f}" for c in cells
+                )
+                + " |"
+            )
+    return lines
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> None:

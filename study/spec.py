@@ -27,6 +27,7 @@ from trainables.config import (
     check_precision,
     check_seeds,
     dataset_label,
+    may_have_factors,
 )
 from trainables.errors import ConfigError
 from trainables.io import read_yaml
@@ -197,10 +198,22 @@ class TrainSpec:
         return dataclasses.asdict(self)
 
 
-def parse_objective(text: str, family: str) -> tuple[str, str]:
-    """ "METRIC:max|min", checked against the metrics `family` declares."""
+def parse_objective(text: str, family: str, dataset: str = "digits") -> tuple[str, str]:
+    """ "METRIC:max|min", checked against the metrics `family` declares, and the factor
+    metrics where `dataset` may carry ground-truth factors (the planner checks that an
+    npz: file does, once it is loaded)."""
+    from trainables.factor_metrics import FACTOR_METRICS
+
     metric, _, mode = text.partition(":")
     names = get_family(family).metric_names
+    factor_names = tuple(m.name for m in FACTOR_METRICS)
+    if may_have_factors(dataset):
+        names = (*names, *factor_names)
+    elif metric in factor_names:
+        raise ConfigError(
+            f"objective: {metric} needs ground-truth factors, which {dataset} has none of; "
+            "fix: use --dataset dsprites (or an npz: file with factors_train and factors_test)"
+        )
     if metric not in names:
         raise ConfigError(
             f"objective: {family} has no metric {metric!r}; choose from {', '.join(names)}"
@@ -301,9 +314,17 @@ class StudySpec:
             raise ConfigError(f"cpus-per-trial: must be > 0, got {self.cpus_per_trial}")
         if not self.gpus_per_trial >= 0:
             raise ConfigError(f"gpus-per-trial: must be >= 0, got {self.gpus_per_trial}")
+        from trainables.factor_metrics import DCI_METRICS
+
         self.objectives = list(self.objectives or family.default_objectives)
         for text in self.objectives:
-            parse_objective(text, self.family)
+            metric, _ = parse_objective(text, self.family, self.dataset)
+            if metric in DCI_METRICS and self.scheduler == "asha":
+                raise ConfigError(
+                    f"objective: {metric} is computed at a trial's last evaluation only (its "
+                    "boosted trees take about 30 s), so ASHA cannot rank trials by it midway; "
+                    "fix: add --scheduler none, or choose another objective (mig:max)"
+                )
         if "://" not in self.storage:
             self.storage = str(Path(self.storage).expanduser().resolve())
         elif not self.optuna_storage:
@@ -333,7 +354,7 @@ class StudySpec:
 
     @property
     def parsed_objectives(self) -> list[tuple[str, str]]:
-        return [parse_objective(text, self.family) for text in self.objectives]
+        return [parse_objective(text, self.family, self.dataset) for text in self.objectives]
 
     @property
     def searched_objectives(self) -> list[tuple[str, str]]:

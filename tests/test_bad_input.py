@@ -161,6 +161,33 @@ CASES = [
         "replace it",
     ),
     case(
+        "run-dsprites-missing-file",
+        "run betavae --dataset dsprites --data-dir {inputs}/nosuch",
+        "data-dir:",
+        "study data shapes --out",
+    ),
+    case(
+        "train-dsprites-no-data-dir",
+        "train betavae --dataset dsprites",
+        "data-dir:",
+        "github.com/deepmind/dsprites-dataset",
+    ),
+    case(
+        "run-factor-objective-without-factors",
+        "run betavae --objective mig:max",
+        "objective: mig needs ground-truth factors",
+        "--dataset dsprites",
+    ),
+    case(
+        "run-dci-objective-under-asha",
+        "run betavae --dataset dsprites --objective dci_disentanglement:max",
+        "objective: dci_disentanglement is computed at a trial's last evaluation only",
+        "--scheduler none",
+    ),
+    case(
+        "data-shapes-bad-grid", "data shapes --out out --grid shape=five", "grid:", "FACTOR=COUNT"
+    ),
+    case(
         "run-unreachable-ray",
         "run mlvae --address 127.0.0.1:{closed}",
         "address:",

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import math
 
+import optuna
 import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
 import trainables
+from search_spaces.loader import load_space
 from trainables import ConfigError, Experiment, noise
 from trainables.contract import assert_same_state, snapshot
+from trainables.family import decoder, encoder, mlp
 from trainables.losses import kl_to_standard_normal, marginal_kl_bound
 
 FAMILIES = trainables.all_families()
@@ -82,6 +85,77 @@ def test_cross_field_constraints():
 def test_an_invalid_config_never_builds_an_experiment(digits):
     with pytest.raises(ConfigError, match=r"^noise_std: "):
         Experiment.create("mlvae", {"noise_std": 0.0}, digits)
+
+
+# --- architectures ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image_shape", "grid"),
+    [((1, 64, 64), (4, 4)), ((1, 28, 28), (2, 2)), ((1, 8, 8), (1, 1)), ((3, 10, 9), (1, 1))],
+)
+def test_conv_is_locatellos_network_on_any_image_shape(image_shape, grid):
+    net_in, net_out = encoder(image_shape, (7,), "conv", 20), decoder(10, (7,), "conv", image_shape)
+    convs = [m for m in net_in.modules() if isinstance(m, torch.nn.Conv2d)]
+    deconvs = [m for m in net_out.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs] == [32, 32, 64, 64]
+    assert [m.out_channels for m in deconvs] == [64, 32, 32, image_shape[0]]
+    for m in convs + deconvs:
+        assert m.kernel_size == (4, 4) and m.stride == (2, 2)
+    dense_in = [m for m in net_in.modules() if isinstance(m, torch.nn.Linear)]
+    dense_out = [m for m in net_out.modules() if isinstance(m, torch.nn.Linear)]
+    # The last map, 64 channels (4x4 on a 64x64 image), through 256 units to the output.
+    assert [(m.in_features, m.out_features) for m in dense_in] == [
+        (64 * grid[0] * grid[1], 256),
+        (256, 20),
+    ]
+    assert [(m.in_features, m.out_features) for m in dense_out] == [
+        (10, 256),
+        (256, 64 * grid[0] * grid[1]),
+    ]
+    x = torch.rand(5, math.prod(image_shape))
+    assert net_in(x).shape == (5, 20)
+    assert net_out(torch.randn(5, 10)).shape == x.shape
+    # Without an output size, the encoder is a trunk ending in the 256 units' ReLU.
+    assert encoder(image_shape, (7,), "conv", None)(x).shape == (5, 256)
+
+
+def test_mlp_is_the_mlp_it_always_was():
+    """arch=mlp builds the same layers in the same order: seeded alike, the same weights."""
+    for build, reference in [
+        (lambda: encoder((1, 8, 8), (32, 16), "mlp", 4), lambda: mlp([64, 32, 16, 4])),
+        (
+            lambda: encoder((1, 8, 8), (32,), "mlp", None),
+            lambda: mlp([64, 32], final_activation=torch.nn.ReLU()),
+        ),
+        (lambda: decoder(4, (32, 16), "mlp", (3, 2, 2)), lambda: mlp([4, 16, 32, 12])),
+    ]:
+        torch.manual_seed(0)
+        ours = build()
+        torch.manual_seed(0)
+        theirs = reference()
+        assert repr(ours) == repr(theirs)
+        assert_same_state(ours.state_dict(), theirs.state_dict())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_arch_is_a_searchable_choice(name, digits, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        f"family: {name}\nparameters:\n  arch: {{type: categorical, choices: [mlp, conv]}}\n"
+    )
+    distributions = load_space(name, space).distributions
+    study = optuna.create_study()
+    study.enqueue_trial({"arch": "conv"})
+    trial = study.ask(distributions)
+    assert trial.params == {"arch": "conv"}
+    experiment = Experiment.create(name, trial.params, digits, use_reference=False)
+    assert any(isinstance(m, torch.nn.Conv2d) for m in experiment.model.modules())
+    space.write_text(space.read_text().replace("conv]", "cnn]"))
+    with pytest.raises(
+        ConfigError, match=r"^arch: 'cnn' is not a valid choice; choose one of mlp, conv"
+    ):
+        load_space(name, space)
 
 
 # --- ML-VAE ----------------------------------------------------------------------------------

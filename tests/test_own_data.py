@@ -36,6 +36,19 @@ def npz_arrays(shape=(4, 5), dtype=np.uint8, seed: int = 0) -> dict[str, np.ndar
     }
 
 
+def with_factors(arrays: dict[str, np.ndarray], names: bool = True) -> dict[str, np.ndarray]:
+    """`arrays` with two factors per image (a 3-valued one, and a 4-valued one whose last
+    value only the test split has), and their names."""
+    factors = {
+        f"factors_{split}": np.stack(
+            [np.arange(n) % 3, np.arange(n) % (3 if split == "train" else 4)], 1
+        )
+        for split, n in (("train", N_TRAIN), ("test", N_TEST))
+    }
+    named = {"factor_names": np.array(["hue", "size"])} if names else {}
+    return {**arrays, **factors, **named}
+
+
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> str:
     np.savez(path, **arrays)
     return f"npz:{path}"
@@ -158,6 +171,33 @@ def test_npz_digest_is_stable_and_follows_the_content(tmp_path):
     assert load_dataset(f"npz:{tmp_path / 'a.npz'}").digest == first.digest
     arrays["x_test"][0, 0, 0] ^= 1
     assert load_dataset(write_npz(tmp_path / "c.npz", arrays)).digest != first.digest
+
+
+def test_npz_factors_are_read_with_their_names_and_sizes(tmp_path):
+    arrays = with_factors(npz_arrays())
+    dataset = load_dataset(write_npz(tmp_path / "factors.npz", arrays))
+    assert dataset.has_factors
+    for split in ("train", "test"):
+        factors = getattr(dataset, f"factors_{split}")
+        assert factors.names == ("hue", "size") and factors.sizes == (3, 4)
+        assert factors.values.dtype == torch.int64
+        assert factors.values.tolist() == arrays[f"factors_{split}"].tolist()
+    # Without names the factors are numbered; without factors there are none.
+    del arrays["factor_names"]
+    unnamed = load_dataset(write_npz(tmp_path / "unnamed.npz", arrays))
+    assert unnamed.factors_test.names == ("factor_0", "factor_1")
+    assert unnamed.digest == dataset.digest  # the names are not data
+    plain = load_dataset(write_npz(tmp_path / "plain.npz", npz_arrays()))
+    assert not plain.has_factors and plain.factors_train is None and plain.factors_test is None
+    assert plain.digest != dataset.digest
+
+
+def test_factors_move_with_the_dataset(tmp_path):
+    dataset = load_dataset(write_npz(tmp_path / "f.npz", with_factors(npz_arrays())))
+    moved = dataset.to("meta")
+    assert moved.factors_train.device.type == "meta" and moved.factors_test.device.type == "meta"
+    assert moved.factors_train.names == ("hue", "size")
+    assert dataset.factors_train.device.type == "cpu"
 
 
 def test_classes_are_counted_from_the_labels_and_the_smallest_found(tmp_path):
@@ -332,11 +372,13 @@ def test_image_size_and_color_apply_to_folders_only(tmp_path):
 # --- bad data ------------------------------------------------------------------------------
 
 
-def bad_npz(**change):
-    """A case: write a valid npz with `change` applied (None removes an array)."""
+def bad_npz(base=None, **change):
+    """A case: write a valid npz (`base(arrays)` of the usual ones, when given) with
+    `change` applied (None removes an array)."""
 
     def make(tmp_path: Path) -> tuple[str, Path]:
         arrays = npz_arrays()
+        arrays = base(arrays) if base is not None else arrays
         for key, value in change.items():
             if value is None:
                 del arrays[key]
@@ -347,6 +389,11 @@ def bad_npz(**change):
         return f"npz:{path}", path
 
     return make
+
+
+def bad_factors(**change):
+    """A case: a valid npz with factors, then `change` applied as bad_npz does."""
+    return bad_npz(with_factors, **change)
 
 
 def raw_file(content: bytes, name: str = "bad.npz", kind: str = "npz"):
@@ -454,6 +501,42 @@ BAD_DATA = {
         "class 1 has no training samples",
     ),
     "test-only class": (bad_npz(y_test=lambda y: y + 2), "class 3 (and 1 more) has no"),
+    "factors of one split": (
+        bad_factors(factors_test=None),
+        "has factors_train and factor_names but no factors_test; fix: store both",
+    ),
+    "factor names alone": (
+        bad_factors(factors_train=None, factors_test=None),
+        "has factor_names but no factors_train",
+    ),
+    "factor rows": (
+        bad_factors(factors_train=lambda f: f[1:]),
+        "factors_train has 29 rows but x_train has 30 images; fix: store one row",
+    ),
+    "float factors": (
+        bad_factors(factors_test=lambda f: f.astype(np.float32)),
+        "factors_test holds float32 values; fix: store each factor's value as an integer",
+    ),
+    "negative factors": (
+        bad_factors(factors_train=lambda f: f - 1),
+        "factors_train has 20 negative values (the smallest is -1)",
+    ),
+    "factor columns differ": (
+        bad_factors(factors_test=lambda f: f[:, :1]),
+        "factors_train has 2 columns but factors_test has 1 column; fix: store the same",
+    ),
+    "flat factors": (
+        bad_factors(factors_test=lambda f: f[:, 0]),
+        "factors_test has shape (9,); fix: store one row per image",
+    ),
+    "factor names count": (
+        bad_factors(factor_names=np.array(["hue", "size", "tilt"])),
+        "factor_names has 3 names but the factors have 2 columns",
+    ),
+    "factor names not strings": (
+        bad_factors(factor_names=np.arange(2)),
+        "factor_names is int64 of shape (2,); fix: store the names as a 1-D numpy string",
+    ),
     "folder missing": (
         lambda tmp: (f"folder:{tmp / 'nowhere'}", tmp / "nowhere"),
         "does not exist",

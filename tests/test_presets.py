@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 from sweep_helpers import base_env, run_study, study_record
 from test_train_cli import study
 
@@ -31,10 +32,11 @@ def test_preset_validates_and_states_its_size(name):
     assert preset.description
     if preset.kind == "reproduction":
         # The budget: three seeds on a 2-core CPU within 30 minutes, measured; a preset
-        # that checks what longer training changes (it evaluates along the way) within 60.
+        # that checks what longer training changes (it evaluates along the way), or one
+        # on rendered shapes (a conv net, DCI's trees), within 60.
         assert preset.seeds >= 3 and preset.epochs >= 1
         assert preset.cpu_minutes is not None
-        assert preset.cpu_minutes <= (60 if preset.eval_epochs else 30)
+        assert preset.cpu_minutes <= (60 if preset.eval_epochs or preset.shapes else 30)
         family = get_family(preset.family)
         for variant in preset.variants:
             family.make_config({**preset.params, **variant.params})
@@ -84,6 +86,11 @@ def test_rerun_with_the_same_out_keeps_finished_runs(tmp_path):
     assert first.returncode == 0, first.stderr
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/seeds0-1/state.pt")}
     assert len(before) == 3
+    # A run made before a field existed (`arch`) trained its default: it is kept too.
+    older = next(out.glob("*/seeds0-1/config.yaml"))
+    config = yaml.safe_load(older.read_text())
+    assert config["params"].pop("arch") == "mlp"
+    older.write_text(yaml.safe_dump(config))
     # A third seed: the two kept runs per variant stay, only seed 2 trains.
     again = study(*args, "--seeds", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr

@@ -15,7 +15,9 @@ from typing import Any, ClassVar, Literal
 
 from trainables.errors import ConfigError
 
-DATASETS = ("digits", "mnist", "fashion-mnist")
+DATASETS = ("digits", "mnist", "fashion-mnist", "dsprites")
+# What --download fetches (with torchvision); dSprites is never downloaded.
+DOWNLOADABLE = ("mnist", "fashion-mnist")
 # The user's own files: "npz:PATH" (an .npz archive of four arrays) or "folder:PATH" (one
 # subfolder of images per class), read by trainables.own_data.
 OWN_DATASET_KINDS = ("npz", "folder")
@@ -26,6 +28,16 @@ COLORS = ("gray", "rgb")
 PRECISIONS = ("fp32", "bf16")
 # Seed replicas one experiment trains at once (trainables.replicas).
 MAX_SEEDS = 64
+# A family's network (FamilyConfig.arch): fully connected, or Locatello et al.'s
+# convolutional one (trainables.family.encoder / decoder).
+Arch = Literal["mlp", "conv"]
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
+
+
+def may_have_factors(name: str) -> bool:
+    """Whether dataset `name` can carry ground-truth factors, so a sweep may optimise the
+    factor metrics: dSprites always does, an npz: file when it stores them."""
+    return name == "dsprites" or name.startswith("npz:")
 
 
 def check_dataset_name(name: str) -> str:
@@ -114,6 +126,9 @@ class FamilyConfig:
 
     lr: float = 1e-3
     batch_size: int = 64
+    # "mlp": fully connected layers of the family's `hidden` widths; "conv": Locatello et
+    # al.'s convolutional encoder and decoder, whose sizes are fixed (it ignores `hidden`).
+    arch: Arch = "mlp"
 
     # Per-field (low, high) bounds, inclusive; a family adds its own.
     bounds: ClassVar[dict[str, tuple[float | None, float | None]]] = {

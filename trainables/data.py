@@ -3,6 +3,7 @@
 A training loop never touches a Python object per sample: a split is one float tensor in
 [0, 1] of shape (N, C*H*W), and a batch is an index tensor into it. Besides the built-in
 datasets, `npz:PATH` and `folder:PATH` name the user's own files (trainables.own_data).
+dSprites and npz files may carry each image's ground-truth factors (trainables.factors).
 """
 
 from __future__ import annotations
@@ -22,7 +23,25 @@ import torch
 
 from trainables.config import check_dataset_name, check_image_options
 from trainables.errors import ConfigError, DataError
-from trainables.own_data import OwnData, load_folder, load_npz, read_cache, write_cache
+from trainables.factors import Factors
+from trainables.own_data import (
+    OwnData,
+    is_dsprites_npz,
+    load_folder,
+    load_npz,
+    read_cache,
+    write_cache,
+)
+from trainables.shapes import (
+    FACTOR_NAMES,
+    FILE_PATTERN,
+    OFFICIAL_FILE,
+    SHAPE_NAMES,
+    SPLIT_SEED,
+    TEST_FRACTION,
+    dsprites_fix,
+    read_dsprites,
+)
 
 DATA_DIR_ENV = "LATENT_STUDIES_DATA_DIR"
 CACHE_ENV = "LATENT_STUDIES_CACHE"
@@ -65,6 +84,13 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     # Sentences telling the user what the loader chose for them (a train/test split).
     notes: tuple[str, ...] = ()
+    # Each image's ground-truth factors (dSprites' shape, scale, ...), where known.
+    factors_train: Factors | None = None
+    factors_test: Factors | None = None
+
+    @property
+    def has_factors(self) -> bool:
+        return self.factors_train is not None
 
     @property
     def n_pixels(self) -> int:
@@ -87,12 +113,15 @@ class Dataset:
 
     def to(self, device: str | torch.device) -> Dataset:
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        factors = lambda f: None if f is None else f.to(device)  # noqa: E731
         return dataclasses.replace(
             self,
             x_train=move(self.x_train),
             y_train=move(self.y_train),
             x_test=move(self.x_test),
             y_test=move(self.y_test),
+            factors_train=factors(self.factors_train),
+            factors_test=factors(self.factors_test),
         )
 
 
@@ -117,7 +146,9 @@ def load_dataset(
     """Load `name` whole onto `device`. MNIST-style sets come from idx files in `data_dir`
     (or $LATENT_STUDIES_DATA_DIR); torchvision downloads only when `download` is true.
     `npz:PATH` and `folder:PATH` read the user's files; a folder's images are resized to
-    `image_size` square and converted to `color` ("gray" or "rgb") when those are given."""
+    `image_size` square and converted to `color` ("gray" or "rgb") when those are given.
+    dSprites is read from its file in `data_dir` (never downloaded), or from an npz: file
+    in its format."""
     try:
         checked = check_dataset_name(name)
         check_image_options(checked, image_size, color)
@@ -125,12 +156,16 @@ def load_dataset(
         raise DataError(str(error)) from None
     kind, _, path = checked.partition(":")
     if kind == "npz":
+        if is_dsprites_npz(Path(path)):
+            return _dsprites(checked, Path(path), "dataset").to(device)
         return _own_dataset(checked, path, load_npz(Path(path))).to(device)
     if kind == "folder":
         loaded = load_folder(Path(path), image_size, color, cache_root())
         return _own_dataset(checked, path, loaded).to(device)
     if name == "digits":
         return _load_digits().to(device)
+    if name == "dsprites":
+        return _dsprites(name, _find_dsprites(data_dir), "data-dir").to(device)
     directory = _find_idx_dir(name, data_dir, download)
     arrays = {key: _read_idx(directory / file) for key, file in IDX_FILES.items()}
     for split in ("train", "test"):
@@ -190,6 +225,12 @@ def _own_dataset(name: str, source: str, loaded: OwnData) -> Dataset:
         flat = torch.from_numpy(a.reshape(len(a), -1))
         return flat.float().div_(255.0) if a.dtype == np.uint8 else flat.float()
 
+    def factors(split: str) -> Factors | None:
+        if not loaded.has_factors:
+            return None
+        values = torch.from_numpy(arrays[f"factors_{split}"])
+        return Factors(loaded.factor_names, loaded.factor_sizes, values)
+
     return Dataset(
         name,
         images(arrays["x_train"]),
@@ -202,6 +243,68 @@ def _own_dataset(name: str, source: str, loaded: OwnData) -> Dataset:
         digest=digest(arrays),
         class_names=loaded.class_names,
         notes=loaded.notes,
+        factors_train=factors("train"),
+        factors_test=factors("test"),
+    )
+
+
+def _dsprites(name: str, path: Path, field: str) -> Dataset:
+    """A dSprites file (see trainables.shapes.read_dsprites, which says what memory it
+    takes: 12 GB for the official file): labelled by the shape factor, with every factor."""
+    splits = read_dsprites(path, field)
+    n_shapes = splits.sizes[FACTOR_NAMES.index("shape")]
+    factors = {
+        split: Factors(FACTOR_NAMES, splits.sizes, torch.from_numpy(values))
+        for split, values in (("train", splits.factors_train), ("test", splits.factors_test))
+    }
+    shape = lambda f: f.values[:, FACTOR_NAMES.index("shape")].clone()  # noqa: E731
+    size = splits.image_size
+    note = (
+        f"{name} has no train/test split; split {round(100 * (1 - TEST_FRACTION))}/"
+        f"{round(100 * TEST_FRACTION)} at random with seed {SPLIT_SEED}"
+    )
+    return Dataset(
+        name,
+        torch.from_numpy(splits.x_train),
+        shape(factors["train"]),
+        torch.from_numpy(splits.x_test),
+        shape(factors["test"]),
+        (1, size, size),
+        n_shapes,
+        source=str(path.resolve()),
+        digest=splits.digest,
+        class_names=SHAPE_NAMES[:n_shapes],
+        notes=(note,),
+        factors_train=factors["train"],
+        factors_test=factors["test"],
+    )
+
+
+def _find_dsprites(data_dir) -> Path:
+    """The official file in the data directory (or its dsprites/), else the one rendered
+    dSprites file there."""
+    given = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not given:
+        raise DataError(
+            f"data-dir: dsprites is read from a directory and none is given (no --data-dir, "
+            f"${DATA_DIR_ENV} unset); {dsprites_fix('DIR')}, then pass --data-dir DIR"
+        )
+    root = Path(given).expanduser()
+    for directory in (root, root / "dsprites"):
+        if (directory / OFFICIAL_FILE).is_file():
+            return directory / OFFICIAL_FILE
+        found = sorted(p for p in directory.glob(FILE_PATTERN) if p.is_file())
+        if len(found) == 1:
+            return found[0]
+        if found:
+            raise DataError(
+                f"data-dir: {directory} holds {len(found)} rendered dSprites files "
+                f"({', '.join(p.name for p in found)}) and not {OFFICIAL_FILE}; fix: keep "
+                "one of them there, or name one with --dataset npz:PATH"
+            )
+    raise DataError(
+        f"data-dir: no dSprites file in {root} (expected {OFFICIAL_FILE}, or one "
+        f"{FILE_PATTERN}); {dsprites_fix(str(root))}"
     )
 
 

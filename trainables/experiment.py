@@ -22,6 +22,12 @@ from trainables.config import check_precision, check_seeds
 from trainables.cuda_graphs import StepGraph, replaying
 from trainables.data import Dataset
 from trainables.errors import ConfigError
+from trainables.factor_metrics import (
+    EVALUATION_SIZES,
+    FACTOR_METRICS,
+    QUICK_SIZES,
+    factor_metrics,
+)
 from trainables.family import Family, FamilyConfig, Training
 from trainables.metrics import EvalContext
 from trainables.noise import NoiseStream
@@ -222,6 +228,8 @@ class Experiment:
             self.replica_diverged[k] = True
         if self.replica_diverged[k]:
             metrics = {name: float("nan") for name in self.family.metric_names}
+            if context.factor_pool is not None:
+                metrics.update({m.name: float("nan") for m in FACTOR_METRICS})
         else:
             # NaN here is a metric this evaluation cannot take (the swap metrics without
             # the reference classifier), not a divergence: that is the weights' to say.
@@ -229,6 +237,7 @@ class Experiment:
             # An undeclared name or a value outside its declared range is a bug in the
             # family: raise rather than log (or silently drop) it.
             self.family.check_metrics(metrics)
+            metrics.update(factor_scores(model, context))
         metrics["diverged"] = float(self.replica_diverged[k])
         return metrics
 
@@ -305,3 +314,18 @@ class Experiment:
         # load_state_dict moves weights and optimiser state onto the model's device itself.
         state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
         self.load_state_dict(state)
+
+
+@torch.no_grad()
+def factor_scores(model: torch.nn.Module, context: EvalContext) -> dict[str, float]:
+    """The disentanglement metrics of `model`'s representation (every code it has, side
+    by side: an ML-VAE's style and class codes together) on the context's pool of
+    held-out images, where the dataset has ground-truth factors; nothing elsewhere."""
+    pool = context.factor_pool
+    if pool is None:
+        return {}
+    x, labels, factors = pool
+    model.eval()
+    codes = torch.cat(list(model.latent_codes(x, labels).values()), dim=1).float()
+    sizes = QUICK_SIZES if context.quick_factors else EVALUATION_SIZES
+    return factor_metrics(codes, factors, sizes, seed=context.seed)

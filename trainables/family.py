@@ -11,15 +11,17 @@ the declarations. `trainables.contract` is the test suite every family must pass
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainables import cuda_graphs, noise
-from trainables.config import FamilyConfig
+from trainables.config import ARCHS, FamilyConfig
 from trainables.data import Dataset, shuffled_batches
 from trainables.errors import ConfigError, ContractError
 from trainables.grids import Grid, MakeGrid
@@ -35,6 +37,9 @@ __all__ = [
     "Metric",
     "Training",
     "adam",
+    "decoder",
+    "encoder",
+    "encoder_width",
     "gradient_step",
     "mlp",
     "one_hot",
@@ -363,3 +368,126 @@ def one_hot(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
     which neither vmap over replicas nor a CUDA graph allows."""
     classes = torch.arange(n_classes, device=labels.device)
     return (labels.unsqueeze(-1) == classes).float()
+
+
+# --- architectures -----------------------------------------------------------------------
+# arch="conv" is the convolutional network of Locatello et al. (ICML 2019, Table 2 of the
+# appendix; Higgins et al.'s for 64x64 images): four 4x4 convolutions of stride 2 with
+# 32, 32, 64 and 64 channels, ReLU, a dense layer of 256, then the output layer; the
+# decoder mirrors it. (disentanglement_lib's conv_encoder, and the models it released, use
+# 2x2 kernels in the third and fourth convolutions, unlike the paper: its issue 23. This
+# follows the paper.)
+CONV_CHANNELS = (32, 32, 64, 64)
+CONV_KERNEL = 4
+CONV_DENSE = 256
+# Four stride-2 convolutions divide each side by 16: images are padded to a multiple of it.
+CONV_SIDE_MULTIPLE = 2 ** len(CONV_CHANNELS)
+
+
+def encoder(
+    image_shape: Sequence[int], hidden: Sequence[int], arch: str, out_dim: int | None
+) -> nn.Module:
+    """A network from flattened images (N, C*H*W) to (N, out_dim), of architecture `arch`:
+    "mlp", fully connected layers of the widths `hidden`, or "conv" (Locatello et al.'s,
+    which ignores `hidden`). With `out_dim` None it stops after its last hidden layer and
+    that layer's ReLU: a trunk `encoder_width(hidden, arch)` wide for heads to read."""
+    _check_arch(arch)
+    if arch == "conv":
+        return ConvEncoder(tuple(image_shape), out_dim)
+    sizes = [math.prod(image_shape), *hidden]
+    if out_dim is None:
+        return mlp(sizes, final_activation=nn.ReLU())
+    return mlp([*sizes, out_dim])
+
+
+def encoder_width(hidden: Sequence[int], arch: str) -> int:
+    """The width of `encoder(..., out_dim=None)`'s output."""
+    _check_arch(arch)
+    return CONV_DENSE if arch == "conv" else hidden[-1]
+
+
+def decoder(in_dim: int, hidden: Sequence[int], arch: str, image_shape: Sequence[int]) -> nn.Module:
+    """The mirror of `encoder`: from codes (N, in_dim) to the logits of flattened images
+    (N, C*H*W). `hidden` are the encoder's widths, which the "mlp" decoder runs in reverse;
+    "conv" ignores them."""
+    _check_arch(arch)
+    if arch == "conv":
+        return ConvDecoder(in_dim, tuple(image_shape))
+    return mlp([in_dim, *reversed(hidden), math.prod(image_shape)])
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ConfigError(f"arch: {arch!r} is not a valid choice; choose one of {', '.join(ARCHS)}")
+
+
+def _padding(side: int) -> tuple[int, int]:
+    """Zeros (before, after) that take `side` to the next multiple of CONV_SIDE_MULTIPLE
+    (at least one): the convolutions' map is then whole, and a 64x64 image's is 4x4 as in
+    the paper. Split evenly, so the image sits in the middle of the padded one."""
+    padded = max(1, math.ceil(side / CONV_SIDE_MULTIPLE)) * CONV_SIDE_MULTIPLE
+    before = (padded - side) // 2
+    return before, padded - side - before
+
+
+def _conv_map(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The shape of the last convolution's feature map (channels, height, width)."""
+    _, height, width = image_shape
+    sides = [(sum(_padding(n)) + n) // CONV_SIDE_MULTIPLE for n in (height, width)]
+    return (CONV_CHANNELS[-1], *sides)
+
+
+class ConvEncoder(nn.Module):
+    """Locatello et al.'s encoder on flattened images of any shape (see `encoder`)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], out_dim: int | None):
+        super().__init__()
+        self.image_shape = image_shape
+        (top, bottom), (left, right) = (_padding(n) for n in image_shape[1:])
+        self.pad = (left, right, top, bottom)  # F.pad's order: last dimension first
+        layers: list[nn.Module] = []
+        channels = image_shape[0]
+        for width in CONV_CHANNELS:
+            # Padding 1 halves an even side exactly, as TensorFlow's "same" does.
+            layers += [nn.Conv2d(channels, width, CONV_KERNEL, stride=2, padding=1), nn.ReLU()]
+            channels = width
+        layers += [nn.Flatten(), nn.Linear(math.prod(_conv_map(image_shape)), CONV_DENSE)]
+        layers.append(nn.ReLU())
+        if out_dim is not None:
+            layers.append(nn.Linear(CONV_DENSE, out_dim))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        images = x.unflatten(-1, self.image_shape)
+        return self.layers(F.pad(images, self.pad))
+
+
+class ConvDecoder(nn.Module):
+    """Locatello et al.'s decoder, cropped to the image (see `decoder`)."""
+
+    def __init__(self, in_dim: int, image_shape: tuple[int, int, int]):
+        super().__init__()
+        self.image_shape = image_shape
+        self.top, self.left = (_padding(n)[0] for n in image_shape[1:])
+        grid = _conv_map(image_shape)
+        layers: list[nn.Module] = [
+            nn.Linear(in_dim, CONV_DENSE),
+            nn.ReLU(),
+            nn.Linear(CONV_DENSE, math.prod(grid)),
+            nn.ReLU(),
+            nn.Unflatten(1, grid),
+        ]
+        widths = [*reversed(CONV_CHANNELS[:-1]), image_shape[0]]  # 64, 32, 32, C
+        channels = grid[0]
+        for i, width in enumerate(widths):
+            layers.append(nn.ConvTranspose2d(channels, width, CONV_KERNEL, stride=2, padding=1))
+            if i < len(widths) - 1:
+                layers.append(nn.ReLU())
+            channels = width
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _, height, width = self.image_shape
+        padded = self.layers(z)
+        image = padded[..., self.top : self.top + height, self.left : self.left + width]
+        return image.flatten(-3)

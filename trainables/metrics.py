@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from trainables.data import Dataset
+from trainables.factors import Factors
 from trainables.probes import logistic_regression_accuracy, mlp_accuracy
 from trainables.reference import ReferenceClassifier, load_reference
 
@@ -24,6 +25,11 @@ MAX_TEST_CODES = 2000
 # with the linear probe only: a tenth of the cost, still a fair signal for ASHA.
 QUICK_TRAIN_CODES = 1500
 QUICK_TEST_CODES = 1000
+# The held-out images whose codes the factor metrics (trainables.factor_metrics) score,
+# where the dataset has ground-truth factors: disentanglement_lib's 10,000 training points,
+# drawn once rather than per metric, so a model encodes them once per evaluation.
+MAX_FACTOR_CODES = 10000
+QUICK_FACTOR_CODES = 2000
 ALL_PROBES = ("logreg", "mlp")
 # Values within this of a declared bound still count as inside it: float32 estimates that
 # are non-negative in exact arithmetic (the biased MMD's three means) can round a few ulps
@@ -95,18 +101,24 @@ RUN_METRICS = (
 )
 
 
-def metric_range(name: str) -> tuple[float, float | None]:
-    """The values a metric can take, as declared by the families that report it, so an
-    interval over seeds never leaves them."""
+def metric_declaration(name: str) -> Metric:
+    """How a metric is declared (its range and goal), by the families that report it or,
+    for the run and factor metrics, by the experiment."""
+    from trainables.factor_metrics import FACTOR_METRICS
     from trainables.registry import all_families
 
-    for metric in RUN_METRICS:
+    for metric in (*RUN_METRICS, *FACTOR_METRICS):
         if metric.name == name:
-            return metric.range
+            return metric
     for family in all_families().values():
         if name in family.metric_names:
-            return family.metric_range(name)
+            return family.metric(name)
     raise KeyError(f"{name}: no registered family declares this metric")
+
+
+def metric_range(name: str) -> tuple[float, float | None]:
+    """The values a metric can take, so an interval over seeds never leaves them."""
+    return metric_declaration(name).range
 
 
 # swap_acc at or below this (chance is 0.1) means the decoder ignores the swapped code.
@@ -124,6 +136,8 @@ class EvalContext:
     use_reference: bool = True
     probes: tuple[str, ...] = ALL_PROBES
     _reference: ReferenceClassifier | None = field(default=None, repr=False)
+    max_factor_codes: int = MAX_FACTOR_CODES
+    quick_factors: bool = False  # the factor metrics at their quick sizes
 
     def __post_init__(self) -> None:
         generator = torch.Generator().manual_seed(self.seed)
@@ -131,6 +145,12 @@ class EvalContext:
         device = self.dataset.device
         self.train_index = pick(len(self.dataset.x_train), self.max_train_codes).to(device)
         self.test_index = pick(len(self.dataset.x_test), self.max_test_codes).to(device)
+        # Drawn after the others, so a dataset without factors keeps the subsets it had.
+        self.factor_index = (
+            pick(len(self.dataset.x_test), self.max_factor_codes).to(device)
+            if self.dataset.has_factors
+            else None
+        )
 
     @property
     def x_train(self) -> torch.Tensor:
@@ -149,6 +169,19 @@ class EvalContext:
         return self.dataset.y_test[self.test_index]
 
     @property
+    def factor_pool(self) -> tuple[torch.Tensor, torch.Tensor, Factors] | None:
+        """The held-out images the factor metrics score, their labels and their factors;
+        None where the dataset has no ground-truth factors."""
+        if self.factor_index is None:
+            return None
+        index = self.factor_index
+        return (
+            self.dataset.x_test[index],
+            self.dataset.y_test[index],
+            self.dataset.factors_test.subset(index),
+        )
+
+    @property
     def reference(self) -> ReferenceClassifier | None:
         if self._reference is None and self.use_reference:
             self._reference = load_reference(self.dataset)
@@ -164,6 +197,8 @@ class EvalContext:
             self.use_reference,
             ("logreg",),
             self._reference,
+            min(self.max_factor_codes, QUICK_FACTOR_CODES),
+            quick_factors=True,
         )
 
 

@@ -1,5 +1,6 @@
-"""Datasets from the user's own files: an .npz archive of four arrays (`npz:PATH`), or a
-folder with one subfolder of images per class (`folder:PATH`).
+"""Datasets from the user's own files: an .npz archive of four arrays (`npz:PATH`), with
+each image's ground-truth factors if it has them, or a folder with one subfolder of images
+per class (`folder:PATH`).
 
 Both come back as numpy arrays with images channel-first, (N, C, H, W), and labels int64.
 Whatever is wrong with the files is a one-line DataError that starts `dataset: `, names
@@ -21,6 +22,9 @@ import numpy as np
 from trainables.errors import DataError
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# An npz file may also hold each image's factors (both splits or neither), and their names.
+FACTOR_ARRAYS = ("factors_train", "factors_test")
+FACTOR_NAMES_ARRAY = "factor_names"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CHANNELS = (1, 3)
 # A folder without train/ and test/ is split per class with these, and every split's
@@ -45,6 +49,13 @@ class OwnData:
     class_names: tuple[str, ...] = ()
     # Sentences the tool tells the user about choices it made for them (a split).
     notes: tuple[str, ...] = ()
+    # With factors: arrays also holds factors_train and factors_test (N, K) int64.
+    factor_names: tuple[str, ...] = ()
+    factor_sizes: tuple[int, ...] = ()
+
+    @property
+    def has_factors(self) -> bool:
+        return "factors_train" in self.arrays
 
 
 def one_line(text: object) -> str:
@@ -72,7 +83,47 @@ def load_npz(path: Path) -> OwnData:
                 f"{n_labels} labels; fix: store one label per image"
             )
     n_classes = _check_classes(path, labels["y_train"], labels["y_test"])
-    return OwnData({**images, **labels}, n_classes)
+    if not any(key in arrays for key in (*FACTOR_ARRAYS, FACTOR_NAMES_ARRAY)):
+        return OwnData({**images, **labels}, n_classes)
+    factors, names, sizes = _npz_factors(path, arrays, images)
+    return OwnData({**images, **labels, **factors}, n_classes, (), (), names, sizes)
+
+
+def _npz_factors(
+    path: Path, arrays: dict[str, np.ndarray], images: dict[str, np.ndarray]
+) -> tuple[dict[str, np.ndarray], tuple[str, ...], tuple[int, ...]]:
+    """factors_train and factors_test as int64, with the factors' names and sizes."""
+    from trainables.factors import check_factor_values
+
+    absent = [key for key in FACTOR_ARRAYS if key not in arrays]
+    if absent:
+        have = [key for key in (*FACTOR_ARRAYS, FACTOR_NAMES_ARRAY) if key in arrays]
+        raise DataError(
+            f"dataset: {path} has {' and '.join(have)} but no {absent[0]}; fix: store both "
+            "factors_train and factors_test (one row of factor values per image of each "
+            "split), or neither"
+        )
+    factors = {key: arrays[key] for key in FACTOR_ARRAYS}
+    names, sizes = check_factor_values(factors, arrays.get(FACTOR_NAMES_ARRAY), str(path))
+    for key, split in zip(FACTOR_ARRAYS, ("x_train", "x_test"), strict=True):
+        n_rows, n_images = len(factors[key]), len(images[split])
+        if n_rows != n_images:
+            raise DataError(
+                f"dataset: {path}: {key} has {n_rows} rows but {split} has {n_images} "
+                "images; fix: store one row of factor values per image"
+            )
+    return {key: v.astype(np.int64) for key, v in factors.items()}, names, sizes
+
+
+def is_dsprites_npz(path: Path) -> bool:
+    """Whether `path` is an archive in dSprites' format (imgs, latents_classes) rather than
+    the four arrays of an npz: dataset (see trainables.shapes)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return {"imgs.npy", "latents_classes.npy"} <= members and "x_train.npy" not in members
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -108,8 +159,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
                 f"dataset: {path} has no array {missing[0]!r} (it has {has}); fix: store the "
                 f"four arrays x_train, y_train, x_test, y_test, e.g. {NPZ_FIX}"
             )
+        optional = [k for k in (*FACTOR_ARRAYS, FACTOR_NAMES_ARRAY) if k in archive.files]
         try:
-            return {key: archive[key] for key in ARRAYS}
+            return {key: archive[key] for key in (*ARRAYS, *optional)}
         # ValueError: a pickled (object) array; the others: a damaged member.
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
             raise DataError(f"{cannot} ({one_line(error)}); fix: {NPZ_FIX}") from None

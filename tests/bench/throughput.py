@@ -1,5 +1,6 @@
 """Sections a and b: training throughput against a torchvision-style DataLoader loop, and
-against the hardware limit (the step's matmuls as bare `torch.mm` calls).
+against the hardware limit (the step's matmuls as bare `torch.mm` calls, and its
+convolutions as bare aten calls).
 
 Ours is `Experiment.train_epoch` on a training split that holds exactly `steps` batches,
 timed as whole epochs (so its per-epoch work counts too). The plain loop trains the same
@@ -7,11 +8,16 @@ model with the family's own step, fed by a `DataLoader` the way the reference
 implementations feed theirs: a map-style dataset that builds a PIL image from a uint8
 array and applies `ToTensor` per sample, batches of 256 in the family's own order
 (shuffled; same-label groups for ML-VAE), default collate, no workers.
+
+Each family runs at its reference's MLP sizes (batch 256), and with `arch=conv`, Locatello
+et al.'s convolutional networks at their batch of 64, on the MNIST-sized images and on
+64x64 one-channel ones (dSprites' size; random pixels: speed does not depend on them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -23,13 +29,23 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data import Dataset as TorchDataset
 
-from tests.bench.common import reference_configs, spread, subset, timed, uint8_images
+from tests.bench.common import (
+    SYNTHETIC_SEED,
+    reference_configs,
+    spread,
+    subset,
+    timed,
+    uint8_images,
+)
 from trainables import Dataset, Experiment, get_family
 from trainables.family import Family, Training
 from trainables.noise import NoiseStream
 
 TARGET_SPEEDUP = 3.0  # ours / DataLoader loop, samples per second
 TARGET_HW_RATIO = 1.3  # our step time / bare-mm time of the same matmuls
+# The conv rows: Locatello et al.'s batch size, and dSprites' image side.
+CONV_BATCH = 64
+CONV_SIDE = 64
 
 aten = torch.ops.aten
 
@@ -142,16 +158,47 @@ class StepCounter:
         self.n += 1
 
 
+@dataclass(frozen=True)
+class ConvCall:
+    """One convolution (forward or backward) as recorded: the op, its arguments with each
+    tensor as its shape, and its multiply-adds counted as FLOPs (2 per multiply-add)."""
+
+    func: Any
+    args: tuple
+    flops: float
+
+
+def conv_call(func, args, output) -> ConvCall:
+    """Each output position of a convolution (each input position of a transposed one)
+    multiplies every weight once per image; a backward pass does that once per gradient
+    it computes (input, weight; the bias's sum is negligible)."""
+    forward = func.overloadpacket is aten.convolution
+    x, weight = (args[0], args[1]) if forward else (args[1], args[2])
+    transposed = args[6] if forward else args[7]
+    grad_output = output if forward else args[0]
+    positions = (x if transposed else grad_output).shape
+    passes = 1 if forward else sum(args[10][:2])
+    flops = 2.0 * weight.numel() * math.prod(positions[:1] + positions[2:]) * passes
+    spec = tuple(tuple(a.shape) if torch.is_tensor(a) else a for a in args)
+    return ConvCall(func, spec, flops)
+
+
 class MatmulRecorder(TorchDispatchMode):
-    """Records the (M, K, N) of every matrix product run below autograd, backward included."""
+    """Records the (M, K, N) of every matrix product run below autograd, backward included,
+    and every convolution (aten.convolution and its backward)."""
 
     def __init__(self):
         super().__init__()
         self.shapes: list[tuple[int, int, int]] = []
+        self.convs: list[ConvCall] = []
         self.plain_mm = 0  # aten.mm calls: backward products (a forward Linear is addmm)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         packet = func.overloadpacket
+        if packet in (aten.convolution, aten.convolution_backward):
+            output = func(*args, **(kwargs or {}))
+            self.convs.append(conv_call(func, args, output))
+            return output
         if packet is aten.mm:
             a, b = args[0], args[1]
             self.shapes.append((a.shape[0], a.shape[1], b.shape[1]))
@@ -195,6 +242,34 @@ class BareMatmuls:
                 torch.mm(a, b, out=out)
 
 
+class BareConvs:
+    """The recorded convolutions as bare aten calls on random tensors of their shapes."""
+
+    def __init__(self, calls: list[ConvCall], device):
+        self.calls = [
+            (
+                call.func,
+                [
+                    torch.randn(a, device=device) if _is_shape(call, i) else a
+                    for i, a in enumerate(call.args)
+                ],
+            )
+            for call in calls
+        ]
+        self.passes(3)  # warm-up
+
+    def passes(self, count: int) -> None:
+        for _ in range(count):
+            for func, args in self.calls:
+                func(*args)
+
+
+def _is_shape(call: ConvCall, i: int) -> bool:
+    """Whether argument i of `call` stood for a tensor: the first three of either op (the
+    forward's bias may be absent; the backward's third is the weight)."""
+    return i < 3 and call.args[i] is not None
+
+
 def flops(shapes: list[tuple[int, int, int]]) -> float:
     return float(sum(2 * m * k * n for m, k, n in shapes))
 
@@ -211,9 +286,14 @@ QUICK = Sizes(steps=8, warm_steps=3, repeats=3)
 
 
 def bench_family(
-    family: str, dataset: Dataset, device: torch.device, sizes: Sizes
+    family: str,
+    dataset: Dataset,
+    device: torch.device,
+    sizes: Sizes,
+    values: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    config = get_family(family).make_config(reference_configs()[family])
+    """One row: `family` with the config `values` (default: its reference config)."""
+    config = get_family(family).make_config(values or reference_configs()[family])
     batch = config.batch_size
     data = subset(dataset, sizes.steps * batch)
     warm = subset(dataset, sizes.warm_steps * batch)
@@ -260,12 +340,20 @@ def bench_family(
     per_step = recorder.shapes[: len(recorder.shapes) // max(warm_steps, 1)]
     if not per_step or recorder.shapes != per_step * warm_steps:
         raise RuntimeError(f"{family}: the {warm_steps} recorded steps ran different matmuls")
+    convs = recorder.convs[: len(recorder.convs) // max(warm_steps, 1)]
+    if recorder.convs != convs * warm_steps:
+        raise RuntimeError(f"{family}: the {warm_steps} recorded steps ran different convolutions")
     linear_shapes = linear_matmul_shapes(probe.model, batch)
     linear = [s for s in per_step if s in linear_shapes]
     other = [s for s in per_step if s not in linear_shapes]
     # Backward runs on autograd's own thread on a GPU; the mode must have followed it there.
     backward_seen = recorder.plain_mm > 0
     bare = BareMatmuls(linear, device)
+    bare_convs = BareConvs(convs, device)
+
+    def bare_passes(count: int) -> None:
+        bare.passes(count)
+        bare_convs.passes(count)
 
     # Timed rounds, interleaved so a busy machine slows all three alike; the best counts.
     ours_times, plain_times, mm_times, load_times, ours_steps, plain_steps = [], [], [], [], 0, 0
@@ -280,7 +368,7 @@ def bench_family(
         ours_steps = counter.n
         seconds, (_, plain_steps) = timed(plain.epoch, device)
         plain_times.append(seconds)
-        seconds, _ = timed(partial(bare.passes, ours_steps), device)
+        seconds, _ = timed(partial(bare_passes, ours_steps), device)
         mm_times.append(seconds)
         seconds, _ = timed(plain.load_only, device)
         load_times.append(seconds)
@@ -297,9 +385,12 @@ def bench_family(
         }
     else:
         extra = {}
+    compute_flops = flops(linear) + sum(call.flops for call in convs)
     return {
         **extra,
         "device": str(device),
+        "arch": config.arch,
+        "image_shape": list(dataset.image_shape),
         "batch_size": batch,
         "steps_timed": ours_steps,
         "ours_step_ms": ours_step * 1e3,
@@ -322,20 +413,61 @@ def bench_family(
         "other_matmuls_per_step": len(other),
         "other_matmul_gflop_per_step": flops(other) / 1e9,
         "backward_matmuls_captured": backward_seen,
+        # Forward and backward convolutions (arch=conv); the bare time runs them beside the
+        # matmuls, and the GFLOP figures count both.
+        "convs_per_step": len(convs),
+        "conv_gflop_per_step": sum(call.flops for call in convs) / 1e9,
+        "compute_gflop_per_step": compute_flops / 1e9,
         "bare_mm_step_ms": mm_step * 1e3,
-        "bare_mm_gflops": flops(linear) / mm_step / 1e9,
-        "ours_matmul_gflops": flops(linear) / ours_step / 1e9,
+        "bare_mm_gflops": compute_flops / mm_step / 1e9,
+        "ours_matmul_gflops": compute_flops / ours_step / 1e9,
         "hw_ratio": ours_step / mm_step,
         "matmul_shapes_per_step": [list(s) for s in linear],
     }
 
 
+def synthetic_images(side: int, n_train: int, n_test: int = 1000) -> Dataset:
+    """Random uint8 greyscale images of side x side with 10 balanced labels."""
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+
+    def images(n: int) -> torch.Tensor:
+        pixels = rng.integers(0, 256, (n, side * side), dtype=np.uint8)
+        return torch.from_numpy(pixels).float() / 255
+
+    def labels(n: int) -> torch.Tensor:
+        return torch.from_numpy(rng.permutation(np.arange(n) % 10).astype(np.int64))
+
+    name = f"synthetic-{side}x{side}"
+    x_train, y_train, x_test, y_test = (
+        images(n_train),
+        labels(n_train),
+        images(n_test),
+        labels(n_test),
+    )
+    return Dataset(name, x_train, y_train, x_test, y_test, (1, side, side), 10)
+
+
+def conv_config(family: str) -> dict[str, Any]:
+    """The family's reference config with Locatello et al.'s convolutional networks at
+    their batch size (its `hidden` widths are then unused)."""
+    return {**reference_configs()[family], "arch": "conv", "batch_size": CONV_BATCH}
+
+
 def run(
     dataset: Dataset, device: torch.device, sizes: Sizes, log=print
 ) -> dict[str, dict[str, Any]]:
+    """One row per family at its reference sizes ("betavae"), then the conv rows on the
+    same images ("betavae conv 28x28") and on 64x64 ones ("betavae conv 64x64")."""
     results = {}
     on_device = dataset.to(device)
+    large = synthetic_images(CONV_SIDE, sizes.steps * CONV_BATCH, n_test=100).to(device)
     for family in reference_configs():
         log(f"  [{device}] {family}: {sizes.steps} steps x {sizes.repeats} repeats ...")
         results[family] = bench_family(family, on_device, device, sizes)
+    for images in (on_device, large):
+        side = "x".join(map(str, images.image_shape[1:]))
+        for family in reference_configs():
+            row = f"{family} conv {side}"
+            log(f"  [{device}] {row}: {sizes.steps} steps x {sizes.repeats} repeats ...")
+            results[row] = bench_family(family, images, device, sizes, conv_config(family))
     return results

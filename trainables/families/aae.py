@@ -32,6 +32,8 @@ from trainables.family import (
     FamilyModel,
     Training,
     adam,
+    decoder,
+    encoder,
     gradient_step,
     mlp,
     one_hot,
@@ -120,14 +122,16 @@ def sample_prior(
 
 
 class AAE(FamilyModel):
-    def __init__(self, config: AAEConfig, n_pixels: int, n_classes: int):
+    def __init__(self, config: AAEConfig, image_shape: tuple[int, int, int], n_classes: int):
         super().__init__()
         self.config = config
         self.n_classes = n_classes
+        arch, hidden = config.arch, config.hidden
         out = 2 * config.z_dim if config.encoder == "gaussian" else config.z_dim
-        self.encoder = mlp([n_pixels, *config.hidden, out])
+        self.encoder = encoder(image_shape, hidden, arch, out)
         decoder_in = config.z_dim + (n_classes if config.conditional_decoder else 0)
-        self.decoder = mlp([decoder_in, *reversed(config.hidden), n_pixels])
+        self.decoder = decoder(decoder_in, hidden, arch, image_shape)
+        # On codes, whatever the architecture: an MLP.
         disc_in = config.z_dim + (n_classes if config.label_conditioned else 0)
         self.discriminator = mlp([disc_in, config.disc_width, config.disc_width, 1])
 
@@ -222,7 +226,7 @@ class AAEFamily(Family[AAEConfig, AAE]):
     reference_config = {"hidden": [256, 64], "z_dim": 2, "disc_width": 128, "batch_size": 256}
 
     def make_model(self, config: AAEConfig, dataset: Dataset) -> AAE:
-        return AAE(config, dataset.n_pixels, dataset.n_classes)
+        return AAE(config, dataset.image_shape, dataset.n_classes)
 
     def make_optimizers(self, model: AAE, config: AAEConfig) -> dict[str, torch.optim.Optimizer]:
         autoencoder = [*model.encoder.parameters(), *model.decoder.parameters()]

@@ -18,7 +18,15 @@ import torch
 
 from trainables import noise
 from trainables.data import Dataset
-from trainables.family import Family, FamilyConfig, FamilyModel, Training, gradient_step, mlp
+from trainables.family import (
+    Family,
+    FamilyConfig,
+    FamilyModel,
+    Training,
+    decoder,
+    encoder,
+    gradient_step,
+)
 from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
 from trainables.losses import bernoulli_recon, kl_to_standard_normal
 from trainables.metrics import (
@@ -54,11 +62,12 @@ class BetaVAEConfig(FamilyConfig):
 
 
 class BetaVAE(FamilyModel):
-    def __init__(self, config: BetaVAEConfig, n_pixels: int):
+    def __init__(self, config: BetaVAEConfig, image_shape: tuple[int, int, int]):
         super().__init__()
         self.config = config
-        self.encoder = mlp([n_pixels, *config.hidden, 2 * config.z_dim])
-        self.decoder = mlp([config.z_dim, *reversed(config.hidden), n_pixels])
+        arch, hidden = config.arch, config.hidden
+        self.encoder = encoder(image_shape, hidden, arch, 2 * config.z_dim)
+        self.decoder = decoder(config.z_dim, hidden, arch, image_shape)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=1)
@@ -125,7 +134,7 @@ class BetaVAEFamily(Family[BetaVAEConfig, BetaVAE]):
     reference_config = {"hidden": [1200, 1200], "z_dim": 10, "batch_size": 256}
 
     def make_model(self, config: BetaVAEConfig, dataset: Dataset) -> BetaVAE:
-        return BetaVAE(config, dataset.n_pixels)
+        return BetaVAE(config, dataset.image_shape)
 
     def step(self, training: Training[BetaVAEConfig, BetaVAE], index: torch.Tensor) -> dict:
         terms = training.each(BetaVAE.loss, training.dataset.x_train[index])

@@ -20,8 +20,9 @@ from trainables.family import (
     FamilyConfig,
     FamilyModel,
     Training,
+    decoder,
+    encoder,
     gradient_step,
-    mlp,
     one_hot,
 )
 from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
@@ -62,12 +63,14 @@ class ICVAEConfig(FamilyConfig):
 
 
 class ICVAE(FamilyModel):
-    def __init__(self, config: ICVAEConfig, n_pixels: int, n_classes: int):
+    def __init__(self, config: ICVAEConfig, image_shape: tuple[int, int, int], n_classes: int):
         super().__init__()
         self.config = config
         self.n_classes = n_classes
-        self.encoder = mlp([n_pixels, *config.hidden, 2 * config.z_dim])
-        self.decoder = mlp([config.z_dim + n_classes, *reversed(config.hidden), n_pixels])
+        arch, hidden = config.arch, config.hidden
+        self.encoder = encoder(image_shape, hidden, arch, 2 * config.z_dim)
+        # The decoder reads z and the one-hot label concatenated.
+        self.decoder = decoder(config.z_dim + n_classes, hidden, arch, image_shape)
 
     def encode(self, x: torch.Tensor):
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
@@ -122,7 +125,7 @@ class ICVAEFamily(Family[ICVAEConfig, ICVAE]):
     reference_config = {"hidden": [512, 512], "z_dim": 16, "batch_size": 256}
 
     def make_model(self, config: ICVAEConfig, dataset: Dataset) -> ICVAE:
-        return ICVAE(config, dataset.n_pixels, dataset.n_classes)
+        return ICVAE(config, dataset.image_shape, dataset.n_classes)
 
     def step(self, training: Training[ICVAEConfig, ICVAE], index: torch.Tensor) -> dict:
         data = training.dataset

@@ -29,8 +29,10 @@ from trainables.family import (
     FamilyModel,
     Training,
     adam,
+    decoder,
+    encoder,
+    encoder_width,
     gradient_step,
-    mlp,
 )
 from trainables.grids import LATENT_SCATTER, RECONSTRUCTIONS, Grid
 from trainables.losses import (
@@ -87,16 +89,16 @@ class MLVAEConfig(FamilyConfig):
 
 
 class MLVAE(FamilyModel):
-    def __init__(self, config: MLVAEConfig, n_pixels: int):
+    def __init__(self, config: MLVAEConfig, image_shape: tuple[int, int, int]):
         super().__init__()
         self.config = config
-        self.trunk = mlp([n_pixels, *config.hidden], final_activation=nn.ReLU())
-        width = config.hidden[-1]
+        arch, hidden = config.arch, config.hidden
+        # The encoder without its output layer, shared by the style and class heads.
+        self.trunk = encoder(image_shape, hidden, arch, out_dim=None)
+        width = encoder_width(hidden, arch)
         self.style_head = nn.Linear(width, 2 * config.style_dim)
         self.class_head = nn.Linear(width, 2 * config.class_dim)
-        self.decoder = mlp(
-            [config.style_dim + config.class_dim, *reversed(config.hidden), n_pixels]
-        )
+        self.decoder = decoder(config.style_dim + config.class_dim, hidden, arch, image_shape)
 
     def encode(self, x: torch.Tensor):
         h = self.trunk(x)
@@ -217,7 +219,7 @@ class MLVAEFamily(Family[MLVAEConfig, MLVAE]):
     reference_config = {"hidden": [500], "style_dim": 10, "class_dim": 10, "batch_size": 256}
 
     def make_model(self, config: MLVAEConfig, dataset: Dataset) -> MLVAE:
-        return MLVAE(config, dataset.n_pixels)
+        return MLVAE(config, dataset.image_shape)
 
     def check_data(self, config: MLVAEConfig, dataset: Dataset) -> None:
         label, count = dataset.smallest_class()
