@@ -295,7 +295,7 @@ def trial_dirname(trial) -> str:
 def _callbacks(plan: StudyPlan, parent_id: str):
     from study.progress import TrialPrinter
     from trainables import get_family
-    from trainables.factor_metrics import FACTOR_METRICS
+    from trainables.factor_metrics import FACTOR_METRIC_NAMES
 
     spec = plan.spec
     queue = tracking.TrackingQueue(spec.tracking_uri)
@@ -306,7 +306,7 @@ def _callbacks(plan: StudyPlan, parent_id: str):
         spec.name,
         {
             *get_family(spec.family).metric_names,
-            *(metric.name for metric in FACTOR_METRICS),
+            *FACTOR_METRIC_NAMES,
             "diverged",
             "train_seconds",
         },

@@ -133,10 +133,9 @@ def check_objectives_fit_data(spec: StudySpec, dataset) -> None:
     """A factor metric as an objective needs ground-truth factors, which an npz: file
     carries only when it stores them (the spec could not tell before loading it)."""
     from trainables.errors import DataError
-    from trainables.factor_metrics import FACTOR_METRICS
+    from trainables.factor_metrics import FACTOR_METRIC_NAMES
 
-    factor_names = {metric.name for metric in FACTOR_METRICS}
-    wanted = [name for name, _ in spec.parsed_objectives if name in factor_names]
+    wanted = [name for name, _ in spec.parsed_objectives if name in FACTOR_METRIC_NAMES]
     if wanted and not dataset.has_factors:
         raise DataError(
             f"objective: {wanted[0]} needs ground-truth factors, and {spec.dataset} has none; "

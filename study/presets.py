@@ -217,9 +217,9 @@ def _reproduction_fields(data: dict[str, Any], params: dict, family, fail) -> di
     metrics = tuple(data.get("metrics") or ())
     known = set(family.metric_names) | {"diverged"}
     if may_have_factors(data["dataset"]):
-        from trainables.factor_metrics import FACTOR_METRICS
+        from trainables.factor_metrics import FACTOR_METRIC_NAMES
 
-        known |= {metric.name for metric in FACTOR_METRICS}
+        known |= set(FACTOR_METRIC_NAMES)
     for metric in metrics:
         if metric not in known:
             raise fail(

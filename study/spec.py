@@ -202,14 +202,13 @@ def parse_objective(text: str, family: str, dataset: str = "digits") -> tuple[st
     """ "METRIC:max|min", checked against the metrics `family` declares, and the factor
     metrics where `dataset` may carry ground-truth factors (the planner checks that an
     npz: file does, once it is loaded)."""
-    from trainables.factor_metrics import FACTOR_METRICS
+    from trainables.factor_metrics import FACTOR_METRIC_NAMES
 
     metric, _, mode = text.partition(":")
     names = get_family(family).metric_names
-    factor_names = tuple(m.name for m in FACTOR_METRICS)
     if may_have_factors(dataset):
-        names = (*names, *factor_names)
-    elif metric in factor_names:
+        names = (*names, *FACTOR_METRIC_NAMES)
+    elif metric in FACTOR_METRIC_NAMES:
         raise ConfigError(
             f"objective: {metric} needs ground-truth factors, which {dataset} has none of; "
             "fix: use --dataset dsprites (or an npz: file with factors_train and factors_test)"

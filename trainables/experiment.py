@@ -24,7 +24,7 @@ from trainables.data import Dataset
 from trainables.errors import ConfigError
 from trainables.factor_metrics import (
     EVALUATION_SIZES,
-    FACTOR_METRICS,
+    FACTOR_METRIC_NAMES,
     QUICK_SIZES,
     factor_metrics,
 )
@@ -229,7 +229,7 @@ class Experiment:
         if self.replica_diverged[k]:
             metrics = {name: float("nan") for name in self.family.metric_names}
             if context.factor_pool is not None:
-                metrics.update({m.name: float("nan") for m in FACTOR_METRICS})
+                metrics.update(dict.fromkeys(FACTOR_METRIC_NAMES, float("nan")))
         else:
             # NaN here is a metric this evaluation cannot take (the swap metrics without
             # the reference classifier), not a divergence: that is the weights' to say.

@@ -151,6 +151,13 @@ class EvalContext:
             if self.dataset.has_factors
             else None
         )
+        # Built once: a Factors indexes its values per factor on first use, which every
+        # replica's and every later evaluation then reuses.
+        self._pool_factors = (
+            self.dataset.factors_test.subset(self.factor_index)
+            if self.factor_index is not None
+            else None
+        )
 
     @property
     def x_train(self) -> torch.Tensor:
@@ -178,7 +185,7 @@ class EvalContext:
         return (
             self.dataset.x_test[index],
             self.dataset.y_test[index],
-            self.dataset.factors_test.subset(index),
+            self._pool_factors,
         )
 
     @property
