@@ -81,12 +81,17 @@ def run_replicas(tasks: Sequence[Callable[[], T]]) -> list[T]:
         return [tasks[0]()]
     rendezvous = _Rendezvous(len(tasks))
     outcomes: list[tuple[bool, Any] | None] = [None] * len(tasks)
-    grad_enabled = torch.is_grad_enabled()  # thread-local: each thread starts enabled
+    # Thread-local in torch, so copied: grad mode (a new thread starts enabled) and the
+    # current CUDA device (a new thread starts on device 0).
+    grad_enabled = torch.is_grad_enabled()
+    cuda_device = torch.cuda.current_device() if torch.cuda.is_initialized() else None
 
     def replica(index: int) -> None:
         rendezvous.turn[index].acquire()
         _seat.rendezvous, _seat.index = rendezvous, index
         try:
+            if cuda_device is not None:
+                torch.cuda.set_device(cuda_device)
             with torch.set_grad_enabled(grad_enabled):
                 outcomes[index] = (True, tasks[index]())
         except BaseException as error:

@@ -325,8 +325,9 @@ def lbfgs(objective: Objective, start: torch.Tensor, max_iter: int) -> torch.Ten
     s, p = x.shape
     loss, grad = objective(x)
     active = grad.abs().amax(1) > GRADIENT_TOLERANCE
-    steps, changes = x.new_zeros(HISTORY, s, p), x.new_zeros(HISTORY, s, p)
-    rho, scale = x.new_zeros(HISTORY, s), x.new_ones(s)
+    # Per slot, views made once: a view costs as much as a small operation.
+    steps, changes = x.new_zeros(HISTORY, s, p).unbind(), x.new_zeros(HISTORY, s, p).unbind()
+    rho, scale = x.new_zeros(HISTORY, s, 1).unbind(), x.new_ones(s, 1)
     direction = t = previous_grad = None
     for iteration in range(max_iter):
         if not bool(active.any()):
@@ -339,10 +340,10 @@ def lbfgs(objective: Objective, start: torch.Tensor, max_iter: int) -> torch.Ten
             step, change = steps[slot], changes[slot]
             torch.mul(direction, t[:, None], out=step)
             torch.sub(grad, previous_grad, out=change)
-            ys = _dot(change, step)
-            kept = active & (ys > 1e-10)
-            rho[slot] = torch.where(kept, ys.reciprocal(), 0.0)
-            scale = torch.where(kept, ys / _dot(change, change), scale)
+            ys = _dot(change, step)[:, None]
+            kept = active[:, None] & (ys > 1e-10)
+            rho[slot].copy_(torch.where(kept, ys.reciprocal(), 0.0))
+            scale = torch.where(kept, ys / _dot(change, change)[:, None], scale)
             # Newest first, over the slots written so far.
             order = [(slot - i) % HISTORY for i in range(min(iteration, HISTORY))]
             direction = _two_loop(grad.neg(), steps, changes, rho, scale, order)
@@ -362,23 +363,24 @@ def lbfgs(objective: Objective, start: torch.Tensor, max_iter: int) -> torch.Ten
 
 def _two_loop(
     q: torch.Tensor,
-    steps: torch.Tensor,
-    changes: torch.Tensor,
-    rho: torch.Tensor,
+    steps: Sequence[torch.Tensor],
+    changes: Sequence[torch.Tensor],
+    rho: Sequence[torch.Tensor],
     scale: torch.Tensor,
     order: list[int],
 ) -> torch.Tensor:
     """The L-BFGS direction H q, by the two-loop recursion over each problem's pairs in
-    `order` (newest first), updating `q` in place; an empty slot has rho 0."""
+    `order` (newest first), updating `q` in place; an empty slot has rho 0. Per slot: s
+    and y (S, P), rho (S, 1); `scale` (S, 1)."""
     alphas = []
     for i in order:
-        alpha = _dot(steps[i], q).mul_(rho[i])
-        q.addcmul_(changes[i], alpha[:, None], value=-1.0)
+        alpha = _dot(steps[i], q).unsqueeze_(1).mul_(rho[i])
+        q.addcmul_(changes[i], alpha, value=-1.0)
         alphas.append(alpha)
-    r = q.mul_(scale[:, None])
+    r = q.mul_(scale)
     for i, alpha in zip(reversed(order), reversed(alphas), strict=True):
-        beta = _dot(changes[i], r).mul_(rho[i])
-        r.addcmul_(steps[i], alpha.sub_(beta)[:, None])
+        beta = _dot(changes[i], r).unsqueeze_(1).mul_(rho[i])
+        r.addcmul_(steps[i], alpha.sub_(beta))
     return r
 
 
