@@ -1,4 +1,4 @@
-"""trainables.batching: S replica evaluations run one at a time, in order, and their
+"""trainables.batching: S replica evaluations run as coroutines, one at a time, in order; their
 batched calls meet, one batch per key; and an S-replica experiment's evaluation gives each
 replica what evaluating it alone gives."""
 
@@ -57,7 +57,9 @@ def test_calls_with_other_keys_batch_apart_and_a_replica_may_call_none():
 
 def test_outside_run_replicas_a_call_runs_alone():
     assert batched("x", lambda values: [v + 1 for v in values], 1) == 2
-    assert run_replicas([lambda: threading.current_thread()]) == [threading.current_thread()]
+    # Replicas run on the caller's thread (one OpenMP pool, torch's per-thread state).
+    here = threading.current_thread()
+    assert run_replicas([threading.current_thread] * 3) == [here] * 3
 
 
 def test_an_error_reaches_the_caller_after_every_replica_ended():
@@ -85,7 +87,7 @@ def test_an_error_reaches_the_caller_after_every_replica_ended():
         run_replicas([lambda: batched("b", broken_batch, 0)] * 2)
 
 
-def test_replicas_keep_the_callers_grad_mode():
+def test_replicas_start_in_the_callers_grad_mode():
     with torch.no_grad():
         assert run_replicas([torch.is_grad_enabled] * 2) == [False, False]
     assert run_replicas([torch.is_grad_enabled] * 2) == [True, True]
@@ -109,3 +111,30 @@ def test_a_batched_evaluation_gives_each_replica_its_own_evaluation(family):
                 # convex probe, its per-case MLP bound (0.02) for the others.
                 bound = 0.02 if "acc" in name or name == "leakage" else 1e-6
                 assert metrics[name] == pytest.approx(value, abs=bound, nan_ok=True), name
+
+
+def test_each_replica_keeps_its_own_grad_mode_across_its_calls():
+    """A family's evaluate pauses inside its torch.no_grad(): the modes must not leak from
+    one replica to another or to the caller (interleaved, the no_grad exits would leave
+    grad mode off for the training that follows)."""
+
+    def evaluate(k):
+        @torch.no_grad()
+        def run():
+            batched("k", lambda values: values, k)
+            inside = torch.is_grad_enabled()
+            batched("k", lambda values: values, k)
+            return inside
+
+        return run
+
+    assert run_replicas([evaluate(k) for k in range(3)]) == [False] * 3
+    assert torch.is_grad_enabled()
+
+    def enabled_inside():
+        batched("k", lambda values: values, 0)
+        return torch.is_grad_enabled()
+
+    with torch.no_grad():
+        assert run_replicas([enabled_inside] * 2) == [False, False]
+        assert not torch.is_grad_enabled()
