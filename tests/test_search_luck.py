@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from sweep_helpers import sqlite_store
 
 from analysis import records
 from analysis.records import StudyRecord, TrialConfig
@@ -84,15 +85,7 @@ def icc(effect: float, sigma: float) -> float:
 # --- writing studies as the writers do --------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
-    from mlflow import MlflowClient
-
-    directory = tmp_path_factory.mktemp("search-luck-store")
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment(
-        records.DEFAULT_EXPERIMENT, artifact_location=str(directory / "artifacts")
-    )
-    return SimpleNamespace(uri=uri, client=client, experiment=experiment)
+    return sqlite_store(tmp_path_factory.mktemp("search-luck-store"))
 
 
 def write_study(
