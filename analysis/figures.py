@@ -100,11 +100,16 @@ def slice_figure(
     log_params: set[str],
     seeds: pd.DataFrame | None = None,
     seed_rows: pd.DataFrame | None = None,
+    seed_bands: bool = False,
 ):
     """Each objective against each searched parameter (columns of `done` named by
-    `params`); with seed re-runs, each re-run config's mean and interval in red at its
-    parameter value (`seed_rows`: one row per variant, holding its parameter values)."""
+    `params`); with `seed_bands` (trials with seed replicas), each trial's seed mean with
+    its 95% interval over seeds (the M_lower / M_upper columns) as an error bar; with seed
+    re-runs, each re-run config's mean and interval in red at its parameter value
+    (`seed_rows`: one row per variant, holding its parameter values)."""
     from matplotlib.ticker import NullFormatter
+
+    from analysis.records import stat_metric
 
     figure = new_figure(3.2 * len(params), 2.8 * len(objectives))
     axes_grid = figure.subplots(len(objectives), len(params), squeeze=False)
@@ -113,6 +118,11 @@ def slice_figure(
             axes = axes_grid[r][c]
             x = done[column]
             numeric = pd.api.types.is_numeric_dtype(x)
+            lower, upper = stat_metric(metric, "lower"), stat_metric(metric, "upper")
+            if seed_bands and lower in done and upper in done:
+                _seed_bands(
+                    axes, x if numeric else x.astype(str), done[metric], done[lower], done[upper]
+                )
             axes.scatter(x if numeric else x.astype(str), done[metric], s=14, alpha=0.7)
             if seeds is not None and seed_rows is not None and r == 0:
                 for _, row in seeds.iterrows():
@@ -134,6 +144,53 @@ def slice_figure(
             axes.set_xlabel(column.split(".", 1)[-1])
             if c == 0:
                 axes.set_ylabel(f"{metric} ({mode})")
+    figure.tight_layout()
+    return figure
+
+
+def _seed_bands(axes, x: pd.Series, mean: pd.Series, low: pd.Series, high: pd.Series) -> None:
+    """Each trial's interval over its seeds, a thin bar behind its mean's dot."""
+    values = pd.DataFrame({"x": x, "mean": mean, "low": low, "high": high})
+    values = values[np.isfinite(values[["mean", "low", "high"]].to_numpy(float)).all(axis=1)]
+    if values.empty:
+        return
+    below = np.clip(values["mean"] - values["low"], 0.0, None)
+    above = np.clip(values["high"] - values["mean"], 0.0, None)
+    axes.errorbar(
+        values["x"],
+        values["mean"],
+        yerr=[below, above],
+        fmt="none",
+        ecolor="tab:blue",
+        alpha=0.35,
+        lw=1,
+    )
+
+
+def search_luck_figure(table: pd.DataFrame):
+    """The config-against-seed share across the search (analysis.robustness.search_luck)
+    against epoch with its 95% interval, one line per metric."""
+    figure = new_figure(5.2, 3.4)
+    axes = figure.add_subplot()
+    for metric, rows in table.groupby("metric", sort=False):
+        rows = rows.sort_values("epoch")
+        shown = rows[np.isfinite(rows["config_share"].to_numpy(float))]
+        if shown.empty:
+            continue
+        line = axes.plot(shown["epoch"], shown["config_share"], "o-", ms=4, label=metric)[0]
+        axes.fill_between(
+            shown["epoch"].to_numpy(float),
+            shown["low"].to_numpy(float),
+            shown["high"].to_numpy(float),
+            color=line.get_color(),
+            alpha=0.2,
+        )
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_xticks(sorted(table["epoch"].unique()))
+    axes.set_xlabel("epoch (the study's rungs)")
+    axes.set_ylabel("config share of variance (ICC)")
+    if axes.lines:
+        axes.legend(fontsize=7)
     figure.tight_layout()
     return figure
 

@@ -18,6 +18,7 @@ import ast
 import contextlib
 import fcntl
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -223,6 +224,22 @@ def param_name(column: str) -> str | None:
 
 def is_metric_column(column: str) -> bool:
     return column not in INFO_COLUMNS and not column.startswith((PARAM_PREFIX, RUN_PREFIX))
+
+
+# --- the scheduler's rungs ------------------------------------------------------------------
+# study/plan.py builds ASHA with this factor; the analysis reads the rungs it implies.
+ASHA_REDUCTION_FACTOR = 3
+
+
+def asha_milestones(
+    max_t: int, grace_period: int, reduction_factor: int = ASHA_REDUCTION_FACTOR
+) -> list[int]:
+    """The epochs at which Ray's ASHAScheduler (AsyncHyperBandScheduler, one bracket)
+    compares trials, ascending: grace_period * reduction_factor**k for k < MAX_RUNGS, with
+    MAX_RUNGS computed as Ray does, in floating point (so for max_t / grace_period = 3**5
+    it counts one rung fewer than exact arithmetic would: that rung is max_t itself)."""
+    rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(rungs)]
 
 
 # --- seed replicas -------------------------------------------------------------------------
@@ -690,6 +707,21 @@ class StudyRecord:
     def seeds(self) -> int:
         """Seed replicas per trial (1 for a study recorded before replicas existed)."""
         return int(self.params.get("seeds", 1))
+
+    @property
+    def rungs(self) -> list[int]:
+        """The epochs at which the study compared its trials, ascending: with ASHA its
+        milestones below `epochs`, then `epochs` (where every surviving trial ends); with no
+        scheduler just `epochs`; [] when the parent run does not say how many epochs."""
+        epochs = parse_value(self.params.get("epochs", ""))
+        if not isinstance(epochs, int) or epochs < 1:
+            return []
+        grace = parse_value(self.params.get("grace_period", ""))
+        if self.params.get("scheduler") != "asha" or not isinstance(grace, int) or grace < 1:
+            return [epochs]
+        # study/plan.py's ASHA: max_t = epochs, grace_period = min(grace_period, epochs).
+        milestones = asha_milestones(epochs, min(grace, epochs))
+        return [m for m in milestones if m < epochs] + [epochs]
 
     @property
     def seed_aggregate(self) -> str:

@@ -20,7 +20,7 @@ import pandas as pd
 
 from analysis import figures, records
 from analysis.records import param_name
-from analysis.robustness import StudyAnalysis, analyse
+from analysis.robustness import StudyAnalysis, analyse, search_luck_metrics, search_luck_of
 from analysis.runs import StudyRuns, has_value, load_study, ranked
 from analysis.stats import RESAMPLES
 from trainables.errors import UserError
@@ -114,10 +114,29 @@ def record_analysis(found: StudyAnalysis, report_dir: Path | None = None) -> Non
     client = records.open_client(found.study.tracking_uri)
     stamp = int(time.time() * 1000)
     metrics = [Metric(k, v, stamp, 0) for k, v in found.parent_metrics().items()]
+    metrics += [Metric(k, v, stamp, step) for k, v, step in found.stepped_metrics()]
     if metrics:
         client.log_batch(found.study.parent.run_id, metrics=metrics)
     if report_dir is not None:
         client.log_artifacts(found.study.parent.run_id, str(report_dir), REPORT_ARTIFACTS)
+
+
+def record_search_luck(
+    name: str, tracking_uri: str | None, experiment: str = records.DEFAULT_EXPERIMENT
+) -> pd.DataFrame:
+    """The share across the search of study `name` (search_luck_of) as metrics of its
+    parent run, step = epoch, without the rest of the analysis: what `study run` records
+    when its trials have seed replicas. Returns the table (empty, and nothing logged, for a
+    study without replicas)."""
+    from mlflow.entities import Metric
+
+    study = load_study(name, tracking_uri, experiment)
+    table = search_luck_of(study)
+    stamp = int(time.time() * 1000)
+    metrics = [Metric(k, v, stamp, step) for k, v, step in search_luck_metrics(table)]
+    if metrics:
+        records.open_client(study.tracking_uri).log_batch(study.parent.run_id, metrics=metrics)
+    return table
 
 
 # --- the sections ---------------------------------------------------------------------------
@@ -127,6 +146,7 @@ def report_sections(found: StudyAnalysis, out: Path) -> list[Section]:
         _overview(found.study),
         _best_trials(found.study),
         *_one_seed_or_all(found.study),
+        *_search_luck(found, out),
         *_seeds(found, out),
         *_luck(found),
         _budget(found, out),
@@ -218,18 +238,64 @@ def _one_seed_or_all(study: StudyRuns) -> list[Section]:
     return [Section("One seed or all of them", text, table.set_index("seed"))]
 
 
+def _search_luck(found: StudyAnalysis, out: Path) -> list[Section]:
+    """The config-against-seed share across the search, from the trials' own replicas."""
+    table, study = found.search_luck, found.study
+    if table.empty:
+        return []
+    epochs = sorted(table["epoch"].unique())
+    text = [
+        "The share of one run's variance that is the config's rather than the seed's, "
+        f"across the search: each trial's {study.seeds} seed replicas at the same epoch are "
+        "runs of its config. ICC(1) (a one-way random-effects decomposition) with its 95% F "
+        "interval (`low`, `high`), one epoch at a time: epochs are never pooled, since a "
+        "trial's epochs differ by training, not by seed. `trials`: those that reached the "
+        "epoch; `runs`: their finite seed values. The parent run records "
+        "`M_search_config_share` (`_low`, `_high`, `_config_variance`, `_seed_variance`) at "
+        "MLflow step = epoch."
+    ]
+    if len(epochs) > 1:
+        text.append(
+            f"Epochs {', '.join(str(e) for e in epochs)} are those at which the study compared "
+            "its trials: ASHA's rungs, then the last epoch. A rung's trials are those that "
+            "reached it; ASHA promotes the better ones, so a later rung's share is among "
+            "fewer, better configs, nearer the optimum's. Values before the last epoch come "
+            "from the quick evaluation (smaller subsets), the ones ASHA compared."
+        )
+    last = table[(table["metric"] == found.metric) & (table["epoch"] == epochs[-1])]
+    if not last.empty and math.isfinite(last.iloc[0]["config_share"]):
+        row = last.iloc[0]
+        text.append(
+            f"**At epoch {int(row['epoch'])}, {row['config_share']:.0%} of {found.metric}'s "
+            f"variance is the config's** (95% interval {row['low']:.0%} to {row['high']:.0%}, "
+            f"{int(row['trials'])} trials), {1 - row['config_share']:.0%} the seed's."
+        )
+    image = _save(figures.search_luck_figure(table), out, "search_luck.png")
+    return [
+        Section(
+            "How much is luck across the search",
+            text,
+            table.set_index(["metric", "epoch"]),
+            [image],
+        )
+    ]
+
+
 def _seeds(found: StudyAnalysis, out: Path) -> list[Section]:
     seeds, metric, mode = found.seeds, found.metric, found.mode
     if seeds.empty:
-        return [
-            Section(
-                "Seed robustness",
-                [
-                    f"No seed re-runs yet: `study robustness {found.study.name}` re-runs the "
-                    "best configs with new seeds, and this report then ranks them."
-                ],
+        rerun = (
+            f"`study robustness {found.study.name}` re-runs the best configs with new seeds, "
+            "and this report then ranks them by a robust score."
+        )
+        if not found.search_luck.empty:
+            text = (
+                f"The trials' own {found.study.seeds} seed replicas are analysed in “How much "
+                "is luck across the search”. No config has been re-run with new seeds yet: " + rerun
             )
-        ]
+        else:
+            text = f"No seed re-runs yet: {rerun}"
+        return [Section("Seed robustness", [text])]
     bound = "lower" if mode == "max" else "upper"
     n_seeds = int(seeds["n"].max())
     best = seeds.iloc[0]
@@ -282,7 +348,13 @@ def _luck(found: StudyAnalysis) -> list[Section]:
         "intraclass correlation ICC(1) with its F interval.",
         "The configs are the best few and their neighbours, not a random draw from the "
         "space, so this is the seed's weight near the optimum; across the whole space the "
-        "config's share is larger. A wide interval says more seeds or configs are needed.",
+        "config's share is larger"
+        + (
+            " (“How much is luck across the search” measures it from the trials' replicas)"
+            if not found.search_luck.empty
+            else ""
+        )
+        + ". A wide interval says more seeds or configs are needed.",
     ]
     table = pd.DataFrame(
         {
@@ -304,7 +376,7 @@ def _luck(found: StudyAnalysis) -> list[Section]:
             "seeds per config",
         ],
     ).rename_axis("figure")
-    return [Section("How much is luck", text, table)]
+    return [Section("How much is luck near the optimum", text, table)]
 
 
 def _budget(found: StudyAnalysis, out: Path) -> Section:
@@ -343,6 +415,20 @@ def _importance(found: StudyAnalysis) -> Section:
         "Optuna's fANOVA and PED-ANOVA evaluators side by side, on the sampler's own study "
         "when it was recorded. " + found_importance.note
     ]
+    seeds = found.study.seeds
+    if seeds > 1:
+        text.append(
+            f"They see each trial's value as the searcher did: the mean of its {seeds} seeds, "
+            "or with `--seed-aggregate bound` the pessimistic end of its interval (a study "
+            "rebuilt from MLflow, without the sampler's own, reads the mean). The seed noise "
+            f"is averaged over {seeds} seeds, not removed"
+            + (
+                ": “How much is luck across the search” says how much of one run's variance "
+                "is the seed's."
+                if not found.search_luck.empty
+                else "."
+            )
+        )
     table = found_importance.table if found_importance.reliable else None
     return Section("Hyperparameter importance", text, table)
 
@@ -351,17 +437,18 @@ def _slices(found: StudyAnalysis, out: Path) -> list[Section]:
     figure = found.slice_figure()
     if figure is None:
         return []
-    return [
-        Section(
-            "Slices",
-            [
-                "Each objective against each searched parameter, most important first (blue: "
-                "trials; red: each re-run config's mean and 95% interval over seeds)."
-            ],
-            None,
-            [_save(figure, out, "slices.png")],
-        )
-    ]
+    seeds = found.study.seeds
+    trials = (
+        f"each trial's mean over its {seeds} seeds with their 95% bootstrap interval as a "
+        "bar (seed bands)"
+        if seeds > 1
+        else "trials"
+    )
+    text = (
+        "Each objective against each searched parameter, most important first (blue: "
+        f"{trials}; red: each re-run config's mean and 95% interval over seeds)."
+    )
+    return [Section("Slices", [text], None, [_save(figure, out, "slices.png")])]
 
 
 def _pareto(study: StudyRuns, out: Path) -> list[Section]:
@@ -384,9 +471,16 @@ def _degeneracy(found: StudyAnalysis, out: Path) -> list[Section]:
     pooled = "search trials and seed re-runs" if found.robust is not None else "search trials"
     title = f"share of degenerate runs ({pooled})"
     image = _save(found_map.figure(title), out, "degeneracy.png")
+    seeds = found.study.seeds
+    counted = (
+        f"each seed a run: a trial with {seeds} replicas counts as {seeds} runs; n = seed runs "
+        "per cell"
+        if seeds > 1
+        else "each seed a run; n = runs per cell"
+    )
     text = [
         f"Share of finished runs flagged degenerate by cells of {found_map.x} and "
-        f"{found_map.y} ({pooled}, each seed a run; n = runs per cell). The two parameters "
+        f"{found_map.y} ({pooled}, {counted}). The two parameters "
         "are the most important ones when importance is reliable, else the space's first two."
     ]
     return [Section("Degeneracy by region", text, found_map.share, [image])]

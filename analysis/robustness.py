@@ -5,7 +5,10 @@ notebook shows them and the parent run records them; each is a function a test c
 - `seed_summary`: each re-run config's seeds, mean and bootstrap interval, ranked by its
   robust score (the lower confidence bound of a metric to maximise, the upper one of a
   metric to minimise);
-- `luck`: the share of the objective's variance due to the config rather than the seed;
+- `luck`: the share of the objective's variance due to the config rather than the seed,
+  over the re-runs (near the optimum);
+- `search_luck`: the same share across the search, from the seed replicas of its trials
+  (`--seeds S`), at each epoch at which the study compared them (its ASHA rungs);
 - `budget`: best-so-far against trials, and the expected best of k random configs;
 - `degeneracy_map`: the share of degenerate runs over two parameters, seed re-runs counted.
 
@@ -17,14 +20,14 @@ replicas) or as one replica of a trial (`--seeds`): the figures that count seeds
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from analysis.records import param_name, run_column
-from analysis.runs import StudyRuns, has_value
+from analysis.records import MODE_ROBUSTNESS, TAG_MODE, param_name, run_column
+from analysis.runs import StudyRuns, has_value, rung_values
 from analysis.stats import (
     BudgetBand,
     VarianceShare,
@@ -105,6 +108,96 @@ def luck(robust: StudyRuns, metric: str) -> VarianceShare | None:
     if trials.empty or VARIANT not in trials:
         return None
     return variance_share(list(trials[metric].astype(float)), list(trials[VARIANT]))
+
+
+SEARCH_LUCK_COLUMNS = (
+    "metric",
+    "epoch",
+    "trials",
+    "runs",
+    "config_share",
+    "low",
+    "high",
+    "config_variance",
+    "seed_variance",
+    "seeds_per_config",
+)
+
+
+def search_luck(values: pd.DataFrame, metrics: list[str], epochs: list[int]) -> pd.DataFrame:
+    """The config-against-seed share of each of `metrics` across the search, one row per
+    (metric, epoch) (SEARCH_LUCK_COLUMNS), from `values` (runs.rung_values: each trial's
+    seeds' values at each epoch).
+
+    Each row is `variance_share` over one epoch's values grouped by trial: every trial
+    that reached that epoch (`trials`; with ASHA, the later a rung the fewer and better
+    its trials), its S replicas the seeds. Values from different epochs are never pooled:
+    a trial's later epochs differ from its earlier ones by training, not by seed. `runs`
+    counts finite seed values; the figures are NaN where fewer than two trials, or no
+    trial with two finite seeds, reached the epoch."""
+    rows = []
+    for metric in metrics:
+        for epoch in epochs:
+            at = values[(values["metric"] == metric) & (values["epoch"] == epoch)]
+            share = variance_share(list(at["value"].astype(float)), list(at["trial_id"]))
+            rows.append(
+                {
+                    "metric": metric,
+                    "epoch": int(epoch),
+                    "trials": int(at["trial_id"].nunique()),
+                    "runs": int(has_value(at["value"]).sum()) if len(at) else 0,
+                    **_share_columns(share),
+                }
+            )
+    return pd.DataFrame(rows, columns=list(SEARCH_LUCK_COLUMNS))
+
+
+def _share_columns(share: VarianceShare | None) -> dict[str, float]:
+    if share is None:
+        return dict.fromkeys(SEARCH_LUCK_COLUMNS[4:], math.nan)
+    return {
+        "config_share": share.config_share,
+        "low": share.low,
+        "high": share.high,
+        "config_variance": share.config_variance,
+        "seed_variance": share.seed_variance,
+        "seeds_per_config": share.seeds_per_config,
+    }
+
+
+def search_luck_of(study: StudyRuns) -> pd.DataFrame:
+    """`search_luck` of each objective at each of the study's rungs, read from MLflow; empty
+    for a study without seed replicas (nothing is read) and for a robustness study (its
+    trials are re-runs near the optimum: `luck`)."""
+    if study.seeds < 2 or study.parent.tags.get(TAG_MODE) == MODE_ROBUSTNESS:
+        return pd.DataFrame(columns=list(SEARCH_LUCK_COLUMNS))
+    metrics, epochs = [m for m, _ in study.objectives], study.parent.rungs
+    return search_luck(rung_values(study, metrics, epochs), metrics, epochs)
+
+
+def search_luck_metrics(table: pd.DataFrame) -> list[tuple[str, float, int]]:
+    """`search_luck` as metrics of the study's parent run, (key, value, step): per metric
+    M, the figures of `VarianceShare.as_metrics` under the prefix "M_search" (such as
+    M_search_config_share), with MLflow step = the epoch, so MLflow plots the share against
+    epoch and shows the last rung's as the run's value. NaN figures are left out."""
+    metrics = []
+    for row in table.itertuples(index=False):
+        share = VarianceShare(
+            row.config_share,
+            row.low,
+            row.high,
+            row.config_variance,
+            row.seed_variance,
+            row.trials,
+            row.runs,
+            row.seeds_per_config,
+        )
+        metrics += [
+            (key, float(value), int(row.epoch))
+            for key, value in share.as_metrics(f"{row.metric}_search").items()
+            if math.isfinite(value)
+        ]
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -225,13 +318,17 @@ class StudyAnalysis:
     luck: VarianceShare | None
     budget: Budget
     degeneracy: DegeneracyMap | None
+    # search_luck_of: the share across the search, per objective and rung (empty for a
+    # study without seed replicas).
+    search_luck: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def robust_best(self) -> pd.Series | None:
         return None if self.seeds.empty else self.seeds.iloc[0]
 
     def parent_metrics(self) -> dict[str, float]:
-        """The figures a study's parent run records (its MLflow metrics)."""
+        """The figures a study's parent run records (its MLflow metrics), at step 0; the
+        across-the-search share is recorded per epoch (`stepped_metrics`)."""
         metrics: dict[str, float] = {}
         if self.luck is not None:
             metrics.update(self.luck.as_metrics(self.metric))
@@ -246,12 +343,18 @@ class StudyAnalysis:
                 metrics[f"expected_best_{self.metric}_of_{k}"] = value
         return metrics
 
+    def stepped_metrics(self) -> list[tuple[str, float, int]]:
+        """The figures a study's parent run records per epoch, (key, value, step):
+        `search_luck_metrics`."""
+        return search_luck_metrics(self.search_luck)
+
     def importance_order(self) -> list[str]:
         return importance_order(self.study, self.importance, self.distributions)
 
     def slice_figure(self):
-        """Each objective against each searched parameter, most important first, with the
-        re-run configs' seed intervals (None without finished trials or parameters)."""
+        """Each objective against each searched parameter, most important first, with each
+        replicated trial's seed interval and the re-run configs' (None without finished
+        trials or parameters)."""
         from analysis import figures
         from analysis.records import param_column
         from analysis.runs import ranked
@@ -267,7 +370,13 @@ class StudyAnalysis:
         }
         seeds = None if self.seeds.empty else self.seeds
         return figures.slice_figure(
-            done, columns, study.objectives, log_scaled, seeds, self.seed_params
+            done,
+            columns,
+            study.objectives,
+            log_scaled,
+            seeds,
+            self.seed_params,
+            seed_bands=study.seeds > 1,
         )
 
 
@@ -309,6 +418,7 @@ def analyse(study: StudyRuns, robust: StudyRuns | None = None) -> StudyAnalysis:
         luck(robust, metric) if robust is not None else None,
         budget(study, metric, mode),
         degeneracy_map(pooled, order),
+        search_luck_of(study),
     )
 
 

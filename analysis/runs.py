@@ -77,6 +77,55 @@ def load_study(
     return StudyRuns(name, found.parent, trials, found.tracking_uri)
 
 
+RUNG_COLUMNS = ("trial_id", "seed", "epoch", "metric", "value")
+
+
+def rung_values(
+    study: StudyRuns, metrics: list[str] | None = None, epochs: list[int] | None = None
+) -> pd.DataFrame:
+    """Each seed's value of each of `metrics` (default: the objectives) at each of
+    `epochs` (default: the study's rungs, `StudyRecord.rungs`), one row per value
+    (RUNG_COLUMNS), read from the trial runs' per-seed metric histories; a trial has rows
+    only for the epochs it reached, and NaN where a seed diverged. Empty for a study whose
+    trials have no seed replicas: its trials are not read, so a large solo study costs
+    nothing here. One history read per (trial, seed, metric)."""
+    metrics = [m for m, _ in study.objectives] if metrics is None else metrics
+    wanted = set(study.parent.rungs if epochs is None else epochs)
+    if study.seeds < 2 or study.trials.empty or not wanted or not metrics:
+        return pd.DataFrame(columns=list(RUNG_COLUMNS))
+    from analysis.seeds import seeds_of
+
+    client = records.open_client(study.tracking_uri)
+    # Every seed some trial reports, for trials whose row does not name its seeds.
+    known = seeds_of({column: None for column in study.trials.columns})
+    rows = []
+    for trial in study.trials.to_dict("records"):
+        trial_id = trial.get("trial_id")
+        trial_id = trial_id if isinstance(trial_id, str) else trial["run_id"]
+        for seed in _replica_seeds(trial) or known:
+            for metric in metrics:
+                key = records.seed_metric(metric, seed)
+                history = client.get_metric_history(trial["run_id"], key)
+                # A step logged twice keeps its latest value.
+                at = {
+                    m.step: m.value
+                    for m in sorted(history, key=lambda m: (m.step, m.timestamp))
+                    if m.step in wanted
+                }
+                rows += [(trial_id, seed, step, metric, value) for step, value in at.items()]
+    return pd.DataFrame(rows, columns=list(RUNG_COLUMNS))
+
+
+def _replica_seeds(trial: dict[str, Any]) -> list[int]:
+    """The seeds of a trial's replicas as its run settings name them (seed, seed + 1, ...,
+    seed + seeds - 1; trainables.Experiment), or [] when they do not."""
+    first = finite_or_none(trial.get(records.run_column("seed")))
+    count = finite_or_none(trial.get(records.run_column("seeds")))
+    if first is None or count is None or count < 2:
+        return []
+    return list(range(int(first), int(first) + int(count)))
+
+
 def has_value(values: pd.Series) -> pd.Series:
     """Which entries are finite numbers."""
     return values.map(lambda v: finite_or_none(v) is not None).astype(bool)

@@ -400,5 +400,5 @@ def _scheduler(spec: StudySpec):
         mode=mode,
         max_t=spec.epochs,
         grace_period=min(spec.grace_period, spec.epochs),
-        reduction_factor=3,
+        reduction_factor=records.ASHA_REDUCTION_FACTOR,
     )

@@ -435,3 +435,16 @@ def ray_cluster(workers: int = 1, **extra: str) -> Iterator[RayCluster]:
             yield cluster
         finally:
             cluster.stop()
+
+
+def sqlite_store(directory: Path):
+    """A new MLflow SQLite store in `directory` with the default experiment: its uri,
+    client, experiment id and directory (tests that write studies as the writers do)."""
+    from types import SimpleNamespace
+
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(
+        records.DEFAULT_EXPERIMENT, artifact_location=str(directory / "artifacts")
+    )
+    return SimpleNamespace(uri=uri, client=client, experiment=experiment, directory=directory)

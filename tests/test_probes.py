@@ -133,29 +133,36 @@ def test_standardize_is_standard_scaler():
 
 
 def _finite_difference_check(objective: probes.Objective, point: torch.Tensor) -> None:
+    """Each problem's gradient in a batch (S, P) against central differences of its own
+    loss: a problem's loss must not move with another's parameters."""
     _, grad = objective(point)
     step = 1e-6
-    numeric = torch.stack(
-        [
-            (objective(point + step * e)[0] - objective(point - step * e)[0]) / (2 * step)
-            for e in torch.eye(len(point), dtype=point.dtype)
-        ]
-    )
-    torch.testing.assert_close(grad, numeric, rtol=1e-5, atol=1e-7)
+    for k in range(len(point)):
+        numeric = []
+        for e in torch.eye(point.shape[1], dtype=point.dtype):
+            ahead, behind = point.clone(), point.clone()
+            ahead[k] += step * e
+            behind[k] -= step * e
+            difference = (objective(ahead)[0] - objective(behind)[0]) / (2 * step)
+            others = torch.arange(len(point)) != k
+            assert torch.all(difference[others] == 0)
+            numeric.append(difference[k])
+        torch.testing.assert_close(grad[k], torch.stack(numeric), rtol=1e-5, atol=1e-7)
 
 
 def test_hand_written_gradients_match_the_losses():
     generator = torch.Generator().manual_seed(3)
-    d, n, k = 3, 40, 4
-    x = torch.randn(d, n, generator=generator, dtype=torch.float64)
-    labels = torch.randint(0, k, (n,), generator=generator)
-    with_ones = torch.cat([x, torch.ones(1, n, dtype=torch.float64)])
+    s, d, n, k = 2, 3, 40, 4
+    x = torch.randn(s, d, n, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, k, (s, n), generator=generator)
+    with_ones = torch.cat([x, torch.ones(s, 1, n, dtype=torch.float64)], dim=1)
     # A large penalty, so its term in the gradient is not lost under the loss's.
     logistic = probes._logistic_objective(with_ones, labels, k, c=0.05)
-    _finite_difference_check(logistic, torch.randn(k * (d + 1), generator=generator).double())
+    _finite_difference_check(logistic, torch.randn(s, k * (d + 1), generator=generator).double())
     shapes = probes._mlp_shapes(d, 5, k)
     mlp = probes._mlp_objective(x, labels, shapes, alpha=2.0)
-    _finite_difference_check(mlp, probes._glorot_uniform(shapes, seed=0))
+    start = torch.stack([probes._glorot_uniform(shapes, seed) for seed in range(s)])
+    _finite_difference_check(mlp, start)
 
 
 def test_codes_that_are_not_finite_give_nan():
@@ -188,3 +195,81 @@ def test_probes_run_on_cuda_codes():
     cpu_mlp = [probes.mlp_accuracy(*codes, seed=seed) for seed in seeds]
     assert np.mean(cuda_mlp) == pytest.approx(np.mean(cpu_mlp), abs=MLP_CASE_TOLERANCE)
     assert cuda_mlp == [probes.mlp_accuracy(*on_cuda, seed=seed) for seed in seeds]
+
+
+# --- S problems as one batch --------------------------------------------------------------
+def batch_of_problems() -> list[Codes]:
+    """Four problems of one shape that differ: digits through four projections."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(x))
+    problems = []
+    for k in range(4):
+        z = x @ np.random.default_rng(10 + k).standard_normal((64, 10))
+        problems.append(_split(z, y, order[:1197], order[1197:]))
+    return problems
+
+
+def test_a_batch_of_logistic_regressions_fits_each_as_alone():
+    problems = batch_of_problems()
+    together = probes.logistic_regression_accuracies(problems)
+    alone = [probes.logistic_regression_accuracy(*problem) for problem in problems]
+    assert len(set(alone)) > 1, "the problems should differ"
+    # Convex, so both land at the optimum; each problem's arithmetic is its own, and
+    # they agree to the sample (TOLERANCE is the bound against scikit-learn's).
+    assert together == pytest.approx(alone, abs=TOLERANCE)
+    for problem, accuracy in zip(problems, together, strict=True):
+        assert accuracy == pytest.approx(sklearn_accuracy(problem, "logreg"), abs=TOLERANCE)
+
+
+def test_a_batch_of_mlps_fits_each_as_alone_from_its_own_seed():
+    problems = batch_of_problems()
+    seeds = [3, 4, 5, 6]
+    together = probes.mlp_accuracies(problems, seeds)
+    alone = [probes.mlp_accuracy(*p, seed=s) for p, s in zip(problems, seeds, strict=True)]
+    # Each problem's iterate, pairs and line search are its own; a rounding-level
+    # difference between a batched and a single kernel could fork a non-convex fit, so
+    # the bound is the one the MLP is held to against scikit-learn's.
+    assert np.mean(together) == pytest.approx(np.mean(alone), abs=MLP_CASE_TOLERANCE)
+    assert all(abs(a - b) <= 2 * MLP_CASE_TOLERANCE for a, b in zip(together, alone, strict=True))
+    # The same problem from another seed is another fit: the seeds reach their problems.
+    assert probes.mlp_accuracies(problems[:1] * 2, [0, 1]) != [together[0]] * 2
+
+
+def test_a_problem_that_stops_early_waits_for_the_others_unchanged():
+    """A trivial problem (its codes are the label, so the fit converges in a few steps)
+    batched with a hard one: it keeps its point while the other goes on."""
+    hard = digits_codes(10)
+    train, y_train, test, y_test = hard
+    easy = (
+        torch.nn.functional.one_hot(y_train, 10).float(),
+        y_train,
+        torch.nn.functional.one_hot(y_test, 10).float(),
+        y_test,
+    )
+    together = probes.logistic_regression_accuracies([easy, hard])
+    assert together[0] == 1.0
+    assert together == pytest.approx(
+        [probes.logistic_regression_accuracy(*easy), probes.logistic_regression_accuracy(*hard)],
+        abs=TOLERANCE,
+    )
+
+
+def test_lbfgs_minimises_quadratics_of_different_conditioning_at_once():
+    """Against the closed form: S quadratics 0.5 x'Ax - b'x, one per condition number."""
+    generator = torch.Generator().manual_seed(0)
+    s, p = 3, 12
+    eigen = torch.stack([torch.logspace(0, k, p, dtype=torch.float64) for k in (0, 2, 4)])
+    basis = torch.linalg.qr(torch.randn(s, p, p, generator=generator, dtype=torch.float64))[0]
+    a = basis @ torch.diag_embed(eigen) @ basis.mT
+    b = torch.randn(s, p, generator=generator, dtype=torch.float64)
+
+    def objective(x):
+        ax = (a @ x[:, :, None]).squeeze(2)
+        return 0.5 * (x * ax).sum(1) - (b * x).sum(1), ax - b
+
+    found = probes.lbfgs(objective, torch.zeros(s, p, dtype=torch.float64), max_iter=200)
+    exact = torch.linalg.solve(a, b)
+    # Stopped by the gradient tolerance: |x - x*| <= |g| / lambda_min, lambda_min = 1.
+    assert (found - exact).abs().max() <= probes.GRADIENT_TOLERANCE * p

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from sweep_helpers import sqlite_store
 
 from analysis import records
 from analysis.records import PARAM_VALUE_LIMIT, TrialConfig
@@ -97,15 +98,7 @@ def test_reader_columns_of_mlflow_params():
 # --- stores ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory):
-    from mlflow import MlflowClient
-
-    directory = tmp_path_factory.mktemp("records-store")
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment(
-        records.DEFAULT_EXPERIMENT, artifact_location=str(directory / "artifacts")
-    )
-    return SimpleNamespace(uri=uri, client=client, experiment=experiment, directory=directory)
+    return sqlite_store(tmp_path_factory.mktemp("records-store"))
 
 
 def write_old_study(client, experiment: str, name: str) -> dict[str, str]:

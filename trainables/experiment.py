@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainables.batching import run_replicas
 from trainables.config import check_precision, check_seeds
 from trainables.cuda_graphs import StepGraph, replaying
 from trainables.data import Dataset
@@ -213,10 +215,14 @@ class Experiment:
         context = self._quick_context if quick else self.eval_context
         with self._rng_isolated():
             finite = self._weights_finite()
-            found = [
-                self._evaluate_one(model, k, context, finite[k])
-                for k, model in enumerate(self.models())
-            ]
+            # Each replica's evaluation as the family writes it; their probe fits and
+            # classifier readings run once for all replicas (trainables.batching).
+            found = run_replicas(
+                [
+                    partial(self._evaluate_one, model, k, context, finite[k])
+                    for k, model in enumerate(self.models())
+                ]
+            )
         self.eval_seconds += time.perf_counter() - start
         self.last_replica_metrics = found
         return found

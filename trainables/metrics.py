@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from trainables.batching import batched
 from trainables.data import Dataset
 from trainables.factors import Factors
 from trainables.probes import logistic_regression_accuracy, mlp_accuracy
@@ -282,7 +283,7 @@ def swap_metrics(
     if ctx.reference is None or not torch.isfinite(decoded).all():
         swap_acc = style_acc = float("nan")
     else:
-        predicted = ctx.reference.predict(decoded)
+        predicted = classify(ctx.reference, decoded)
         swap_acc = float((predicted == class_labels).float().mean())
         style_acc = float((predicted == style_labels).float().mean())
     return {
@@ -290,6 +291,18 @@ def swap_metrics(
         "swap_style_acc": style_acc,
         "degenerate": float(swap_acc <= DEGENERATE_SWAP_ACC),
     }
+
+
+def classify(reference: ReferenceClassifier, images: torch.Tensor) -> torch.Tensor:
+    """The reference classifier's reading of `images`: under `run_replicas`, every
+    replica's images through the classifier as one batch."""
+    key = ("reference", id(reference), tuple(images.shape[1:]), images.dtype, str(images.device))
+
+    def read_all(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        predicted = reference.predict(torch.cat(batches))
+        return list(predicted.split([len(b) for b in batches]))
+
+    return batched(key, read_all, images)
 
 
 def derangement_targets(

@@ -24,7 +24,8 @@ Sections (targets from the issue; a MISS is reported, not raised):
      time of `study status` (<= 3 s) and `study report` (<= 30 s) on the finished study
   h. seed replicas: seed-epochs/s of one experiment of S = 1, 4, 8 replicas vs S solo runs,
      per family, on digits and MNIST (GPU: an 8-replica epoch <= 1.5x a 1-replica epoch;
-     CPU: >= 1x S solo runs); end to end on the CPU, one sweep trial of 4 seeds vs 4
+     CPU: >= 1x S solo runs); evaluation of 4 replicas, quick and full, <= 1.5x one
+     replica's on every device; end to end on the CPU, one sweep trial of 4 seeds vs 4
      one-seed trials on the same 2 cores (wall <= 1x)
 a, b, d and h also run on CUDA when a GPU is present (--devices picks), and c trains its
 trials on the GPU with --sweep-gpus FRACTION. Figures go to stdout and --json.
@@ -802,6 +803,8 @@ def section_h_check(report: Report, where: str, r: dict[str, Any], sizes) -> tup
 
 
 def section_h_training(report: Report, in_process: dict[str, Any], sizes) -> None:
+    from tests.bench import seeds
+
     train_rows, eval_rows = [], []
     for device, found in in_process.items():
         for data, by_family in found["rows"].items():
@@ -813,7 +816,20 @@ def section_h_training(report: Report, in_process: dict[str, Any], sizes) -> Non
                     + [r["epoch_s"], r["ratio_to_one"], r["seed_epochs_per_s"]]
                     + [r["solo_seed_epochs_per_s"], r["speedup_vs_solos"], target, result]
                 )
-                eval_rows.append(case + [r["eval_s"], r["solo_eval_s"], r["eval_ratio"]])
+                figures = []
+                for kind in ("quick", "full"):
+                    ratio = r[f"eval_{kind}_to_one"]
+                    figures += [r[f"eval_{kind}_s"], r[f"solo_eval_{kind}_s"], ratio]
+                    if r["seeds"] == seeds.TARGET_EVAL_SEEDS:
+                        name = (
+                            f"{family} {data} {device} S={r['seeds']} {kind} eval / 1-replica eval"
+                        )
+                        figures.append(
+                            report.check("h", name, ratio, seeds.TARGET_EVAL_RATIO, False, "x")
+                        )
+                    else:
+                        figures.append("-")
+                eval_rows.append(case + figures)
     case = ["family", "data", "device", "S"]
     say(
         table(
@@ -829,14 +845,13 @@ def section_h_training(report: Report, in_process: dict[str, Any], sizes) -> Non
         for data, about in found["datasets"].items():
             say(f"  {data} on {device}: {about['timed']}")
     say()
-    how = ", ".join(
-        f"{'quick' if f['quick_eval'] else 'full'} on {d}" for d, f in in_process.items()
-    )
     say(
         table(
-            "h. evaluation (no target): evaluate_replicas() of S replicas vs S solo evaluate() "
-            f"calls, once per S ({how})",
-            case + ["replicas s", "solos s", "ratio"],
+            "h. evaluation: evaluate_replicas() of S replicas (batched probes and classifier) "
+            "and S solo evaluate() calls, quick and full, once per S; x1 = S replicas' "
+            f"evaluation / one replica's (target at S = {seeds.TARGET_EVAL_SEEDS}: "
+            f"<= {seeds.TARGET_EVAL_RATIO})",
+            case + ["quick s", "solos s", "x1", "result"] + ["full s", "solos s", "x1", "result"],
             eval_rows,
         )
     )
