@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -100,8 +101,7 @@ def logistic_regression_accuracy(
     from zero, so `seed` is accepted for a uniform signature and unused."""
     problem = (train_codes, train_labels, test_codes, test_labels)
     key = ("logreg", c, max_iter, *_shape_key(problem))
-    fit = lambda problems: logistic_regression_accuracies(problems, c=c, max_iter=max_iter)  # noqa: E731
-    return batched(key, fit, problem)
+    return batched(key, partial(logistic_regression_accuracies, c=c, max_iter=max_iter), problem)
 
 
 def mlp_accuracy(
